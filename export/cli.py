@@ -1,0 +1,124 @@
+"""`python -m export`: build a bundle, list the variants."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+from runtime.bundle import BACKENDS
+from runtime.errors import UserError
+
+# A pipe gets 150 columns (rich would assume 80), a terminal its own width.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see python -m export {self.prog.split()[-1]} --help)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from models.layers import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS
+
+    from .onnx_export import DEFAULT_OPSET
+
+    parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    b = sub.add_parser("build", help="build, prove and benchmark a bundle for one variant")
+    b.add_argument("--variant", required=True, help="a name from `python -m export list`")
+    b.add_argument("--checkpoint", type=Path, help="a state_dict saved with torch.save (default: random init)")
+    b.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts root (default: artifacts/)")
+    b.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    b.add_argument("--backends", default=",".join(BACKENDS),
+                   help=f"comma-separated subset of {','.join(BACKENDS)} (default: both)")
+    b.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
+    b.add_argument("--conv", help=f"override the conv kind: {', '.join(CONV_KINDS)}")
+    b.add_argument("--norm", help=f"override the norm kind: {', '.join(NORM_KINDS)}")
+    b.add_argument("--upsample", help=f"override the upsample kind: {', '.join(UPSAMPLE_KINDS)}")
+
+    sub.add_parser("list", help="the registered variants with params and mult-adds")
+    return parser
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    with console.status(f"{name} ..."):
+        yield
+    console.print(f"[green]✓[/] {name:<28} {time.perf_counter() - start:6.1f} s")
+
+
+def _table(title: str, columns, rows) -> Table:
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("artifact", "runtime", "variant", "family", "reference") else "right",
+                         no_wrap=c != "reference")
+    for row in rows:
+        table.add_row(*[f"[red]{c}[/]" if c == "FAIL" else c for c in row])
+    return table
+
+
+def cmd_build(args) -> int:
+    import os
+
+    from .pipeline import BuildSettings, build
+    from .report import COLUMNS, rows
+
+    overrides = {k: getattr(args, k) for k in ("conv", "norm", "upsample") if getattr(args, k) is not None}
+    settings = BuildSettings(
+        variant=args.variant, checkpoint=args.checkpoint, out=args.out, opset=args.opset,
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
+        threads=args.threads or os.cpu_count() or 1, overrides=overrides,
+    )
+    start = time.perf_counter()
+    result = build(settings, stage=_stage)
+    console.print(_table(f"{args.variant}: parity against PyTorch and latency "
+                         f"(batch 1, {settings.threads} threads)", COLUMNS, rows(result.manifest)))
+    if not result.passed:
+        for failure in result.failures:
+            console.print(f"[red]parity failed[/]: {failure}")
+        console.print(f"The failing bundle is kept for inspection at {result.bundle}")
+        return 1
+    console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    import models
+
+    from .stats import model_stats
+
+    rows = []
+    for name in models.list_variants():
+        variant = models.get_variant(name)
+        stats = model_stats(models.create(name), variant.config.input_shape)
+        rows.append((name, variant.config.family, "x".join(map(str, variant.config.input_shape)),
+                     f"{stats['params']:,}", f"{stats['mult_adds'] / 1e6:,.1f} M", variant.reference.get("source", "")))
+    console.print(_table("variants", ("variant", "family", "input", "params", "mult-adds", "reference"), rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return {"build": cmd_build, "list": cmd_list}[args.command](args)
+    except UserError as err:
+        console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

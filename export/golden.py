@@ -1,0 +1,39 @@
+"""Stage: golden vectors: seeded inputs and the PyTorch outputs on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def golden_inputs(shape: tuple[int, ...], batch: int, seed: int) -> np.ndarray:
+    """Image-like inputs in [0, 1]: smooth random gradients and blobs plus fine
+    noise, so that both low and high frequencies reach the network (pure noise
+    would be flattened by the anti-aliased resize)."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    images = np.empty((batch, c, h, w), np.float32)
+    for b in range(batch):
+        for ch in range(c):
+            img = rng.uniform(0.2, 0.8) + 0.3 * (rng.uniform(-1, 1) * xx + rng.uniform(-1, 1) * yy)
+            for _ in range(6):
+                cx, cy, r, a = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.3), rng.uniform(-0.5, 0.5)
+                img += a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r**2))
+            img += rng.normal(0, 0.05, (h, w))
+            images[b, ch] = np.clip(img, 0, 1)
+    return images
+
+
+def reference_outputs(model: nn.Module, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        out = model(torch.from_numpy(inputs))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def save_golden(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    np.savez_compressed(path, **{f"input.{k}": v for k, v in inputs.items()},
+                        **{f"output.{k}": v for k, v in outputs.items()})

@@ -1,0 +1,58 @@
+"""Stage: PyTorch -> ONNX with the dynamo exporter, then `onnx.checker`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from runtime.errors import UserError
+
+INPUT_NAME = "image"
+# The dynamo exporter emits opset 18 and up; both backends here run up to 21
+# (OpenVINO's ONNX frontend is the narrower of the two).
+OPSETS = range(18, 22)
+DEFAULT_OPSET = 20
+
+
+def check_opset(opset: int) -> int:
+    if opset not in OPSETS:
+        raise UserError(f"opset {opset} is not supported; valid: {OPSETS.start}..{OPSETS.stop - 1} "
+                        "(the dynamo exporter starts at 18, OpenVINO's ONNX frontend stops at 21)")
+    return opset
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporter logs about optional packages (torchvision) and prints its
+    progress; neither helps the user of a build."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, output_names: tuple[str, ...], path: Path,
+                opset: int) -> dict:
+    """Export with a dynamic batch axis; returns the export options for the manifest."""
+    check_opset(opset)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with quiet_exporter(), torch.no_grad():
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
+            input_names=[INPUT_NAME], output_names=list(output_names),
+            dynamic_shapes={"x": {0: batch}}, verbose=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    return {"exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "dynamic_axes": {INPUT_NAME: {"0": "batch"}},
+            "checker": "onnx.checker.check_model(full_check=True)"}

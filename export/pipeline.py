@@ -1,0 +1,229 @@
+"""The build: sequences the stages and records what each one produced.
+
+A bundle is written to a temporary folder beside its destination and renamed
+into place only when every stage has passed, so `<out>/<variant>` is always a
+complete bundle or absent. A build whose parity fails is kept for inspection
+at `<out>/<variant>.failed` and never replaces a good bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+import torch
+
+import models
+from runtime import runners as rt
+from runtime.bundle import BACKENDS, GOLDEN, Bundle, check_choice, sha256
+from runtime.compare import BOUNDS
+from runtime.errors import UserError
+from runtime.machine import machine_info
+
+from . import golden, openvino_convert
+from .benchmark import measure
+from .manifest import tool_versions, write_manifest
+from .onnx_export import DEFAULT_OPSET, INPUT_NAME, check_opset, export_onnx
+from .report import report_markdown
+from .simplify import simplify
+from .stats import model_stats
+from .validate import validate
+
+ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    variant: str
+    checkpoint: Path | None = None
+    out: Path = Path("artifacts")
+    opset: int = DEFAULT_OPSET
+    backends: tuple[str, ...] = BACKENDS
+    threads: int = os.cpu_count() or 1
+    overrides: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+    golden_batch: int = 2
+    warmup: int = 10
+    runs: int = 100
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    manifest: dict[str, Any]
+    passed: bool
+    failures: list[str]
+
+
+Stage = Callable[[str], ContextManager[None]]
+
+
+@contextlib.contextmanager
+def _silent(name: str) -> Iterator[None]:
+    yield
+
+
+def check_out(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; expected a folder (created if missing) for the bundles")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise UserError(f"--out {str(out)!r} is not writable ({err.strerror}); choose a folder you can write to") from None
+    return out
+
+
+def check_settings(s: BuildSettings) -> None:
+    """Every user input, checked before any work starts."""
+    models.resolve(s.variant, **s.overrides)
+    for backend in s.backends:
+        check_choice("backend", backend, BACKENDS)
+    if not s.backends:
+        raise UserError(f"--backends is empty; valid: {', '.join(BACKENDS)}")
+    check_opset(s.opset)
+    if s.threads < 1:
+        raise UserError(f"--threads {s.threads} is not a positive number of threads")
+    check_out(s.out)
+
+
+def _clean_leftovers(out: Path, variant: str) -> None:
+    """Remove temporary folders of earlier builds of `variant` that were killed."""
+    for path in out.glob(f".{variant}.*-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        alive = False
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                alive = True
+            except OSError:
+                pass
+        if not alive:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Rename `tmp` to `dest`, replacing an older bundle without ever exposing a partial one."""
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def artifact_entries(backends: tuple[str, ...]) -> list[dict[str, Any]]:
+    entries = []
+    if "onnxruntime" in backends:
+        entries.append({"file": ONNX_FILE, "backend": "onnxruntime", "precision": "fp32"})
+    if "openvino" in backends:
+        for precision, name in openvino_convert.IR_FILES.items():
+            entries.append({"file": name, "backend": "openvino", "precision": precision})
+    for e in entries:
+        e["key"] = f"{e['backend']}/{e['precision']}"
+        e["bound"] = BOUNDS[(e["backend"], e["precision"])]
+        e["bound_metric"] = "max_rel"
+    return entries
+
+
+def build(s: BuildSettings, stage: Stage = _silent) -> BuildResult:
+    check_settings(s)
+    config = models.resolve(s.variant, **s.overrides)
+    with stage("model"):
+        model = models.create(s.variant, checkpoint=s.checkpoint, **s.overrides)
+        stats = model_stats(model, config.input_shape)
+
+    out = s.out
+    _clean_leftovers(out, s.variant)
+    tmp = out / f".{s.variant}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        result = _build_into(tmp, s, config, model, stats, stage)
+        if result.passed:
+            _publish(tmp, out / s.variant)
+            result.bundle = out / s.variant
+        else:
+            failed = out / f"{s.variant}.failed"
+            shutil.rmtree(failed, ignore_errors=True)
+            tmp.rename(failed)
+            result.bundle = failed
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Module, stats: dict,
+                stage: Stage) -> BuildResult:
+    with stage("golden vectors"):
+        inputs = {INPUT_NAME: golden.golden_inputs(config.input_shape, s.golden_batch, s.seed)}
+        reference = golden.reference_outputs(model, inputs[INPUT_NAME])
+        golden.save_golden(bundle / GOLDEN, inputs, reference)
+    io = ([{"name": INPUT_NAME, "shape": ["batch", *config.input_shape], "dtype": "float32"}],
+          [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in reference.items()])
+
+    with tempfile.TemporaryDirectory(dir=bundle.parent, prefix=f".{s.variant}.work-") as work:
+        raw = Path(work) / "exported.onnx"
+        with stage("ONNX export + checker"):
+            export_info = export_onnx(model, torch.from_numpy(inputs[INPUT_NAME]), config.output_names, raw, s.opset)
+        with stage("onnxsim + numeric check"):
+            simplify_info = simplify(raw, bundle / ONNX_FILE, io, inputs)
+    if not simplify_info["check"]["passed"]:
+        raise RuntimeError(f"simplification changed the model's outputs: {simplify_info['check']}")
+    if "openvino" in s.backends:
+        with stage("OpenVINO IR (fp32, fp16)"):
+            openvino_convert.convert(bundle / ONNX_FILE, bundle)
+    if "onnxruntime" not in s.backends:
+        (bundle / ONNX_FILE).unlink()  # only the source of the IRs
+
+    artifacts = artifact_entries(s.backends)
+    manifest: dict[str, Any] = {
+        "variant": s.variant,
+        "family": config.family,
+        "settings": dataclasses.asdict(config),
+        "overrides": dict(s.overrides),
+        "model": {"summary": models.get_variant(s.variant).summary, **stats},
+        "inputs": io[0],
+        "outputs": io[1],
+        "preprocess": {"size": list(config.input_shape[1:]), "layout": "NCHW", "channels": "RGB",
+                       "scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3},
+        "task": {"kind": "keypoints", "image_size": config.image_size},
+        "checkpoint": ({"path": str(s.checkpoint), "sha256": sha256(Path(s.checkpoint))} if s.checkpoint else None),
+        "export": export_info,
+        "simplify": simplify_info,
+        "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch},
+        "artifacts": artifacts,
+        "versions": tool_versions(),
+        "machine": machine_info(),
+    }
+    write_manifest(bundle, manifest)  # the runtime loads artifacts through it
+
+    loaded = Bundle.open(bundle)
+    with contextlib.ExitStack() as stack:
+        with stage("load artifacts"):
+            runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], s.threads))
+                       for a in artifacts}
+        with stage("parity against PyTorch"):
+            parity = validate(runners, {a["key"]: a["bound"] for a in artifacts}, inputs, reference,
+                              manifest["task"])
+        with stage("latency"):
+            one = {k: v[:1] for k, v in inputs.items()}
+            latency = measure(runners, model, one, s.threads, s.warmup, s.runs)
+
+    failures = []
+    for a in artifacts:
+        a["parity"] = parity[a["key"]].to_dict()
+        failures += [f"{a['file']} on {a['backend']} ({a['precision']}): {f}" for f in parity[a["key"]].failures()]
+    manifest["latency"] = latency
+    manifest["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs,
+                             "interleaved": True}
+    (bundle / "report.md").write_text(report_markdown(manifest))
+    write_manifest(bundle, manifest)
+    return BuildResult(bundle, manifest, not failures, failures)
+

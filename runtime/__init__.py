@@ -1,0 +1,13 @@
+"""The device side of edge-export: load, verify and benchmark a bundle.
+
+Needs numpy and the backends it runs (onnxruntime, openvino), never torch.
+"""
+
+from .bench import bench
+from .bundle import Bundle
+from .compare import ParityError, compare
+from .errors import UserError
+from .runners import Runner, load
+from .verify import verify
+
+__all__ = ["Bundle", "ParityError", "Runner", "UserError", "bench", "compare", "load", "verify"]

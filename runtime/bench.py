@@ -1,0 +1,61 @@
+"""Latency of Runners, measured honestly.
+
+The first inference (after load) is reported apart; then an explicit warm-up;
+then timed synchronous runs, one call at a time, with percentiles. Several
+runners are timed interleaved, in rounds, so that a noisy machine does not
+favour whichever ran first. A throughput figure from concurrent callers is
+never called latency.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def latency_stats(times_ms: list[float]) -> dict[str, float]:
+    t = np.asarray(times_ms)
+    return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+            "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "std_ms": float(t.std()),
+            "min_ms": float(t.min())}
+
+
+def _time_ms(runner: Any, feeds: Mapping[str, np.ndarray]) -> float:
+    start = time.perf_counter()
+    runner.infer(feeds)
+    return (time.perf_counter() - start) * 1e3
+
+
+def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray], warmup: int = 10,
+                      runs: int = 100, rounds: int = 5, max_seconds: float | None = None) -> dict[str, dict]:
+    """Time each runner's `infer(feeds)`: `runs` timed calls each, spread over
+    `rounds` rounds that visit the runners in turn. A runner whose timed calls
+    pass `max_seconds` in total stops early (after at least 10); the number
+    actually timed is recorded."""
+    first = {name: _time_ms(r, feeds) for name, r in runners.items()}
+    for r in runners.values():
+        for _ in range(warmup):
+            r.infer(feeds)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    spent = dict.fromkeys(runners, 0.0)
+    per_round = max(1, -(-runs // rounds))
+    for _ in range(rounds):
+        for name, r in runners.items():
+            for _ in range(min(per_round, runs - len(times[name]))):
+                if max_seconds and spent[name] > max_seconds * 1e3 and len(times[name]) >= 10:
+                    break
+                times[name].append(_time_ms(r, feeds))
+                spent[name] += times[name][-1]
+    batch = int(next(iter(feeds.values())).shape[0])
+    return {name: {"first_ms": first[name], "warmup": warmup, "runs": len(times[name]),
+                   **latency_stats(times[name]), "batch": batch,
+                   "settings": dict(getattr(runners[name], "settings", {}))}
+            for name in runners}
+
+
+def bench(runner: Any, feeds: Mapping[str, np.ndarray], warmup: int = 10, runs: int = 100,
+          max_seconds: float | None = None) -> dict[str, Any]:
+    """Latency of one runner (see `bench_interleaved`)."""
+    return bench_interleaved({"runner": runner}, feeds, warmup, runs, rounds=1, max_seconds=max_seconds)["runner"]

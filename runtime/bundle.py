@@ -1,0 +1,91 @@
+"""A bundle on disk: its manifest, its files and their hashes.
+
+Only the standard library and numpy: reading a bundle must work on any device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+MANIFEST = "manifest.json"
+GOLDEN = "golden.npz"
+BACKENDS = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_choice(what: str, value: str, valid: tuple[str, ...] | list[str]) -> str:
+    if value not in valid:
+        raise UserError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Bundle":
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"bundle {str(path)!r} is not a folder; expected a folder written by "
+                            "`python -m export build` (it holds manifest.json)")
+        manifest_path = path / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"bundle {str(path)!r} has no {MANIFEST}; is it a build output folder?") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"bundle {str(path)!r}: {MANIFEST} is unreadable or truncated ({err})") from None
+        for key in ("variant", "inputs", "outputs", "artifacts", "files"):
+            if not isinstance(manifest, dict) or key not in manifest:
+                raise UserError(f"bundle {str(path)!r}: {MANIFEST} lacks the {key!r} entry; "
+                                "it was not written by this version of edge-export")
+        return cls(path, manifest)
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return self.manifest["artifacts"]
+
+    def artifact(self, backend: str, precision: str) -> dict[str, Any]:
+        check_choice("backend", backend, BACKENDS)
+        for entry in self.artifacts:
+            if entry["backend"] == backend and entry["precision"] == precision:
+                return entry
+        have = [a["precision"] for a in self.artifacts if a["backend"] == backend]
+        raise UserError(f"bundle {str(self.path)!r} has no {precision!r} artifact for {backend}; "
+                        f"it has: {', '.join(have) or 'none'}")
+
+    def check_files(self) -> list[str]:
+        """Names of files whose sha256 differs from the manifest, or which are missing."""
+        problems = []
+        for name, expected in self.manifest["files"].items():
+            file = self.path / name
+            if not file.is_file():
+                problems.append(f"{name} is missing")
+            elif sha256(file) != expected:
+                problems.append(f"{name} has changed (sha256 differs from the manifest)")
+        return problems
+
+    def golden(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(inputs, reference outputs) stored at build time."""
+        import numpy as np
+
+        with np.load(self.path / GOLDEN) as data:
+            inputs = {i["name"]: data[f"input.{i['name']}"] for i in self.manifest["inputs"]}
+            outputs = {o["name"]: data[f"output.{o['name']}"] for o in self.manifest["outputs"]}
+        return inputs, outputs

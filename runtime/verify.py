@@ -1,0 +1,58 @@
+"""On-device parity: check every file's sha256, then replay the golden vectors
+through every artifact on every installed backend, against the stored bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bundle import Bundle
+from .compare import Parity, compare
+from .runners import installed_backends, load
+
+
+@dataclass
+class ArtifactCheck:
+    artifact: dict[str, Any]
+    parity: Parity | None = None
+    skipped: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is not None and self.parity.passed
+
+
+@dataclass
+class Verification:
+    bundle: Path
+    bundle_files: list[str] = field(default_factory=list)
+    file_problems: list[str] = field(default_factory=list)
+    checks: list[ArtifactCheck] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        ran = [c for c in self.checks if not c.skipped]
+        return not self.file_problems and bool(ran) and all(c.passed for c in ran)
+
+
+def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verification:
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    result = Verification(bundle.path, list(bundle.manifest["files"]), bundle.check_files())
+    broken = {p.split(" ", 1)[0] for p in result.file_problems}
+    inputs, reference = bundle.golden() if "golden.npz" not in broken else ({}, {})
+    have = installed_backends()
+    for art in bundle.artifacts:
+        check = ArtifactCheck(art)
+        result.checks.append(check)
+        files = [f for f in bundle.manifest["files"] if f.removesuffix(".bin") == art["file"].removesuffix(".xml")]
+        if art["backend"] not in have:
+            check.skipped = f"{art['backend']} is not installed"
+        elif not inputs:
+            check.skipped = "golden.npz is missing or changed"
+        elif broken & set(files):
+            check.skipped = "its file is missing or changed"
+        else:
+            with load(bundle, art["backend"], art["precision"], threads) as runner:
+                check.parity = compare(reference, runner.infer(inputs), art["bound"], bundle.manifest.get("task"))
+    return result

@@ -1,0 +1,64 @@
+"""Shared fixtures: one build per variant for the whole session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from export.pipeline import BuildSettings, build
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give a model weights and norm statistics far from their defaults, as a
+    trained checkpoint has: BatchNorm means around +-1 and variances 0.2..5,
+    affine scales away from 1, and a Jacobian head that is not all zeros."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_mean"):
+                t.copy_(torch.randn(t.shape, generator=g))
+            elif name.endswith("running_var"):
+                t.copy_(torch.empty(t.shape).uniform_(0.2, 5.0, generator=g))
+            elif "norm" in name and name.endswith("weight"):
+                t.copy_(torch.empty(t.shape).uniform_(0.5, 1.5, generator=g))
+            elif name.endswith("bias"):
+                t.add_(0.1 * torch.randn(t.shape, generator=g))
+            elif name.startswith("jacobian") and name.endswith("weight"):
+                t.copy_(0.01 * torch.randn(t.shape, generator=g))
+    return model
+
+
+@pytest.fixture(scope="session")
+def checkpoint_for(tmp_path_factory):
+    """checkpoint_for(variant) -> path of a perturbed state_dict for it."""
+    cache: dict[str, Path] = {}
+
+    def make(variant: str) -> Path:
+        if variant not in cache:
+            path = tmp_path_factory.mktemp("ckpt") / f"{variant}.pt"
+            torch.save(perturb_(models.create(variant)).state_dict(), path)
+            cache[variant] = path
+        return cache[variant]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, checkpoint_for):
+    """built(variant) -> BuildResult of a full build with a perturbed checkpoint
+    (few timed runs: the tests check figures, not speed)."""
+    cache = {}
+
+    def make(variant: str):
+        if variant not in cache:
+            out = tmp_path_factory.mktemp("artifacts")
+            cache[variant] = build(BuildSettings(variant=variant, checkpoint=checkpoint_for(variant), out=out,
+                                                 warmup=1, runs=5))
+        return cache[variant]
+
+    return make

@@ -1,0 +1,87 @@
+"""The command lines as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.bundle import sha256
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
+    result = run("export", "build", "--variant", "dsc", "--out", str(tmp_path), "--threads", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "parity against PyTorch and latency" in result.stdout and "PyTorch eager" in result.stdout
+    bundle = tmp_path / "dsc"
+    names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    assert names == ["golden.npz", "manifest.json", "model.onnx", "openvino/model.bin", "openvino/model.fp16.bin",
+                     "openvino/model.fp16.xml", "openvino/model.xml", "report.md"]
+    assert [p.name for p in tmp_path.iterdir()] == ["dsc"]  # no temporary folder left behind
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["files"] == {n: sha256(bundle / n) for n in names if n != "manifest.json"}
+    assert [o["name"] for o in manifest["outputs"]] == ["value", "jacobian", "heatmap"]
+    assert manifest["inputs"] == [{"name": "image", "shape": ["batch", 3, 256, 256], "dtype": "float32"}]
+    assert manifest["model"]["params"] == 1_702_758
+    assert manifest["export"]["opset"] == 20 and manifest["versions"]["torch"].startswith("2.")
+    assert {a["key"] for a in manifest["artifacts"]} == {"onnxruntime/fp32", "openvino/fp32", "openvino/fp16"}
+    for key, lat in manifest["latency"].items():
+        assert lat["p50_ms"] > 0 and lat["runs"] >= 10 and lat["settings"]["threads"] == 2, key
+    ov = manifest["latency"]["openvino/fp32"]["settings"]
+    assert ov["precision_hint_requested"] == "f32" and ov["precision_hint"] == "f32"
+    assert "| model.onnx | onnxruntime fp32 | pass |" in (bundle / "report.md").read_text()
+
+    verify = run("runtime", "verify", str(bundle))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.strip().endswith("verify: passed")
+
+    bench = run("runtime", "bench", str(bundle), "--runs", "5", "--json")
+    assert bench.returncode == 0 and json.loads(bench.stdout)["p50_ms"] > 0
+
+
+def test_verify_names_a_changed_file(built, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(built("dsc").bundle, bundle)
+    data = bytearray((bundle / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "model.onnx").write_bytes(data)
+    result = run("runtime", "verify", str(bundle))
+    assert result.returncode == 1
+    assert "FAIL  model.onnx has changed" in result.stdout and "verify: FAILED" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "nope"], "error: unknown variant 'nope'; valid: baseline, dsc"),
+    (["--variant", "dsc", "--backends", "tensorrt"], "error: unknown backend 'tensorrt'; valid: onnxruntime, openvino"),
+    (["--variant", "dsc", "--opset", "13"], "error: opset 13 is not supported; valid: 18..21"),
+    (["--variant", "dsc", "--conv", "winograd"], "error: unknown conv kind 'winograd'; valid: standard, dsc, asym"),
+    (["--variant", "dsc", "--checkpoint", "missing.pt"], "error: checkpoint 'missing.pt' does not exist"),
+    (["--variant", "dsc", "--out", "pyproject.toml"], "error: --out 'pyproject.toml' is a file"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = run("export", "build", *args)
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["verify", "no/such/bundle"], "error: bundle 'no/such/bundle' is not a folder"),
+    (["bench", "."], "error: bundle '.' has no manifest.json"),
+])
+def test_runtime_bad_input_is_one_line_and_exit_2(args, message):
+    result = run("runtime", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,52 @@
+"""The device runtime: no torch, honest comparisons, checked inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtime.bench import latency_stats
+from runtime.compare import compare, keypoint_error_px
+
+
+def test_runtime_does_not_import_torch():
+    code = ("import runtime, runtime.cli, runtime.verify, runtime.runners, sys; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxsim', 'models', 'export')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compare_figures():
+    ref = {"a": np.array([0.0, 1.0, 2.0, 4.0])}
+    out = {"a": np.array([0.0, 1.0, 2.0, 4.004])}
+    parity = compare(ref, out, bound=1e-3)
+    (a,) = parity.outputs
+    assert a.max_abs == pytest.approx(0.004)
+    assert a.mean_abs == pytest.approx(0.001)
+    assert a.max_rel == pytest.approx(0.001)  # over the reference's range of 4
+    assert a.cosine == pytest.approx(1.0, abs=1e-6)
+    assert parity.passed
+    failing = compare(ref, out, bound=5e-4)
+    assert not failing.passed
+    assert failing.failures() == ["a: max relative error 1.00e-03 > bound 5e-04 (max abs 4.00e-03, cosine 1.000000)"]
+
+
+def test_compare_fails_missing_or_misshapen_outputs():
+    ref = {"a": np.zeros(3), "b": np.ones(2)}
+    parity = compare(ref, {"a": np.zeros(4)}, bound=1.0)
+    assert [o.passed for o in parity.outputs] == [False, False]
+
+
+def test_keypoint_error_in_pixels():
+    ref = np.zeros((1, 2, 2))
+    out = np.array([[[3 / 128, 4 / 128], [0.0, 0.0]]])  # 5 px off in a 256 image, 0 px
+    assert keypoint_error_px(ref, out, 256) == pytest.approx(2.5)
+
+
+def test_latency_stats():
+    stats = latency_stats([1.0] * 98 + [10.0, 20.0])
+    assert stats["p50_ms"] == 1.0 and stats["min_ms"] == 1.0 and stats["p99_ms"] > 9.0
