@@ -84,6 +84,8 @@ def cmd_build(args) -> int:
     result = build(settings, stage=_stage)
     console.print(_table(f"{args.variant}: parity against PyTorch and latency "
                          f"(batch 1, {settings.threads} threads)", COLUMNS, rows(result.manifest)))
+    for r in result.manifest.get("rejected", []):
+        console.print(f"[yellow]not shipped[/]: {r['reason']}")
     if not result.passed:
         for failure in result.failures:
             console.print(f"[red]parity failed[/]: {failure}")

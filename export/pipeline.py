@@ -22,7 +22,7 @@ import torch
 import models
 from runtime import runners as rt
 from runtime.bundle import BACKENDS, GOLDEN, Bundle, check_choice, sha256
-from runtime.compare import BOUNDS
+from runtime.compare import BOUNDS, effective_bounds
 from runtime.errors import UserError
 from runtime.machine import machine_info
 
@@ -164,6 +164,7 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
     with stage("golden vectors"):
         inputs = {INPUT_NAME: golden.golden_inputs(config.input_shape, s.golden_batch, s.seed)}
         reference = golden.reference_outputs(model, inputs[INPUT_NAME])
+        noise = golden.reference_noise(model, inputs[INPUT_NAME], reference)
         golden.save_golden(bundle / GOLDEN, inputs, reference)
     io = ([{"name": INPUT_NAME, "shape": ["batch", *config.input_shape], "dtype": "float32"}],
           [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in reference.items()])
@@ -183,6 +184,8 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
         (bundle / ONNX_FILE).unlink()  # only the source of the IRs
 
     artifacts = artifact_entries(s.backends)
+    for a in artifacts:
+        a["bounds"] = effective_bounds(a["bound"], noise)
     manifest: dict[str, Any] = {
         "variant": s.variant,
         "family": config.family,
@@ -193,11 +196,13 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
         "outputs": io[1],
         "preprocess": {"size": list(config.input_shape[1:]), "layout": "NCHW", "channels": "RGB",
                        "scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3},
-        "task": {"kind": "keypoints", "image_size": config.image_size},
+        "task": config.task,
         "checkpoint": ({"path": str(s.checkpoint), "sha256": sha256(Path(s.checkpoint))} if s.checkpoint else None),
         "export": export_info,
         "simplify": simplify_info,
         "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch},
+        "reference_noise": {"what": "max rel err of PyTorch fp32 vs fp64 on the golden inputs; an output's "
+                            "bound is raised to twice this where it is larger", "outputs": noise},
         "artifacts": artifacts,
         "versions": tool_versions(),
         "machine": machine_info(),
@@ -210,20 +215,33 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
             runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], s.threads))
                        for a in artifacts}
         with stage("parity against PyTorch"):
-            parity = validate(runners, {a["key"]: a["bound"] for a in artifacts}, inputs, reference,
+            parity = validate(runners, {a["key"]: a["bounds"] for a in artifacts}, inputs, reference,
                               manifest["task"])
+        failures, rejected = [], []
+        for a in list(artifacts):
+            a["parity"] = parity[a["key"]].to_dict()
+            problems = [f"{a['file']} on {a['backend']} ({a['precision']}): {f}" for f in parity[a["key"]].failures()]
+            if problems and a["precision"] != "fp32":
+                # an optional precision that loses is not shipped; the manifest says why
+                artifacts.remove(a)
+                runners.pop(a["key"]).close()
+                _remove_artifact_files(bundle, a["file"])
+                rejected.append({**a, "reason": "; ".join(problems)})
+            failures += [] if a["precision"] != "fp32" else problems
         with stage("latency"):
             one = {k: v[:1] for k, v in inputs.items()}
-            latency = measure(runners, model, one, s.threads, s.warmup, s.runs)
+            manifest["latency"] = measure(runners, model, one, s.threads, s.warmup, s.runs)
 
-    failures = []
-    for a in artifacts:
-        a["parity"] = parity[a["key"]].to_dict()
-        failures += [f"{a['file']} on {a['backend']} ({a['precision']}): {f}" for f in parity[a["key"]].failures()]
-    manifest["latency"] = latency
+    manifest["rejected"] = rejected
     manifest["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs,
                              "interleaved": True}
     (bundle / "report.md").write_text(report_markdown(manifest))
     write_manifest(bundle, manifest)
     return BuildResult(bundle, manifest, not failures, failures)
+
+
+def _remove_artifact_files(bundle: Path, file: str) -> None:
+    (bundle / file).unlink()
+    if file.endswith(".xml"):  # its weights: model.fp16.xml -> model.fp16.bin
+        (bundle / (file.removesuffix(".xml") + ".bin")).unlink()
 

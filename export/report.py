@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.compare import describe_task
+
 from .benchmark import EAGER
 
-COLUMNS = ("artifact", "runtime", "parity", "max rel err", "bound", "min cosine", "kp err px",
+COLUMNS = ("artifact", "runtime", "parity", "max rel err", "bound", "min cosine", "task vs PyTorch",
            "p50 ms", "p90 ms", "vs eager")
 
 
@@ -20,10 +22,9 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
         parity, lat = art["parity"], manifest["latency"][art["key"]]
         outs = parity["outputs"].values()
         worst = max(outs, key=lambda o: o["max_rel"] / o["bound"])
-        kp = parity["task"].get("keypoint_error_px")
         table.append((art["file"], f"{art['backend']} {art['precision']}", "pass" if parity["passed"] else "FAIL",
-                      f"{worst['max_rel']:.1e} ({worst['name']})", f"{art['bound']:.0e}",
-                      f"{min(o['cosine'] for o in outs):.6f}", "-" if kp is None else f"{kp:.4f}",
+                      f"{worst['max_rel']:.1e} ({worst['name']})", f"{worst['bound']:.1e}",
+                      f"{min(o['cosine'] for o in outs):.6f}", describe_task(parity["task"]),
                       f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{eager['p50_ms'] / lat['p50_ms']:.2f}x"))
     return table
 
@@ -32,6 +33,15 @@ def markdown_table(columns: tuple[str, ...], table: list[tuple[str, ...]]) -> st
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     return "\n".join(lines)
+
+
+def rejected_lines(manifest: dict[str, Any]) -> list[str]:
+    lines = [f"Not shipped: {r['file']} ({r['backend']} {r['precision']}): {r['reason']}" for r in manifest["rejected"]]
+    raised = {k: v for k, v in manifest["reference_noise"]["outputs"].items() if 2 * v > 1e-4}
+    if raised:
+        lines.append("PyTorch's own float32 outputs differ from float64 by " + ", ".join(
+            f"{k}: {v:.1e}" for k, v in raised.items()) + " (max rel err); bounds below twice that were raised to it.")
+    return [*lines, ""] if lines else []
 
 
 def report_markdown(manifest: dict[str, Any]) -> str:
@@ -61,6 +71,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         "",
         markdown_table(COLUMNS, rows(manifest)),
         "",
+        *rejected_lines(manifest),
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, flags {', '.join(machine['flags'])}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()) + ".",
         "",

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import layers
+from runtime.errors import UserError
+
+from . import encdec, layers
 
 
 class AntiAliasDownsample(nn.Module):
@@ -43,29 +45,42 @@ class AntiAliasDownsample(nn.Module):
         return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.groups)
 
 
-class DownBlock2d(nn.Module):
-    """conv 3x3 -> norm -> ReLU -> average pool 2x2."""
+def extra_convs(depth: int, c: int, size: int, conv: str, norm: str) -> nn.Sequential | None:
+    """`depth - 1` more conv -> norm -> ReLU at constant width (None for FOMM's depth 1,
+    which keeps FOMM's parameter names)."""
+    if depth == 1:
+        return None
+    return nn.Sequential(*[m for _ in range(depth - 1)
+                           for m in (layers.conv(conv, c, c), layers.norm(norm, c, (size, size)), nn.ReLU())])
 
-    def __init__(self, cin: int, cout: int, size: int, conv: str, norm: str):
+
+class DownBlock2d(nn.Module):
+    """conv 3x3 -> norm -> ReLU (x depth) -> average pool 2x2."""
+
+    def __init__(self, cin: int, cout: int, size: int, conv: str, norm: str, depth: int = 1):
         super().__init__()
         self.conv = layers.conv(conv, cin, cout)
         self.norm = layers.norm(norm, cout, (size, size))
+        self.extra = extra_convs(depth, cout, size, conv, norm)
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(F.relu(self.norm(self.conv(x))))
+        y = F.relu(self.norm(self.conv(x)))
+        return self.pool(self.extra(y) if self.extra is not None else y)
 
 
 class UpBlock2d(nn.Module):
     """x2 upsampling (nearest + conv 3x3, or a transposed conv) -> norm -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, size: int, conv: str, norm: str, upsample: str):
+    def __init__(self, cin: int, cout: int, size: int, conv: str, norm: str, upsample: str, depth: int = 1):
         super().__init__()
         self.up, self.conv = layers.upsample(upsample, cin, cout, conv)
         self.norm = layers.norm(norm, cout, (size, size))
+        self.extra = extra_convs(depth, cout, size, conv, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.norm(self.conv(self.up(x))))
+        y = F.relu(self.norm(self.conv(self.up(x))))
+        return self.extra(y) if self.extra is not None else y
 
 
 class Encoder(nn.Module):
@@ -73,7 +88,7 @@ class Encoder(nn.Module):
         super().__init__()
         widths = cfg.widths
         self.down_blocks = nn.ModuleList(
-            DownBlock2d(cin, cout, cfg.hourglass_size >> i, cfg.conv, cfg.norm)
+            DownBlock2d(cin, cout, cfg.hourglass_size >> i, cfg.conv, cfg.norm, cfg.depth)
             for i, (cin, cout) in enumerate(zip(widths, widths[1:]))
         )
         self.channels = widths
@@ -93,7 +108,7 @@ class Decoder(nn.Module):
         blocks, cin = [], channels[-1]
         for i in reversed(range(len(channels) - 1)):
             cout = channels[i] if i > 0 else cfg.block_expansion
-            blocks.append(UpBlock2d(cin, cout, hourglass_size >> i, cfg.conv, cfg.norm, cfg.upsample))
+            blocks.append(UpBlock2d(cin, cout, hourglass_size >> i, cfg.conv, cfg.norm, cfg.upsample, cfg.depth))
             cin = cout + channels[i]
         self.up_blocks = nn.ModuleList(blocks)
         self.out_filters = cin
@@ -131,11 +146,14 @@ class KeypointDetector(nn.Module):
     [-1, 1] as (x, y); `jacobian` (B, K, 2, 2); `heatmap` (B, K, h, w).
     """
 
-    def __init__(self, cfg: "DetectorConfig", predictor: nn.Module | None = None):
+    def __init__(self, cfg: "DetectorConfig"):
         super().__init__()
         self.config = cfg
         self.down = AntiAliasDownsample(cfg.channels, cfg.scale_factor)
-        self.predictor = predictor if predictor is not None else Hourglass(cfg)
+        if cfg.predictor == "hourglass":
+            self.predictor = Hourglass(cfg)
+        else:  # an encoder-decoder whose output width is what the hourglass would give the heads
+            self.predictor = encdec.BUILDERS[cfg.predictor](cfg.block_expansion + cfg.channels)
         width, k = self.predictor.out_filters, cfg.num_kp
         self.kp = layers.conv(cfg.head_conv, width, k, 7, padding=cfg.pad)
         self.jacobian = layers.conv(cfg.head_conv, width, 4 * k, 7, padding=cfg.pad)
@@ -159,12 +177,18 @@ class KeypointDetector(nn.Module):
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """FOMM's keypoint detector settings (ARCHITECTURES.md section 1)."""
+    """FOMM's keypoint detector settings (ARCHITECTURES.md section 1).
 
+    `conv`, `norm`, `upsample` and `depth` (convs per block) shape the
+    hourglass; `head_conv` the two 7x7 heads; `predictor` swaps the hourglass
+    for a lightweight encoder-decoder (erfnet, edanet, esnet, lednet)."""
+
+    predictor: str = "hourglass"
     conv: str = "standard"
     norm: str = "batch"
     upsample: str = "interp"
     head_conv: str = "standard"
+    depth: int = 1
     image_size: int = 256
     channels: int = 3
     scale_factor: float = 0.25
@@ -183,6 +207,15 @@ class DetectorConfig:
         layers.check_kind("head conv", self.head_conv, layers.CONV_KINDS)
         layers.check_kind("norm", self.norm, layers.NORM_KINDS)
         layers.check_kind("upsample", self.upsample, layers.UPSAMPLE_KINDS)
+        valid = ("hourglass", *encdec.ARCHS)
+        if self.predictor not in valid:
+            raise UserError(f"unknown predictor {self.predictor!r}; valid: {', '.join(valid)}")
+        if self.depth < 1:
+            raise UserError(f"depth {self.depth} must be at least 1 conv per block")
+
+    @property
+    def task(self) -> dict:
+        return {"kind": "keypoints", "image_size": self.image_size}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -7,6 +7,7 @@ import json
 import sys
 
 from .bundle import BACKENDS, PRECISIONS
+from .compare import describe_task
 from .errors import UserError
 
 
@@ -36,10 +37,9 @@ def cmd_verify(args) -> int:
             rows.append([a["file"], a["backend"], a["precision"], "skipped", c.skipped, "", ""])
             continue
         worst = c.parity.worst
-        kp = c.parity.task.get("keypoint_error_px")
         rows.append([a["file"], a["backend"], a["precision"], "pass" if c.passed else "FAIL",
-                     f"{worst.max_rel:.1e} ({worst.name})", f"{a['bound']:.0e}", "-" if kp is None else f"{kp:.4f}"])
-    print(format_table(["artifact", "backend", "precision", "parity", "max rel err", "bound", "kp err px"], rows))
+                     f"{worst.max_rel:.1e} ({worst.name})", f"{worst.bound:.1e}", describe_task(c.parity.task)])
+    print(format_table(["artifact", "backend", "precision", "parity", "max rel err", "bound", "task vs PyTorch"], rows))
     for c in result.checks:
         for failure in c.parity.failures() if c.parity else []:
             print(f"FAIL  {c.artifact['file']} ({c.artifact['backend']} {c.artifact['precision']}): {failure}")

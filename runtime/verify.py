@@ -54,5 +54,5 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
             check.skipped = "its file is missing or changed"
         else:
             with load(bundle, art["backend"], art["precision"], threads) as runner:
-                check.parity = compare(reference, runner.infer(inputs), art["bound"], bundle.manifest.get("task"))
+                check.parity = compare(reference, runner.infer(inputs), art["bounds"], bundle.manifest.get("task"))
     return result

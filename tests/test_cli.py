@@ -39,6 +39,7 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
     ov = manifest["latency"]["openvino/fp32"]["settings"]
     assert ov["precision_hint_requested"] == "f32" and ov["precision_hint"] == "f32"
     assert "| model.onnx | onnxruntime fp32 | pass |" in (bundle / "report.md").read_text()
+    assert manifest["task"] == {"kind": "keypoints", "image_size": 256}
 
     verify = run("runtime", "verify", str(bundle))
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -62,7 +63,7 @@ def test_verify_names_a_changed_file(built, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--variant", "nope"], "error: unknown variant 'nope'; valid: baseline, dsc"),
+    (["--variant", "nope"], "error: unknown variant 'nope'; valid: baseline, dsc, asym,"),
     (["--variant", "dsc", "--backends", "tensorrt"], "error: unknown backend 'tensorrt'; valid: onnxruntime, openvino"),
     (["--variant", "dsc", "--opset", "13"], "error: opset 13 is not supported; valid: 18..21"),
     (["--variant", "dsc", "--conv", "winograd"], "error: unknown conv kind 'winograd'; valid: standard, dsc, asym"),
@@ -85,3 +86,17 @@ def test_runtime_bad_input_is_one_line_and_exit_2(args, message):
     result = run("runtime", *args)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_list_shows_every_variant_with_its_figures():
+    import models
+
+    result = run("export", "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name in models.list_variants():
+        assert any(line.startswith(f"│ {name} ") for line in lines), name
+    row = next(line for line in lines if line.startswith("│ baseline "))
+    assert "detector" in row and "3x256x256" in row and "14,215,368" in row and "1,277.9 M" in row
+    row = next(line for line in lines if line.startswith("│ segnet-dsc "))
+    assert "segmenter" in row and "3x128x128" in row and "1,749,671" in row and "1.75 M" in row

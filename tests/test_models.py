@@ -119,3 +119,71 @@ def test_checkpoint_of_another_variant_names_the_keys(tmp_path):
 def test_unknown_variant_lists_valid_names():
     with pytest.raises(UserError, match=r"unknown variant 'nope'; valid: .*baseline.*dsc"):
         models.create("nope")
+
+
+WITH_REFERENCE = [v for v in models.list_variants() if "params" in models.get_variant(v).reference]
+
+
+@pytest.mark.parametrize("variant", WITH_REFERENCE)
+def test_every_reference_parameter_count(variant):
+    """ARCHITECTURES.md's exact counts (ESNet with the reference code's shared
+    BatchNorm, LEDNet as its reference code builds it)."""
+    assert n_params(models.create(variant)) == models.get_variant(variant).reference["params"]
+
+
+def test_reference_covers_the_issue_figures():
+    expected = {"baseline": 14_215_368, "dsc": 1_702_758, "erfnet": 2_064_191, "edanet": 689_485,
+                "esnet": 1_659_071, "lednet": 922_821, "segnet": 15_274_892, "segnet-dsc": 1_749_671}
+    assert {v: models.get_variant(v).reference["params"] for v in expected} == expected
+
+
+@pytest.mark.parametrize("variant, giga", [("segnet", 9.12), ("segnet-dsc", 1.08)])
+def test_pet_mult_adds_at_128(variant, giga):
+    assert round(summary(models.create(variant), input_size=(1, 3, 128, 128), verbose=0).total_mult_adds / 1e9, 2) == giga
+
+
+def test_layer_swaps_as_the_seed_defines_them():
+    from models import layers
+
+    up, conv = layers.upsample("transpose", 1024, 512)
+    assert n_params(conv) == 4_719_104 == n_params(layers.upsample("interp", 1024, 512)[1])
+    assert n_params(layers.norm("layer", 1024, (2, 2))) == 8_192
+    assert n_params(layers.norm("batch", 1024)) == n_params(layers.norm("instance", 1024)) == 2_048
+    group = layers.norm("group", 1024)
+    assert group.num_groups == 512 and n_params(group) == 2_048
+    assert n_params(models.create("transpose").predictor) == 14_129_568
+    assert n_params(layers.conv("asym", 64, 64)) == 2 * (64 * 64 * 3 + 64)
+
+
+def test_dsc_deep_wins_back_capacity_and_dsc_lite_has_separable_heads():
+    dsc, deep, lite = (n_params(models.create(v).predictor) for v in ("dsc", "dsc-deep", "dsc-lite"))
+    assert dsc == lite == 1_616_958 and deep == 5_186_174
+    heads = n_params(models.create("dsc-lite")) - lite
+    assert heads == 5_300  # kp: 35*49 + 35 + 35*10 + 10; jacobian: 35*49 + 35 + 35*40 + 40
+
+
+@pytest.mark.parametrize("variant", ["kp-erfnet", "kp-edanet", "kp-esnet", "kp-lednet"])
+def test_encoder_decoder_detectors_feed_the_unchanged_heads(variant):
+    model = models.create(variant)
+    assert model.predictor.out_filters == 35
+    assert n_params(model.kp) + n_params(model.jacobian) == 17_160 + 68_640
+    out = model(torch.rand(1, 3, 256, 256))
+    assert tuple(out["heatmap"].shape) == (1, 10, 58, 58)
+
+
+def test_lednet_follows_the_input_size():
+    model = models.create("lednet", height=64, width=96)
+    assert tuple(model(torch.rand(1, 3, 64, 96))["logits"].shape) == (1, 19, 64, 96)
+
+
+def test_random_init_is_the_same_every_time():
+    a, b = models.create("dsc"), models.create("dsc")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_overrides_are_checked():
+    assert models.resolve("baseline", conv="dsc", norm="group").norm == "group"
+    with pytest.raises(UserError, match="unknown norm kind 'weight'; valid: batch, layer, instance, group"):
+        models.resolve("baseline", norm="weight")
+    with pytest.raises(UserError, match="variant 'segnet' has no setting 'norm'"):
+        models.resolve("segnet", norm="group")

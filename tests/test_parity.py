@@ -16,14 +16,23 @@ ARTIFACTS = sorted(BOUNDS)
 @pytest.mark.parametrize("variant", models.list_variants())
 def test_artifact_matches_pytorch(built, variant, backend, precision):
     result = built(variant)
-    entry = next(a for a in result.manifest["artifacts"] if (a["backend"], a["precision"]) == (backend, precision))
+    shipped = [a for a in result.manifest["artifacts"] if (a["backend"], a["precision"]) == (backend, precision)]
+    if precision != "fp32" and not shipped:  # an optional precision may be dropped, never silently
+        (rejected,) = [r for r in result.manifest["rejected"] if (r["backend"], r["precision"]) == (backend, precision)]
+        assert "max relative error" in rejected["reason"]
+        pytest.skip(f"{variant} {backend} {precision} not shipped: {rejected['reason']}")
+    (entry,) = shipped
     assert entry["bound"] == BOUNDS[(backend, precision)]
+    noise = result.manifest["reference_noise"]["outputs"]
+    assert entry["bounds"] == {k: max(entry["bound"], 2 * n) for k, n in noise.items()}
     assert entry["parity"]["passed"], entry["parity"]
     # and the same, replayed on the device side from the bundle alone
     bundle = runtime.Bundle.open(result.bundle)
     inputs, reference = bundle.golden()
     with runtime.load(bundle, backend, precision, threads=2) as runner:
-        parity = runtime.compare(reference, runner.infer(inputs), entry["bound"], bundle.manifest["task"])
+        parity = runtime.compare(reference, runner.infer(inputs), entry["bounds"], bundle.manifest["task"])
     assert parity.passed, parity.failures()
-    if precision == "fp32":
+    if precision == "fp32" and "keypoint_error_px" in parity.task:
         assert parity.task["keypoint_error_px"] < 0.01
+    if precision == "fp32" and "mask_agreement" in parity.task:
+        assert parity.task["mask_agreement"] > 0.999

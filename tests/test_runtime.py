@@ -32,7 +32,7 @@ def test_compare_figures():
     assert parity.passed
     failing = compare(ref, out, bound=5e-4)
     assert not failing.passed
-    assert failing.failures() == ["a: max relative error 1.00e-03 > bound 5e-04 (max abs 4.00e-03, cosine 1.000000)"]
+    assert failing.failures() == ["a: max relative error 1.00e-03 > bound 5.0e-04 (max abs 4.00e-03, cosine 1.000000)"]
 
 
 def test_compare_fails_missing_or_misshapen_outputs():
