@@ -30,5 +30,7 @@ def file_hashes(bundle: Path) -> dict[str, str]:
 
 
 def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
-    manifest = {"format": FORMAT, **manifest, "files": file_hashes(bundle)}
+    """Write `manifest` (completed in place with the format and the file hashes)."""
+    manifest["format"] = FORMAT
+    manifest["files"] = file_hashes(bundle)
     (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

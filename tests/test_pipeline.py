@@ -1,0 +1,43 @@
+"""Build properties: reproducible, and complete or absent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from export import pipeline
+from export.pipeline import BuildSettings, build
+from runtime.verify import verify
+
+
+def test_same_variant_and_checkpoint_give_byte_identical_model_onnx(built, checkpoint_for, tmp_path):
+    first = built("dsc")
+    again = build(BuildSettings(variant="dsc", checkpoint=checkpoint_for("dsc"), out=tmp_path,
+                                backends=("onnxruntime",), warmup=1, runs=3))
+    assert again.manifest["files"]["model.onnx"] == first.manifest["files"]["model.onnx"]
+    assert again.manifest["versions"] == first.manifest["versions"]
+
+
+def test_a_build_that_dies_leaves_the_previous_bundle_and_no_leftovers(built, tmp_path, monkeypatch):
+    shutil.copytree(built("dsc").bundle, tmp_path / "dsc")
+    before = json.loads((tmp_path / "dsc" / "manifest.json").read_text())
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash during conversion")
+
+    monkeypatch.setattr(pipeline.openvino_convert, "convert", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build(BuildSettings(variant="dsc", out=tmp_path, warmup=1, runs=3))
+    assert [p.name for p in tmp_path.iterdir()] == ["dsc"]
+    assert json.loads((tmp_path / "dsc" / "manifest.json").read_text()) == before
+    assert verify(tmp_path / "dsc").passed
+
+
+def test_leftovers_of_a_killed_build_are_cleaned_by_the_next(tmp_path):
+    dead = tmp_path / ".dsc.partial-999999999"  # no such process
+    dead.mkdir()
+    (dead / "model.onnx").write_bytes(b"half")
+    pipeline._clean_leftovers(tmp_path, "dsc")
+    assert not dead.exists()
