@@ -100,8 +100,20 @@ class Segmenter(nn.Module):
         return {"logits": self.net(x)}
 
 
+class SegmentationTask:
+    """What every segmenter config shares: one `logits` output and its task."""
+
+    family = "segmenter"
+    output_names = ("logits",)
+    num_classes: int
+
+    @property
+    def task(self) -> dict:
+        return {"kind": "segmentation", "classes": self.num_classes}
+
+
 @dataclass(frozen=True)
-class EncDecConfig:
+class EncDecConfig(SegmentationTask):
     """A lightweight encoder-decoder for semantic segmentation. The default
     input is a quarter of Cityscapes' 512x1024 side, to benchmark on small CPUs."""
 
@@ -109,9 +121,6 @@ class EncDecConfig:
     num_classes: int = 19
     height: int = 256
     width: int = 512
-
-    family = "segmenter"
-    output_names = ("logits",)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -122,10 +131,6 @@ class EncDecConfig:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.height, self.width)
-
-    @property
-    def task(self) -> dict:
-        return {"kind": "segmentation", "classes": self.num_classes}
 
     def build(self) -> Segmenter:
         return Segmenter(self, BUILDERS[self.arch](self.num_classes))

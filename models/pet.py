@@ -12,7 +12,7 @@ from torch import nn
 from runtime.errors import UserError
 
 from . import layers
-from .encdec import Segmenter
+from .encdec import Segmenter, SegmentationTask
 
 
 def conv_bn_relu(kind: str, cin: int, cout: int) -> list[nn.Module]:
@@ -98,15 +98,12 @@ PET_ARCHS = ("segnet", "unet")
 
 
 @dataclass(frozen=True)
-class PetConfig:
+class PetConfig(SegmentationTask):
     arch: str = "segnet"
     conv: str = "standard"
     num_classes: int = 3
     size: int = 128
     base: int = 64  # U-Net's first width
-
-    family = "segmenter"
-    output_names = ("logits",)
 
     def __post_init__(self):
         if self.arch not in PET_ARCHS:
@@ -118,10 +115,6 @@ class PetConfig:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.size, self.size)
-
-    @property
-    def task(self) -> dict:
-        return {"kind": "segmentation", "classes": self.num_classes}
 
     def build(self) -> Segmenter:
         net = SegNet(self.conv, self.num_classes) if self.arch == "segnet" else UNet(
