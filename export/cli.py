@@ -15,6 +15,8 @@ from rich.table import Table
 from runtime.bundle import BACKENDS
 from runtime.errors import UserError
 
+from .pack import pack
+
 # A pipe gets 150 columns (rich would assume 80), a terminal its own width.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
@@ -45,6 +47,11 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--conv", help=f"override the conv kind: {', '.join(CONV_KINDS)}")
     b.add_argument("--norm", help=f"override the norm kind: {', '.join(NORM_KINDS)}")
     b.add_argument("--upsample", help=f"override the upsample kind: {', '.join(UPSAMPLE_KINDS)}")
+    b.add_argument("--pack", action="store_true", help="also write <out>/<variant>.tar.gz to copy to a device")
+
+    p = sub.add_parser("pack", help="one .tar.gz (and its .sha256) of a bundle, to copy to a device")
+    p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
+    p.add_argument("--out", type=Path, help="folder for the archive (default: beside the bundle)")
 
     sub.add_parser("list", help="the registered variants with params and mult-adds")
     return parser
@@ -92,6 +99,19 @@ def cmd_build(args) -> int:
         console.print(f"The failing bundle is kept for inspection at {result.bundle}")
         return 1
     console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
+    if args.pack:
+        _print_packed(pack(result.bundle))
+    return 0
+
+
+def _print_packed(archive: Path) -> None:
+    console.print(f"Packed: {archive} ({archive.stat().st_size / 1e6:.1f} MB) and {archive.name}.sha256; on the device: "
+                  f"sha256sum -c {archive.name}.sha256 && tar xzf {archive.name} && "
+                  f"python -m runtime verify {archive.name.removesuffix('.tar.gz')}", soft_wrap=True)
+
+
+def cmd_pack(args) -> int:
+    _print_packed(pack(args.bundle, args.out))
     return 0
 
 
@@ -113,7 +133,7 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "list": cmd_list}[args.command](args)
+        return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack}[args.command](args)
     except UserError as err:
         console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2

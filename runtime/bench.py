@@ -59,3 +59,17 @@ def bench(runner: Any, feeds: Mapping[str, np.ndarray], warmup: int = 10, runs: 
           max_seconds: float | None = None) -> dict[str, Any]:
     """Latency of one runner (see `bench_interleaved`)."""
     return bench_interleaved({"runner": runner}, feeds, warmup, runs, rounds=1, max_seconds=max_seconds)["runner"]
+
+
+def throughput(runner: Any, feeds: Mapping[str, np.ndarray], seconds: float = 5.0,
+               warmup: int = 10) -> dict[str, Any]:
+    """Inferences per second with the runner's concurrent callers (load it with
+    mode="throughput"). This is not latency: calls overlap, so no per-call time
+    is reported."""
+    for _ in range(warmup):
+        runner.infer(feeds)
+    count, elapsed = runner.run_for(feeds, seconds)
+    batch = int(next(iter(feeds.values())).shape[0])
+    return {"mode": "throughput", "inferences": count, "seconds": elapsed, "batch": batch,
+            "inferences_per_s": count / elapsed, "images_per_s": count * batch / elapsed,
+            "parallel": runner.callers, "settings": dict(getattr(runner, "settings", {}))}

@@ -5,15 +5,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from .bundle import BACKENDS, PRECISIONS
 from .compare import describe_task
 from .errors import UserError
 
+# Outputs up to this many numbers go into infer's JSON as lists; all of them go into its .npz.
+RAW_JSON_LIMIT = 100_000
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"error: {message} (see python -m runtime --help)\n")
+
+
+def positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def format_table(columns: list[str], rows: list[list[str]]) -> str:
@@ -48,24 +75,70 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench
+    from .bench import bench, throughput
     from .bundle import Bundle
     from .runners import load
 
     bundle = Bundle.open(args.bundle)
     inputs, _ = bundle.golden()
-    feeds = {k: v[: args.batch] for k, v in inputs.items()}
+    # the golden inputs, repeated to the batch asked for
+    feeds = {k: np.resize(v, (args.batch, *v.shape[1:])) for k, v in inputs.items()}
     with load(bundle, args.backend, args.precision, args.threads) as runner:
         stats = bench(runner, feeds, warmup=args.warmup, runs=args.runs)
     stats = {"bundle": str(bundle.path), "backend": args.backend, "precision": args.precision, **stats}
+    if args.throughput:
+        with load(bundle, args.backend, args.precision, args.threads, mode="throughput") as runner:
+            stats["throughput"] = throughput(runner, feeds, seconds=args.throughput, warmup=args.warmup)
+    if args.profile:
+        with load(bundle, args.backend, args.precision, args.threads, profile=True) as runner:
+            stats["profile"] = runner.profile(feeds, runs=args.profile)
     if args.json:
         print(json.dumps(stats, indent=2))
-    else:
-        print(f"{bundle.manifest['variant']} {args.backend} {args.precision}, batch {stats['batch']}, "
-              f"threads {stats['settings']['threads']}: first inference {stats['first_ms']:.2f} ms; "
-              f"latency over {stats['runs']} runs after {stats['warmup']} warm-up: p50 {stats['p50_ms']:.2f} ms, "
-              f"p90 {stats['p90_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, mean {stats['mean_ms']:.2f} "
-              f"± {stats['std_ms']:.2f} ms")
+        return 0
+    print(f"{bundle.manifest['variant']} {args.backend} {args.precision}, batch {stats['batch']}, "
+          f"threads {stats['settings']['threads']}: first inference {stats['first_ms']:.2f} ms; "
+          f"latency over {stats['runs']} runs after {stats['warmup']} warm-up: p50 {stats['p50_ms']:.2f} ms, "
+          f"p90 {stats['p90_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, mean {stats['mean_ms']:.2f} "
+          f"± {stats['std_ms']:.2f} ms")
+    if args.throughput:
+        t = stats["throughput"]
+        how = (f"{t['parallel']} async requests, THROUGHPUT hint" if args.backend == "openvino"
+               else f"{t['parallel']} parallel callers, 1 thread each")
+        print(f"throughput (not latency: calls overlap): {t['images_per_s']:.1f} images/s "
+              f"({t['inferences']} inferences in {t['seconds']:.1f} s, {how})")
+    if args.profile:
+        print(f"\nwhere the time goes, per op type ({args.profile} runs, "
+              f"{'ONNX Runtime profiler' if args.backend == 'onnxruntime' else 'OpenVINO performance counters'}):")
+        print(format_table(["op type", "ms / inference", "share", "kernels"],
+                           [[r["op_type"], f"{r['ms']:.3f}", f"{100 * r['share']:.1f}%", str(r["count"])]
+                            for r in stats["profile"]]))
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from .bundle import Bundle
+    from .images import open_image, preprocess, render
+    from .runners import load
+
+    bundle = Bundle.open(args.bundle)
+    images = {path: open_image(path) for path in args.images}  # every file checked before any work
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; expected a folder (created if missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    with load(bundle, args.backend, args.precision, args.threads) as runner:
+        for path, image in images.items():
+            outputs = runner.infer(preprocess(image, bundle.manifest["preprocess"]))
+            picture, found = render(bundle.manifest["task"], image, outputs)
+            stem = out / Path(path).stem
+            picture.save(stem.with_suffix(".png"))
+            raw = {name: {"shape": list(v.shape), "data": v.tolist()} for name, v in outputs.items()
+                   if v.size <= RAW_JSON_LIMIT}
+            stem.with_suffix(".json").write_text(json.dumps(
+                {"image": str(path), "size": list(image.size), "variant": bundle.manifest["variant"],
+                 "backend": args.backend, "precision": args.precision, **found, "outputs": raw}))
+            np.savez_compressed(stem.with_suffix(".npz"), **outputs)
+            print(f"{path} -> {stem.with_suffix('.png')}, {stem.with_suffix('.json')}, {stem.with_suffix('.npz')}")
     return 0
 
 
@@ -74,23 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     v = sub.add_parser("verify", help="check hashes and replay the golden vectors on every installed backend")
     v.add_argument("bundle")
-    v.add_argument("--threads", type=int)
+    v.add_argument("--threads", type=positive)
     b = sub.add_parser("bench", help="latency of one artifact")
     b.add_argument("bundle")
     b.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
     b.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (those the bundle has)")
-    b.add_argument("--threads", type=int)
-    b.add_argument("--runs", type=int, default=100)
-    b.add_argument("--warmup", type=int, default=10)
-    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--threads", type=positive, help="inference threads (default: the backend's choice)")
+    b.add_argument("--runs", type=positive, default=100, help="timed runs (default 100)")
+    b.add_argument("--warmup", type=positive, default=10, help="untimed runs first (default 10)")
+    b.add_argument("--batch", type=positive, default=1, help="batch size (default 1)")
+    b.add_argument("--throughput", type=positive_float, metavar="SECONDS", nargs="?", const=5.0,
+                   help="also measure throughput for SECONDS (default 5) with concurrent calls")
+    b.add_argument("--profile", type=positive, metavar="RUNS", nargs="?", const=20,
+                   help="also show the time per op type over RUNS runs (default 20)")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
+    i = sub.add_parser("infer", help="run images through the bundle; write pictures and outputs")
+    i.add_argument("bundle")
+    i.add_argument("images", nargs="+", metavar="IMAGE")
+    i.add_argument("--out", default="predictions", help="folder for the results (default: predictions/)")
+    i.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
+    i.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (those the bundle has)")
+    i.add_argument("--threads", type=positive)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"verify": cmd_verify, "bench": cmd_bench}[args.command](args)
+        return {"verify": cmd_verify, "bench": cmd_bench, "infer": cmd_infer}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,7 +8,13 @@ backend: a wrong name, dtype, rank, shape or a non-finite value is a
 
 from __future__ import annotations
 
+import json
+import os
 import queue
+import tempfile
+import threading
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -21,6 +27,7 @@ from .errors import UserError
 # native f16 arithmetic, so FP16 IRs (compressed weights) also compute in f32
 # unless a device offers f16; the compiled model's answer is what gets recorded.
 OV_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+MODES = ("latency", "throughput")
 
 
 class Runner(Protocol):
@@ -31,6 +38,8 @@ class Runner(Protocol):
     settings: dict[str, Any]
 
     def infer(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run_for(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[int, float]: ...
+    def profile(self, feeds: Mapping[str, np.ndarray], runs: int) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -77,6 +86,28 @@ class _Base:
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    callers = 1  # concurrent callers in throughput mode
+
+    def run_for(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[int, float]:
+        """Keep `self.callers` threads calling the model for `seconds`;
+        returns (completed calls, elapsed seconds)."""
+        feeds = self.check(feeds)
+        counts = [0] * self.callers
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        def caller(i: int) -> None:
+            while time.perf_counter() < deadline:
+                self._run(feeds)
+                counts[i] += 1
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(self.callers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts), time.perf_counter() - start
+
     def close(self) -> None:
         pass
 
@@ -90,49 +121,91 @@ class _Base:
 class OnnxRuntimeRunner(_Base):
     """An `InferenceSession` on the CPU; sessions are safe to call from several threads."""
 
-    def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None):
+    def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None,
+                 mode: str = "latency", profile: bool = False):
         super().__init__(inputs, outputs, "onnxruntime", precision)
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        if threads:
+        options.inter_op_num_threads = 1
+        if mode == "throughput":
+            # parallel callers, one core each, instead of one caller on every core
+            self.callers = threads or os.cpu_count() or 1
+            options.intra_op_num_threads = 1
+        elif threads:
             options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        self._profile_dir = None
+        if profile:
+            self._profile_dir = tempfile.TemporaryDirectory(prefix="edge-export-profile-")
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(self._profile_dir.name) / "ort")
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        self.settings = {"threads": threads or "default", "graph_optimization": "all",
+        self.settings = {"mode": mode, "threads": threads or "default", "graph_optimization": "all",
                          "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__}
+        if mode == "throughput":
+            self.settings.update(threads=1, parallel_callers=self.callers)
 
     def _run(self, feeds):
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
+    def profile(self, feeds, runs):
+        """Kernel time per op type, from ONNX Runtime's profiler (load with profile=True)."""
+        if self._profile_dir is None:
+            raise ValueError("this runner was loaded without profile=True")
+        feeds = self.check(feeds)
+        for _ in range(runs + 1):
+            self._run(feeds)
+        events = json.loads(Path(self.session.end_profiling()).read_text())
+        # the profiler has run since load: leave out the first inference (it is slow) and count the rest
+        model_runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                            if e.get("cat") == "Session" and e["name"] == "model_run")
+        after = model_runs[0][1] if len(model_runs) > 1 else 0
+        inferences = max(1, len(model_runs) - (len(model_runs) > 1))
+        per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= after:
+                per_op[e["args"]["op_name"]][0] += e["dur"] / 1e3
+                per_op[e["args"]["op_name"]][1] += 1
+        return op_table({op: (ms, n) for op, (ms, n) in per_op.items()}, inferences)
+
     def close(self):
         self.session = None
+        if self._profile_dir is not None:
+            self._profile_dir.cleanup()
 
 
 class OpenVINORunner(_Base):
     """A compiled OpenVINO model with a pool of infer requests, one per concurrent caller."""
 
-    def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None):
+    def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None,
+                 mode: str = "latency", profile: bool = False):
         super().__init__(inputs, outputs, "openvino", precision)
         import openvino as ov
 
         core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OV_PRECISION_HINT[precision]}
+        hint = mode.upper()
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": OV_PRECISION_HINT[precision]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if profile:
+            config["PERF_COUNT"] = True
         self.compiled = core.compile_model(str(model), "CPU", config)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._ports = {name: self.compiled.output(name) for name in self.output_names}
+        self.callers = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.settings = {
+            "mode": mode,
             "threads": threads or "default",
-            "performance_hint": "LATENCY",
+            "performance_hint": hint,
             "precision_hint_requested": config["INFERENCE_PRECISION_HINT"],
             "precision_hint": self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "streams": int(self.compiled.get_property("NUM_STREAMS")),
             "openvino": ov.get_version(),
         }
+        if mode == "throughput":
+            self.settings["async_requests"] = self.callers
 
     def _run(self, feeds):
         try:
@@ -145,25 +218,70 @@ class OpenVINORunner(_Base):
         finally:
             self._requests.put(request)
 
+    def run_for(self, feeds, seconds):
+        """OpenVINO's own way to throughput: an AsyncInferQueue of the optimal number of requests."""
+        import openvino as ov
+
+        feeds = self.check(feeds)
+        jobs = ov.AsyncInferQueue(self.compiled, self.callers)
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            jobs.start_async(feeds, share_inputs=True)
+            count += 1
+        jobs.wait_all()
+        return count, time.perf_counter() - start
+
+    def profile(self, feeds, runs):
+        """Real time per executed layer type, from OpenVINO's performance counters (load with profile=True)."""
+        feeds = self.check(feeds)
+        request = self.compiled.create_infer_request()
+        request.infer(feeds, share_inputs=True)  # the first inference is slow: left out
+        per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for _ in range(runs):
+            request.infer(feeds, share_inputs=True)
+            for p in request.profiling_info:
+                if p.status == p.Status.EXECUTED:
+                    per_op[p.node_type][0] += p.real_time.total_seconds() * 1e3
+                    per_op[p.node_type][1] += 1
+        if not per_op:
+            raise ValueError("this runner was loaded without profile=True")
+        return op_table({op: (ms, n) for op, (ms, n) in per_op.items()}, runs)
+
     def close(self):
         self.compiled = None
         self._requests = queue.SimpleQueue()
+
+
+def op_table(per_op: Mapping[str, tuple[float, int]], runs: int) -> list[dict[str, Any]]:
+    """Rows of (op type, ms per inference, share of the total, kernels per inference), slowest first."""
+    total = sum(ms for ms, _ in per_op.values()) or 1.0
+    rows = [{"op_type": op, "ms": ms / runs, "share": ms / total, "count": n // runs}
+            for op, (ms, n) in per_op.items()]
+    return sorted(rows, key=lambda r: -r["ms"])
 
 
 RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
 
 
 def load(bundle: str | Path | Bundle, backend: str = "onnxruntime", precision: str = "fp32",
-         threads: int | None = None) -> Runner:
-    """Load one artifact of a bundle. `threads=None` lets the backend choose."""
+         threads: int | None = None, mode: str = "latency", profile: bool = False) -> Runner:
+    """Load one artifact of a bundle. `threads=None` lets the backend choose.
+    `mode="throughput"` sets the backend up for many concurrent calls
+    (OpenVINO's THROUGHPUT hint; ONNX Runtime one core per caller);
+    `profile=True` turns the backend's profiler on for `runner.profile()`."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     check_choice("backend", backend, BACKENDS)
     check_choice("precision", precision, PRECISIONS)
+    check_choice("mode", mode, MODES)
+    if threads is not None and threads < 1:
+        raise UserError(f"threads {threads} is not a positive number; pass None to let the backend choose")
     entry = bundle.artifact(backend, precision)
     try:
         runner_cls = RUNNERS[backend]
         return runner_cls(bundle.path / entry["file"], bundle.manifest["inputs"],
-                          bundle.manifest["outputs"], precision, threads)
+                          bundle.manifest["outputs"], precision, threads, mode, profile)
     except ImportError:
         raise UserError(f"backend {backend!r} is not installed here; pip install {backend}") from None
 

@@ -1,0 +1,46 @@
+"""One file to copy to a device: `<variant>.tar.gz` and its `.sha256` beside it.
+
+Only a bundle whose files match its manifest is packed. The archive holds one
+folder, named after the variant, that `python -m runtime verify` accepts once
+unpacked; `sha256sum -c <variant>.tar.gz.sha256` checks the copy.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+from runtime.bundle import MANIFEST, Bundle, sha256
+from runtime.errors import UserError
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def pack(bundle_dir: str | Path, dest: str | Path | None = None) -> Path:
+    """Write `<dest>/<variant>.tar.gz` (default: beside the bundle) and its checksum file; return the archive."""
+    bundle = Bundle.open(bundle_dir)
+    problems = bundle.check_files()
+    if problems:
+        raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest ({'; '.join(problems)}); "
+                        "rebuild it before packing")
+    name = bundle.path.resolve().name
+    dest = Path(dest) if dest is not None else bundle.path.resolve().parent
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"pack destination {str(dest)!r} is a file; expected a folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / f"{name}.tar.gz"
+    partial = dest / f".{archive.name}.partial-{os.getpid()}"
+    try:
+        with tarfile.open(partial, "w:gz") as tar:
+            for file in sorted([*bundle.manifest["files"], MANIFEST]):
+                tar.add(bundle.path / file, arcname=f"{name}/{file}", filter=_normalise)
+        partial.rename(archive)
+    finally:
+        partial.unlink(missing_ok=True)
+    archive.with_name(archive.name + ".sha256").write_text(f"{sha256(archive)}  {archive.name}\n")
+    return archive

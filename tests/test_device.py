@@ -1,0 +1,157 @@
+"""The device side on real bundles: concurrency, throughput, profiling, pictures, packing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import runtime
+from export.pack import pack
+from runtime.bundle import sha256
+from runtime.images import keypoints_px, preprocess
+from tests.test_cli import run
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_eight_threads_share_one_runner_and_get_the_serial_outputs(built, backend):
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 3, 256, 256), dtype=np.float32) for _ in range(8)]
+    with runtime.load(built("dsc").bundle, backend, "fp32", threads=1) as runner:
+        serial = [runner.infer(x) for x in images]
+        errors, mismatches = [], []
+
+        def caller(i: int) -> None:
+            try:
+                for _ in range(100):
+                    out = runner.infer(images[i])
+                    if any(not np.array_equal(out[k], serial[i][k]) for k in out):
+                        mismatches.append(i)
+            except Exception as err:  # noqa: BLE001 - collected and reported below
+                errors.append(repr(err))
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and mismatches == []
+
+
+@pytest.mark.parametrize("backend, how, op", [("onnxruntime", "parallel callers", "Conv"),
+                                              ("openvino", "async requests", "Convolution")])
+def test_bench_reports_latency_throughput_and_profile_apart(built, backend, how, op):
+    result = run("runtime", "bench", str(built("dsc").bundle), "--backend", backend, "--runs", "5",
+                 "--warmup", "2", "--throughput", "1", "--profile", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["p50_ms"] > 0 and stats["runs"] == 5 and stats["first_ms"] > 0
+    t = stats["throughput"]
+    assert t["mode"] == "throughput" and t["inferences"] > 0 and t["images_per_s"] > 0 and t["parallel"] >= 1
+    assert "p50_ms" not in t  # overlapping calls have no latency
+    profile = stats["profile"]
+    assert profile[0]["op_type"] == op  # convolutions dominate a detector
+    assert sum(r["share"] for r in profile) == pytest.approx(1.0)
+    text = run("runtime", "bench", str(built("dsc").bundle), "--backend", backend, "--runs", "5",
+               "--throughput", "1", "--profile", "2")
+    assert "throughput (not latency: calls overlap)" in text.stdout and how in text.stdout
+    assert "where the time goes, per op type" in text.stdout
+
+
+def test_profile_needs_a_profiling_runner(built):
+    x, _ = runtime.Bundle.open(built("dsc").bundle).golden()
+    for backend in ("onnxruntime", "openvino"):
+        with runtime.load(built("dsc").bundle, backend) as runner, pytest.raises(ValueError, match="profile=True"):
+            runner.profile(x, 1)
+
+
+def test_preprocess_follows_the_manifest():
+    image = Image.fromarray(np.full((10, 20, 3), (255, 0, 51), np.uint8))
+    x = preprocess(image, {"size": [4, 6], "scale": 1 / 255, "mean": [0.5, 0, 0], "std": [0.5, 1, 1]})
+    assert x.shape == (1, 3, 4, 6) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :, 0, 0], [1.0, 0.0, 0.2], atol=1e-6)
+
+
+def test_keypoint_coordinates_map_to_the_edge_pixels():
+    np.testing.assert_allclose(keypoints_px(np.array([[-1, -1], [1, 1], [0, 0]]), 400, 300),
+                               [[0, 0], [399, 299], [199.5, 149.5]])
+
+
+@pytest.mark.parametrize("variant", ["dsc", "segnet-dsc"])
+def test_infer_writes_a_picture_and_the_outputs(built, variant, tmp_path):
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((90, 120, 3)) * 255).astype(np.uint8)).save(tmp_path / "cat.jpg")
+    bundle = runtime.Bundle.open(built(variant).bundle)
+    result = run("runtime", "infer", str(bundle.path), str(tmp_path / "cat.jpg"), "--out", str(tmp_path / "pred"))
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "pred" / "cat.png") as picture:
+        assert picture.size == (120, 90)  # drawn on the original image
+    found = json.loads((tmp_path / "pred" / "cat.json").read_text())
+    raw = np.load(tmp_path / "pred" / "cat.npz")
+    with runtime.load(bundle) as runner:
+        with Image.open(tmp_path / "cat.jpg") as image:
+            expected = runner.infer(preprocess(image.convert("RGB"), bundle.manifest["preprocess"]))
+    for name, value in expected.items():
+        np.testing.assert_array_equal(raw[name], value)
+    if variant == "dsc":
+        assert np.asarray(found["keypoints_px"]).shape == (10, 2)
+        assert np.asarray(found["outputs"]["value"]["data"]).shape == (1, 10, 2)
+    else:
+        assert np.asarray(found["mask"]).shape == (128, 128)
+        assert sum(found["class_fractions"]) == pytest.approx(1.0)
+        np.testing.assert_array_equal(found["mask"], expected["logits"][0].argmax(0))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["infer", "BUNDLE", "no-such.png"], "error: image 'no-such.png' does not exist"),
+    (["infer", "BUNDLE", "pyproject.toml"], "error: image 'pyproject.toml' is not a readable image"),
+    (["bench", "BUNDLE", "--precision", "int8"], "error: bundle 'BUNDLE' has no 'int8' artifact for onnxruntime; it has: fp32"),
+    (["bench", "BUNDLE", "--precision", "fp64"], "error: unknown precision 'fp64'; valid: fp32, fp16, int8"),
+    (["bench", "BUNDLE", "--backend", "tflite"], "error: unknown backend 'tflite'; valid: onnxruntime, openvino"),
+    (["bench", "BUNDLE", "--runs", "0"], "error: argument --runs: '0' is not a positive whole number"),
+    (["verify", "BUNDLE/manifest.json"], "error: bundle 'BUNDLE/manifest.json' is not a folder"),
+])
+def test_runtime_cli_errors_are_one_line(built, args, message):
+    bundle = str(built("dsc").bundle)
+    result = run("runtime", *[a.replace("BUNDLE", bundle) for a in args])
+    assert result.returncode == 2
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[0]
+    assert result.stderr.startswith(message.replace("BUNDLE", bundle)), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_truncated_manifest_is_named(built, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(built("dsc").bundle, bundle)
+    text = (bundle / "manifest.json").read_text()
+    (bundle / "manifest.json").write_text(text[: len(text) // 2])
+    result = run("runtime", "verify", str(bundle))
+    assert result.returncode == 2 and "manifest.json is unreadable or truncated" in result.stderr
+
+
+def test_pack_unpacks_to_a_bundle_that_verifies(built, tmp_path):
+    archive = pack(built("dsc").bundle, tmp_path / "ship")
+    assert archive.name == "dsc.tar.gz"
+    checksum = archive.with_name("dsc.tar.gz.sha256").read_text()
+    assert checksum == f"{sha256(archive)}  dsc.tar.gz\n"
+    assert subprocess.run(["sha256sum", "-c", "dsc.tar.gz.sha256"], cwd=archive.parent).returncode == 0
+    with tarfile.open(archive) as tar:
+        assert all(n == "dsc" or n.startswith("dsc/") for n in tar.getnames())
+        tar.extractall(tmp_path / "device", filter="data")
+    result = run("runtime", "verify", str(tmp_path / "device" / "dsc"))
+    assert result.returncode == 0 and result.stdout.strip().endswith("verify: passed"), result.stdout
+
+
+def test_pack_refuses_a_bundle_that_does_not_match_its_manifest(built, tmp_path):
+    bundle = tmp_path / "dsc"
+    shutil.copytree(built("dsc").bundle, bundle)
+    (bundle / "golden.npz").unlink()
+    result = run("export", "pack", str(bundle))
+    assert result.returncode == 2 and "golden.npz is missing" in result.stdout and "rebuild it" in result.stdout
+    assert not list(tmp_path.glob("*.tar.gz*"))
