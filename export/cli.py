@@ -53,6 +53,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
     p.add_argument("--out", type=Path, help="folder for the archive (default: beside the bundle)")
 
+    d = sub.add_parser("diagnose", help="find the first layer where an artifact departs from PyTorch")
+    d.add_argument("--variant", required=True, help="a name from `python -m export list`")
+    d.add_argument("--checkpoint", type=Path, help="the PyTorch weights to compare with (default: random init)")
+    d.add_argument("--bundle", type=Path, help="compare with this bundle's artifacts (default: a fresh export)")
+    d.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    d.add_argument("--threads", type=int, default=2, help="inference threads (default: 2)")
+    for kind, kinds in (("conv", CONV_KINDS), ("norm", NORM_KINDS), ("upsample", UPSAMPLE_KINDS)):
+        d.add_argument(f"--{kind}", help=f"override the {kind} kind: {', '.join(kinds)}")
+
     sub.add_parser("list", help="the registered variants with params and mult-adds")
     return parser
 
@@ -68,10 +77,11 @@ def _stage(name: str) -> Iterator[None]:
 def _table(title: str, columns, rows) -> Table:
     table = Table(title=title, title_justify="left")
     for c in columns:
-        table.add_column(c, justify="left" if c in ("artifact", "runtime", "variant", "family", "reference") else "right",
+        table.add_column(c, justify="left" if c in ("artifact", "runtime", "variant", "family", "reference", "module", "op")
+                         else "right",
                          no_wrap=c != "reference")
     for row in rows:
-        table.add_row(*[f"[red]{c}[/]" if c == "FAIL" else c for c in row])
+        table.add_row(*[f"[red]{c}[/]" if c.startswith("FAIL") else c for c in row])
     return table
 
 
@@ -85,7 +95,7 @@ def cmd_build(args) -> int:
     settings = BuildSettings(
         variant=args.variant, checkpoint=args.checkpoint, out=args.out, opset=args.opset,
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-        threads=args.threads or os.cpu_count() or 1, overrides=overrides,
+        threads=args.threads if args.threads is not None else os.cpu_count() or 1, overrides=overrides,
     )
     start = time.perf_counter()
     result = build(settings, stage=_stage)
@@ -96,6 +106,8 @@ def cmd_build(args) -> int:
     if not result.passed:
         for failure in result.failures:
             console.print(f"[red]parity failed[/]: {failure}")
+        for line in result.manifest.get("diagnosis", []):
+            console.print(f"[red]where[/]: {line}", soft_wrap=True)
         console.print(f"The failing bundle is kept for inspection at {result.bundle}")
         return 1
     console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
@@ -113,6 +125,32 @@ def _print_packed(archive: Path) -> None:
 def cmd_pack(args) -> int:
     _print_packed(pack(args.bundle, args.out))
     return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .diagnose import diagnose
+    from .onnx_export import check_opset
+
+    check_opset(args.opset)
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads} is not a positive number of threads")
+    overrides = {k: getattr(args, k) for k in ("conv", "norm", "upsample") if getattr(args, k) is not None}
+    with console.status("exporting and comparing every module's output ..."):
+        diagnoses = diagnose(args.variant, args.checkpoint, args.bundle, overrides, args.opset, args.threads)
+    by_module = {p.module: p for p in diagnoses[0].points}
+    figures = {d.backend: {p.module: p for p in d.points} for d in diagnoses}
+    rows = []
+    for module, point in by_module.items():
+        cells = [module, point.op_type]
+        for d in diagnoses:
+            p = figures[d.backend].get(module)
+            cells.append("-" if p is None else f"{p.max_rel:.1e}" if p.passed else f"FAIL {p.max_rel:.1e}")
+        rows.append(cells)
+    console.print(_table(f"{args.variant}: max relative error of every module's output against PyTorch, in graph order",
+                         ["module", "op", *(f"{d.backend} (bound {d.points[0].bound:.0e})" for d in diagnoses)], rows))
+    for d in diagnoses:
+        console.print(d.summary(), markup=False, soft_wrap=True)
+    return 1 if any(d.first_divergence for d in diagnoses) else 0
 
 
 def cmd_list(args) -> int:
@@ -133,7 +171,7 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack}[args.command](args)
+        return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "diagnose": cmd_diagnose}[args.command](args)
     except UserError as err:
         console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2

@@ -43,15 +43,16 @@ def quiet_exporter():
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, output_names: tuple[str, ...], path: Path,
-                opset: int) -> dict:
-    """Export with a dynamic batch axis; returns the export options for the manifest."""
+                opset: int, optimize: bool = True) -> dict:
+    """Export with a dynamic batch axis; returns the export options for the manifest.
+    `optimize=False` keeps the graph as traced, one node per PyTorch op (for diagnosis)."""
     check_opset(opset)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with quiet_exporter(), torch.no_grad():
         torch.onnx.export(
             model, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
             input_names=[INPUT_NAME], output_names=list(output_names),
-            dynamic_shapes={"x": {0: batch}}, verbose=False,
+            dynamic_shapes={"x": {0: batch}}, verbose=False, optimize=optimize,
         )
     onnx.checker.check_model(str(path), full_check=True)
     return {"exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "dynamic_axes": {INPUT_NAME: {"0": "batch"}},

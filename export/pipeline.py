@@ -166,7 +166,7 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
         reference = golden.reference_outputs(model, inputs[INPUT_NAME])
         noise = golden.reference_noise(model, inputs[INPUT_NAME], reference)
         golden.save_golden(bundle / GOLDEN, inputs, reference)
-    io = ([{"name": INPUT_NAME, "shape": ["batch", *config.input_shape], "dtype": "float32"}],
+    io = ([{"name": INPUT_NAME, "shape": ["batch", *config.input_shape], "dtype": "float32", "range": [0.0, 1.0]}],
           [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in reference.items()])
 
     with tempfile.TemporaryDirectory(dir=bundle.parent, prefix=f".{s.variant}.work-") as work:
@@ -228,6 +228,9 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
                 _remove_artifact_files(bundle, a["file"])
                 rejected.append({**a, "reason": "; ".join(problems)})
             failures += [] if a["precision"] != "fp32" else problems
+        if failures:
+            with stage("localising the divergence"):
+                manifest["diagnosis"] = [d.summary() for d in _localise(bundle, s, config, model, inputs, artifacts)]
         with stage("latency"):
             one = {k: v[:1] for k, v in inputs.items()}
             manifest["latency"] = measure(runners, model, one, s.threads, s.warmup, s.runs)
@@ -238,6 +241,17 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
     (bundle / "report.md").write_text(report_markdown(manifest))
     write_manifest(bundle, manifest)
     return BuildResult(bundle, manifest, not failures, failures)
+
+
+def _localise(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Module, inputs: dict,
+              artifacts: list[dict]) -> list:
+    from .diagnose import export_for_diagnosis, localise
+
+    files = {a["backend"]: bundle / a["file"] for a in artifacts if a["precision"] == "fp32"}
+    feeds = {k: v[:1] for k, v in inputs.items()}
+    exported = export_for_diagnosis(model, feeds[INPUT_NAME], config.output_names, s.opset)
+    bounds = {backend: BOUNDS[(backend, "fp32")] for backend in BACKENDS}
+    return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), s.threads)
 
 
 def _remove_artifact_files(bundle: Path, file: str) -> None:

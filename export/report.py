@@ -72,6 +72,8 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         markdown_table(COLUMNS, rows(manifest)),
         "",
         *rejected_lines(manifest),
+        *([f"Where the artifacts part ways with PyTorch (first module output past the bound): "
+           f"{'; '.join(manifest['diagnosis'])}.", ""] if manifest.get("diagnosis") else []),
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, flags {', '.join(machine['flags'])}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()) + ".",
         "",

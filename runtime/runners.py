@@ -78,6 +78,13 @@ class _Base:
                     raise ValueError(f"input {name!r}: expected shape {expected}, got {tuple(value.shape)}")
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise ValueError(f"input {name!r}: holds NaN or infinite values; expected finite numbers")
+            if "range" in spec:
+                lo, hi = spec["range"]
+                slack = 1e-3 * (hi - lo)
+                if value.min() < lo - slack or value.max() > hi + slack:
+                    raise ValueError(f"input {name!r}: values span [{value.min():.4g}, {value.max():.4g}]; "
+                                     f"expected [{lo:g}, {hi:g}] as the build's preprocessing gives (an image scaled "
+                                     "by 1/255, not 0..255)")
         return dict(feeds)
 
     def infer(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

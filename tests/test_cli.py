@@ -19,18 +19,21 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
-    result = run("export", "build", "--variant", "dsc", "--out", str(tmp_path), "--threads", "2")
+    result = run("export", "build", "--variant", "dsc", "--out", str(tmp_path), "--threads", "2", "--pack")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "parity against PyTorch and latency" in result.stdout and "PyTorch eager" in result.stdout
     bundle = tmp_path / "dsc"
     names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
     assert names == ["golden.npz", "manifest.json", "model.onnx", "openvino/model.bin", "openvino/model.fp16.bin",
                      "openvino/model.fp16.xml", "openvino/model.xml", "report.md"]
-    assert [p.name for p in tmp_path.iterdir()] == ["dsc"]  # no temporary folder left behind
+    # no temporary folder left behind; the archive to copy to a device beside the bundle
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dsc", "dsc.tar.gz", "dsc.tar.gz.sha256"]
+    assert f"Packed: {tmp_path / 'dsc.tar.gz'}" in result.stdout
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["files"] == {n: sha256(bundle / n) for n in names if n != "manifest.json"}
     assert [o["name"] for o in manifest["outputs"]] == ["value", "jacobian", "heatmap"]
-    assert manifest["inputs"] == [{"name": "image", "shape": ["batch", 3, 256, 256], "dtype": "float32"}]
+    assert manifest["inputs"] == [{"name": "image", "shape": ["batch", 3, 256, 256], "dtype": "float32",
+                                   "range": [0.0, 1.0]}]
     assert manifest["model"]["params"] == 1_702_758
     assert manifest["export"]["opset"] == 20 and manifest["versions"]["torch"].startswith("2.")
     assert {a["key"] for a in manifest["artifacts"]} == {"onnxruntime/fp32", "openvino/fp32", "openvino/fp16"}

@@ -1,0 +1,239 @@
+"""Where does an artifact part ways with PyTorch?
+
+Every PyTorch module's output is recorded with forward hooks; the exported
+graph is run with its intermediate tensors exposed (extra graph outputs in
+ONNX Runtime, `add_outputs` in OpenVINO). The exporter records, for each ONNX
+node, the module scopes it came from (`pkg.torch.onnx.name_scopes`); a
+module's output is the last tensor produced inside its scope. Walking the
+graph in order, the first module whose tensor crosses the bound is where the
+artifact diverges; everything before it agrees.
+"""
+
+from __future__ import annotations
+
+import ast
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+import torch
+
+from runtime.compare import output_parity
+from runtime.errors import UserError
+
+
+@dataclass(frozen=True)
+class Point:
+    """One module output compared: its path, the ONNX tensor and node it maps to, and the figures."""
+
+    module: str
+    tensor: str
+    op_type: str
+    max_rel: float
+    bound: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.max_rel <= self.bound)
+
+
+@dataclass
+class Diagnosis:
+    backend: str
+    points: list[Point] = field(default_factory=list)
+    unmatched: int = 0  # modules whose output the graph no longer holds (fused or folded)
+    # layers PyTorch ran between the last agreeing module and the first diverging one,
+    # whose outputs the graph does not hold (fused into it): the suspects beside it
+    fused: list[str] = field(default_factory=list)
+
+    @property
+    def first_divergence(self) -> Point | None:
+        return next((p for p in self.points if not p.passed), None)
+
+    def summary(self) -> str:
+        first = self.first_divergence
+        if first is None:
+            worst = max(self.points, key=lambda p: p.max_rel / p.bound, default=None)
+            figure = f"; worst {worst.max_rel:.1e} at {worst.module!r}" if worst else ""
+            return f"{self.backend}: no divergence: all {len(self.points)} module outputs within bound{figure}"
+        fused = f"; computed together with {', '.join(map(repr, self.fused))} (fused)" if self.fused else ""
+        return (f"{self.backend}: first divergence at module {first.module!r} ({first.op_type} -> {first.tensor!r}): "
+                f"max relative error {first.max_rel:.2e} > bound {first.bound:.1e}{fused}")
+
+
+def module_scopes(exported: onnx.ModelProto) -> dict[str, list[str]]:
+    """Tensor name -> the module paths whose forward produced it, outermost first (root excluded)."""
+    scopes = {}
+    for node in exported.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if "pkg.torch.onnx.name_scopes" not in meta:
+            continue
+        names = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])[:-1]  # the last is the op itself
+        for out in node.output:
+            scopes[out] = [n for n in names if n]
+    return scopes
+
+
+def module_tensors(graph: onnx.ModelProto, scopes: Mapping[str, list[str]]) -> dict[str, tuple[str, str]]:
+    """Module path -> (tensor, op type) of the last node inside its scope, in graph order."""
+    last: dict[str, tuple[str, str]] = {}
+    for node in graph.graph.node:
+        for out in node.output:
+            for module in scopes.get(out, []):
+                last[module] = (out, node.op_type)
+    return last
+
+
+def torch_activations(model: torch.nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Module path -> its output tensor (modules returning one tensor), in the order they finished."""
+    acts: dict[str, np.ndarray] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def record(_m, _inputs, output, name=name):
+            if isinstance(output, torch.Tensor):
+                acts[name] = output.detach().numpy().copy()
+
+        hooks.append(module.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return acts
+
+
+def _onnxruntime_tensors(graph: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray],
+                         threads: int) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(inferred)
+    have = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(known[n] for n in names if n in known and n not in have)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    wanted = [o.name for o in session.get_outputs() if o.name in names]
+    return dict(zip(wanted, session.run(wanted, feeds)))
+
+
+def _openvino_tensors(model_file: Path, names: list[str], feeds: dict[str, np.ndarray],
+                      threads: int) -> dict[str, np.ndarray]:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(model_file))
+    present = {n for op in model.get_ops() for out in op.outputs() for n in out.get_names()}
+    wanted = [n for n in names if n in present]
+    model.add_outputs(wanted)
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    result = compiled.create_infer_request().infer(feeds)
+    return {n: np.array(result[compiled.output(n)]) for n in wanted}
+
+
+def localise(model: torch.nn.Module, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
+             bounds: Mapping[str, float], onnx_file: Path | None = None, openvino_file: Path | None = None,
+             threads: int = 1) -> list[Diagnosis]:
+    """Compare every module output of `model` with the matching tensor of the ONNX
+    graph `onnx_file` on ONNX Runtime and of the IR `openvino_file` on OpenVINO
+    (either may be None). `exported` is the exporter's own graph of the same
+    model: its metadata map tensors to modules (onnxsim and the OpenVINO
+    converter keep tensor names). `bounds` maps backend -> bound on the max
+    relative error."""
+    tensors = module_tensors(exported, module_scopes(exported))
+    acts = torch_activations(model, next(iter(feeds.values())))
+    order = {t: i for i, node in enumerate(exported.graph.node) for t in node.output}
+    # graph order; a module and its parent can end on the same tensor: name the innermost
+    modules = sorted((m for m in tensors if m in acts), key=lambda m: (order[tensors[m][0]], -m.count(".")))
+    names = sorted({tensors[m][0] for m in modules})
+    leaves = {name for name, module in model.named_modules() if not any(module.children())}
+    runs = {}
+    if onnx_file is not None:
+        runs["onnxruntime"] = lambda: _onnxruntime_tensors(onnx.load(str(onnx_file)), names, feeds, threads)
+    if openvino_file is not None:
+        runs["openvino"] = lambda: _openvino_tensors(openvino_file, names, feeds, threads)
+    diagnoses = []
+    for backend, run in runs.items():
+        got = run()
+        diagnosis = Diagnosis(backend)
+        for m in modules:
+            tensor, op_type = tensors[m]
+            if tensor not in got or got[tensor].shape != acts[m].shape:
+                diagnosis.unmatched += 1
+                continue
+            figures = output_parity(m, acts[m], got[tensor], bounds[backend])
+            diagnosis.points.append(Point(m, tensor, op_type, figures.max_rel, bounds[backend]))
+        diagnosis.unmatched += len([m for m in acts if m not in tensors])
+        diagnosis.fused = _fused_before(diagnosis, list(acts), leaves)
+        diagnoses.append(diagnosis)
+    return diagnoses
+
+
+def _fused_before(diagnosis: Diagnosis, executed: list[str], leaves: set[str]) -> list[str]:
+    first = diagnosis.first_divergence
+    if first is None:
+        return []
+    matched = {p.module for p in diagnosis.points}
+    agreeing = [p.module for p in diagnosis.points[: diagnosis.points.index(first)]]
+    start = executed.index(agreeing[-1]) + 1 if agreeing else 0
+    return [m for m in executed[start: executed.index(first.module)] if m in leaves and m not in matched]
+
+
+def export_for_diagnosis(model: torch.nn.Module, example: np.ndarray, output_names: tuple[str, ...],
+                         opset: int) -> onnx.ModelProto:
+    """A fresh export of `model` as traced (unoptimized: a fused node keeps the
+    name of its last op's output, so an op that was fused away has no tensor
+    left to be matched against), with the exporter's metadata (onnxsim drops it)."""
+    from .onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as work:
+        path = Path(work) / "exported.onnx"
+        export_onnx(model, torch.from_numpy(example), output_names, path, opset, optimize=False)
+        return onnx.load(str(path))
+
+
+def diagnose(variant: str, checkpoint: Path | None = None, bundle: Path | None = None,
+             overrides: Mapping[str, str] | None = None, opset: int = 20, threads: int = 1) -> list[Diagnosis]:
+    """Localise the divergence of `variant` (with `checkpoint`) from the artifacts
+    of `bundle`, or, without a bundle, from a fresh export, simplification and
+    OpenVINO conversion as a build makes them."""
+    import models
+    from runtime.bundle import Bundle
+    from runtime.compare import BOUNDS
+
+    from . import golden, openvino_convert
+    from .onnx_export import INPUT_NAME, export_onnx
+    from .simplify import simplify
+
+    config = models.resolve(variant, **(overrides or {}))
+    opened = Bundle.open(bundle) if bundle is not None else None
+    if opened is not None and opened.manifest["variant"] != variant:
+        raise UserError(f"bundle {str(bundle)!r} holds variant {opened.manifest['variant']!r}, not {variant!r}; "
+                        "pass the bundle's variant")
+    model = models.create(variant, checkpoint=checkpoint, **(overrides or {}))
+    bounds = {backend: BOUNDS[(backend, "fp32")] for backend in ("onnxruntime", "openvino")}
+    with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as work:
+        work = Path(work)
+        if opened is not None:
+            feeds = {k: v[:1] for k, v in opened.golden()[0].items()}
+            files = {a["backend"]: opened.path / a["file"] for a in opened.artifacts if a["precision"] == "fp32"}
+        else:
+            feeds = {INPUT_NAME: golden.golden_inputs(config.input_shape, 1, 0)}
+            export_onnx(model, torch.from_numpy(feeds[INPUT_NAME]), config.output_names, work / "raw.onnx", opset)
+            io = ([{"name": INPUT_NAME, "shape": ["batch", *config.input_shape], "dtype": "float32"}],
+                  [{"name": n, "shape": [], "dtype": "float32"} for n in config.output_names])
+            simplify(work / "raw.onnx", work / "model.onnx", io, feeds)
+            openvino_convert.convert(work / "model.onnx", work)
+            files = {"onnxruntime": work / "model.onnx", "openvino": work / openvino_convert.IR_FILES["fp32"]}
+        exported = export_for_diagnosis(model, feeds[INPUT_NAME], config.output_names, opset)
+        return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), threads)
