@@ -20,7 +20,6 @@ import runtime
 from export import pipeline
 from export.pipeline import BuildSettings, build
 from runtime.verify import verify
-from tests.conftest import perturb_
 from tests.test_cli import REPO, run
 
 
