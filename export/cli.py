@@ -13,19 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime.bundle import BACKENDS
-from runtime.errors import UserError
+from runtime.errors import Parser, UserError
 
 from .pack import pack
 
 # A pipe gets 150 columns (rich would assume 80), a terminal its own width.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line, exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see python -m export {self.prog.split()[-1]} --help)\n")
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -11,15 +11,10 @@ import numpy as np
 
 from .bundle import BACKENDS, PRECISIONS
 from .compare import describe_task
-from .errors import UserError
+from .errors import Parser, UserError
 
 # Outputs up to this many numbers go into infer's JSON as lists; all of them go into its .npz.
 RAW_JSON_LIMIT = 100_000
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see python -m runtime --help)\n")
 
 
 def positive(text: str) -> int:

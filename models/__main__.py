@@ -1,0 +1,90 @@
+"""`python -m models`: train a variant on its generated task, evaluate it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from runtime.errors import Parser, UserError
+
+
+def _parser() -> Parser:
+    parser = Parser(prog="python -m models", description="Train and evaluate variants on the generated tasks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    t = sub.add_parser("train", help="a short CPU training run on the variant's generated task")
+    t.add_argument("--variant", required=True, help="a name from `python -m export list`")
+    t.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
+    t.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (default 2e-3)")
+    t.add_argument("--seed", type=int, default=0, help="initialisation and sample order (default 0)")
+    t.add_argument("--checkpoint", type=Path, help="start from these weights (default: random init)")
+    t.add_argument("--out", type=Path, required=True, help="where to save the state_dict, e.g. dsc.pt")
+    e = sub.add_parser("evaluate", help="task metrics on the held-out split")
+    e.add_argument("--variant", help="a name from `python -m export list` (PyTorch)")
+    e.add_argument("--checkpoint", type=Path, help="weights to evaluate (default: random init)")
+    e.add_argument("--bundle", type=Path, help="evaluate a bundle's artifact instead, through the device runtime")
+    e.add_argument("--backend", default="onnxruntime", help="with --bundle: onnxruntime or openvino")
+    e.add_argument("--precision", default="fp32", help="with --bundle: fp32, fp16 or int8")
+    e.add_argument("--samples", type=int, default=64, help="held-out samples (default 64)")
+    e.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return parser
+
+
+def _describe(result: dict) -> str:
+    if "keypoint_error_px" in result:
+        return f"keypoint error {result['keypoint_error_px']:.2f} px (of the 256x256 image)"
+    return f"pixel accuracy {100 * result['pixel_accuracy']:.2f}%, mIoU {100 * result['miou']:.2f}%"
+
+
+def cmd_train(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .train import train
+
+    with Progress(TextColumn(f"training {args.variant}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:.1f} images/s"),
+                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        job = bar.add_task("train", total=args.steps, loss=float("nan"), speed=0.0)
+
+        def progress(step: int, loss: float) -> None:
+            elapsed = bar.tasks[0].elapsed or 1e-9
+            bar.update(job, completed=step, loss=loss, speed=step * args.batch / elapsed)
+
+        result = train(args.variant, args.steps, args.batch, args.lr, args.seed, args.out, args.checkpoint, progress)
+    print(f"{args.variant}: {args.steps} steps of {args.batch} in {result['seconds']:.0f} s "
+          f"({result['threads']} threads), loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}; "
+          f"saved {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .train import evaluate, evaluate_bundle
+
+    if args.bundle is not None:
+        result = evaluate_bundle(args.bundle, args.backend, args.precision, args.samples)
+    elif args.variant:
+        result = evaluate(args.variant, args.checkpoint, args.samples)
+    else:
+        raise UserError("pass --variant NAME (PyTorch) or --bundle DIR (a built bundle)")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['variant']} ({result['runtime']}, {result['samples']} held-out samples): {_describe(result)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

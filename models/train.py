@@ -1,0 +1,132 @@
+"""A short CPU training run on a generated task, and the task metrics.
+
+Detectors learn the keypoints (L1 on the keypoint coordinates, through the
+soft-argmax the detector ends in); pet segmenters learn the trimap
+(cross-entropy). The metrics are numpy functions of the runtime package, so a
+bundle's outputs are scored by the very same code on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runtime.compare import keypoint_error_px, miou
+from runtime.errors import UserError
+
+from .registry import create, resolve
+from .tasks import Task, task_for
+
+HELDOUT_SAMPLES = 64
+
+
+def task_metrics(kind: str, targets: np.ndarray, outputs: Mapping[str, np.ndarray], image_size: int,
+                 classes: int = 3) -> dict[str, float]:
+    """Keypoint error in pixels of the input image; pixel accuracy and mIoU of the trimap."""
+    if kind == "keypoints":
+        return {"keypoint_error_px": keypoint_error_px(targets, outputs["value"], image_size)}
+    mask = outputs["logits"].argmax(1)
+    return {"pixel_accuracy": float((mask == targets).mean()), "miou": miou(targets, mask, classes)}
+
+
+def _loss(kind: str, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    if kind == "keypoints":
+        return F.l1_loss(outputs["value"], targets)
+    return F.cross_entropy(outputs["logits"], targets)
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise UserError(f"--{name} {value} must be positive")
+
+
+def train(variant: str, steps: int = 200, batch: int = 8, lr: float = 2e-3, seed: int = 0,
+          out: Path | None = None, checkpoint: Path | None = None,
+          progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train `variant` (from random init drawn from `seed`, or from `checkpoint`)
+    for `steps` Adam steps on its generated task; save the state_dict to `out`.
+    The same seed gives the same weights (samples are drawn by index from seeds)."""
+    _check_positive(steps=steps, batch=batch, lr=lr)
+    config = resolve(variant)
+    task = task_for(config)
+    size = config.input_shape[1]
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"--out {str(out)!r} is a folder; expected a file name for the checkpoint, e.g. {variant}.pt")
+    model = create(variant, checkpoint=checkpoint, seed=seed).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.15)
+    order = np.random.default_rng(seed).permutation(steps * batch)
+    losses = []
+    start = time.perf_counter()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for step in range(steps):
+            images, targets = task.batch(order[step * batch:(step + 1) * batch], "train", size)
+            loss = _loss(task.kind, model(torch.from_numpy(images)), torch.from_numpy(targets))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(float(loss))
+            if progress:
+                progress(step + 1, losses[-1])
+    seconds = time.perf_counter() - start
+    model.eval()
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        torch.save(model.state_dict(), partial)
+        partial.replace(out)
+    return {"variant": variant, "task": task.kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
+            "seconds": seconds, "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
+            "threads": torch.get_num_threads(), "out": str(out) if out else None, "model": model}
+
+
+def heldout(task: Task, size: int, samples: int = HELDOUT_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out split: the same samples every time, from seeds training never uses."""
+    return task.batch(range(samples), "heldout", size)
+
+
+def evaluate(variant: str, checkpoint: Path | None = None, samples: int = HELDOUT_SAMPLES, batch: int = 16,
+             model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Task metrics of `variant` (PyTorch) on the held-out split."""
+    _check_positive(samples=samples, batch=batch)
+    config = resolve(variant)
+    task = task_for(config)
+    size = config.input_shape[1]
+    images, targets = heldout(task, size, samples)
+    model = (model or create(variant, checkpoint=checkpoint)).eval()
+    outputs: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for i in range(0, samples, batch):
+            for name, value in model(torch.from_numpy(images[i:i + batch])).items():
+                outputs.setdefault(name, []).append(value.numpy())
+    joined = {name: np.concatenate(parts) for name, parts in outputs.items()}
+    return {"variant": variant, "checkpoint": str(checkpoint) if checkpoint else None, "samples": samples,
+            "runtime": "pytorch", **task_metrics(task.kind, targets, joined, size)}
+
+
+def evaluate_bundle(bundle: Path, backend: str = "onnxruntime", precision: str = "fp32",
+                    samples: int = HELDOUT_SAMPLES, threads: int | None = None) -> dict[str, Any]:
+    """The same metrics from a bundle's artifact, through the device runtime."""
+    import runtime
+
+    opened = runtime.Bundle.open(bundle)
+    variant = opened.manifest["variant"]
+    config = resolve(variant, **opened.manifest.get("overrides", {}))
+    task = task_for(config)
+    size = config.input_shape[1]
+    images, targets = heldout(task, size, samples)
+    with runtime.load(opened, backend, precision, threads) as runner:
+        outputs = [runner.infer(images[i:i + 1]) for i in range(samples)]
+    joined = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+    return {"variant": variant, "bundle": str(opened.path), "samples": samples, "runtime": f"{backend} {precision}",
+            **task_metrics(task.kind, targets, joined, size)}
