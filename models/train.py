@@ -74,7 +74,7 @@ def train(variant: str, steps: int = 200, batch: int = 8, lr: float = 2e-3, seed
             loss.backward()
             optimiser.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if progress:
                 progress(step + 1, losses[-1])
     seconds = time.perf_counter() - start
