@@ -41,6 +41,10 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--norm", help=f"override the norm kind: {', '.join(NORM_KINDS)}")
     b.add_argument("--upsample", help=f"override the upsample kind: {', '.join(UPSAMPLE_KINDS)}")
     b.add_argument("--pack", action="store_true", help="also write <out>/<variant>.tar.gz to copy to a device")
+    b.add_argument("--quantize", metavar="int8", help="also build INT8 artifacts (calibrated)")
+    b.add_argument("--calib-dir", type=Path, help="calibration images (PNG/JPEG; default: the generated task's)")
+    b.add_argument("--calib-samples", type=int, default=32, help="calibration images used (default 32)")
+    b.add_argument("--calib-method", default="minmax", help="ONNX Runtime calibration: minmax, entropy, percentile")
 
     p = sub.add_parser("pack", help="one .tar.gz (and its .sha256) of a bundle, to copy to a device")
     p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
@@ -89,6 +93,8 @@ def cmd_build(args) -> int:
         variant=args.variant, checkpoint=args.checkpoint, out=args.out, opset=args.opset,
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
         threads=args.threads if args.threads is not None else os.cpu_count() or 1, overrides=overrides,
+        quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
+        calib_method=args.calib_method,
     )
     start = time.perf_counter()
     result = build(settings, stage=_stage)

@@ -47,6 +47,12 @@ def reference_noise(model: nn.Module, inputs: np.ndarray, reference: dict[str, n
     return {k: output_parity(k, exact[k].numpy(), v, 0.0).max_rel for k, v in reference.items()}
 
 
-def save_golden(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-    np.savez_compressed(path, **{f"input.{k}": v for k, v in inputs.items()},
-                        **{f"output.{k}": v for k, v in outputs.items()})
+def save_golden(path: Path, sets: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:
+    """`sets`: name -> (inputs, outputs); the "golden" set is stored as input.X /
+    output.X, any other set as <name>.input.X / <name>.output.X."""
+    arrays = {}
+    for name, (inputs, outputs) in sets.items():
+        prefix = "" if name == "golden" else f"{name}."
+        arrays.update({f"{prefix}input.{k}": v for k, v in inputs.items()})
+        arrays.update({f"{prefix}output.{k}": v for k, v in outputs.items()})
+    np.savez_compressed(path, **arrays)

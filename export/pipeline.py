@@ -22,11 +22,12 @@ import torch
 import models
 from runtime import runners as rt
 from runtime.bundle import BACKENDS, GOLDEN, Bundle, check_choice, sha256
-from runtime.compare import BOUNDS, effective_bounds
+from runtime.bench import bench_interleaved
+from runtime.compare import BOUNDS, TASK_BOUNDS, effective_bounds
 from runtime.errors import UserError
 from runtime.machine import machine_info
 
-from . import golden, openvino_convert
+from . import golden, openvino_convert, quantize
 from .benchmark import measure
 from .manifest import tool_versions, write_manifest
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, check_opset, export_onnx
@@ -36,6 +37,7 @@ from .stats import model_stats
 from .validate import validate
 
 ONNX_FILE = "model.onnx"
+TASK_SAMPLES = 16  # held-out task images that INT8 is judged on
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class BuildSettings:
     backends: tuple[str, ...] = BACKENDS
     threads: int = os.cpu_count() or 1
     overrides: dict[str, str] = field(default_factory=dict)
+    quantize: str | None = None  # "int8"
+    calib_dir: Path | None = None
+    calib_samples: int = 32
+    calib_method: str = "minmax"
     seed: int = 0
     golden_batch: int = 2
     warmup: int = 10
@@ -91,6 +97,15 @@ def check_settings(s: BuildSettings) -> None:
     check_opset(s.opset)
     if s.threads < 1:
         raise UserError(f"--threads {s.threads} is not a positive number of threads")
+    if s.quantize is not None:
+        check_choice("--quantize precision", s.quantize, ("int8",))
+        check_choice("--calib-method", s.calib_method, quantize.CALIB_METHODS)
+        if s.calib_samples < 1:
+            raise UserError(f"--calib-samples {s.calib_samples} must be at least 1")
+        if s.calib_dir is not None:
+            quantize.check_calib_dir(s.calib_dir)
+    elif s.calib_dir is not None:
+        raise UserError("--calib-dir is only used with --quantize int8")
     check_out(s.out)
 
 
@@ -118,17 +133,24 @@ def _publish(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def artifact_entries(backends: tuple[str, ...]) -> list[dict[str, Any]]:
+INT8_FILES = {"onnxruntime": quantize.ONNX_INT8, "openvino": quantize.OPENVINO_INT8}
+
+
+def artifact_entries(backends: tuple[str, ...], int8: bool = False) -> list[dict[str, Any]]:
     entries = []
     if "onnxruntime" in backends:
         entries.append({"file": ONNX_FILE, "backend": "onnxruntime", "precision": "fp32"})
     if "openvino" in backends:
         for precision, name in openvino_convert.IR_FILES.items():
             entries.append({"file": name, "backend": "openvino", "precision": precision})
+    if int8:
+        entries += [{"file": INT8_FILES[b], "backend": b, "precision": "int8"} for b in backends]
     for e in entries:
         e["key"] = f"{e['backend']}/{e['precision']}"
         e["bound"] = BOUNDS[(e["backend"], e["precision"])]
         e["bound_metric"] = "max_rel"
+        if e["precision"] in TASK_BOUNDS:
+            e["task_bounds"] = TASK_BOUNDS[e["precision"]]
     return entries
 
 
@@ -165,7 +187,12 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
         inputs = {INPUT_NAME: golden.golden_inputs(config.input_shape, s.golden_batch, s.seed)}
         reference = golden.reference_outputs(model, inputs[INPUT_NAME])
         noise = golden.reference_noise(model, inputs[INPUT_NAME], reference)
-        golden.save_golden(bundle / GOLDEN, inputs, reference)
+        sets = {"golden": (inputs, reference)}
+        if s.quantize:  # INT8 is judged on what the model was trained for, where a task exists
+            task_images = quantize.task_images(config, TASK_SAMPLES)
+            if task_images is not None:
+                sets["task"] = ({INPUT_NAME: task_images}, golden.reference_outputs(model, task_images))
+        golden.save_golden(bundle / GOLDEN, sets)
     io = ([{"name": INPUT_NAME, "shape": ["batch", *config.input_shape], "dtype": "float32", "range": [0.0, 1.0]}],
           [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in reference.items()])
 
@@ -180,10 +207,17 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
     if "openvino" in s.backends:
         with stage("OpenVINO IR (fp32, fp16)"):
             openvino_convert.convert(bundle / ONNX_FILE, bundle)
-    if "onnxruntime" not in s.backends:
-        (bundle / ONNX_FILE).unlink()  # only the source of the IRs
+    calibration = None
+    if s.quantize:
+        with stage("INT8 calibration + quantization"):
+            preprocess = _preprocess(config)
+            calib, calibration = quantize.calibration_set(config, preprocess, s.calib_dir, s.calib_samples)
+            plans = {b: _quantize(bundle, b, calib, s.calib_method, "full") for b in s.backends}
 
-    artifacts = artifact_entries(s.backends)
+    artifacts = artifact_entries(s.backends, int8=bool(s.quantize))
+    for a in artifacts:
+        if a["precision"] == "int8" and "task" in sets:
+            a["judged_on"] = "task"
     for a in artifacts:
         a["bounds"] = effective_bounds(a["bound"], noise)
     manifest: dict[str, Any] = {
@@ -194,13 +228,15 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
         "model": {"summary": models.get_variant(s.variant).summary, **stats},
         "inputs": io[0],
         "outputs": io[1],
-        "preprocess": {"size": list(config.input_shape[1:]), "layout": "NCHW", "channels": "RGB",
-                       "scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3},
+        "preprocess": _preprocess(config),
         "task": config.task,
         "checkpoint": ({"path": str(s.checkpoint), "sha256": sha256(Path(s.checkpoint))} if s.checkpoint else None),
         "export": export_info,
+        "quantization": ({"precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
+                          "plans": plans} if s.quantize else None),
         "simplify": simplify_info,
-        "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch},
+        "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch,
+                   "sets": {name: len(next(iter(x.values()))) for name, (x, _) in sets.items()}},
         "reference_noise": {"what": "max rel err of PyTorch fp32 vs fp64 on the golden inputs; an output's "
                             "bound is raised to twice this where it is larger", "outputs": noise},
         "artifacts": artifacts,
@@ -215,13 +251,12 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
             runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], s.threads))
                        for a in artifacts}
         with stage("parity against PyTorch"):
-            parity = validate(runners, {a["key"]: a["bounds"] for a in artifacts}, inputs, reference,
-                              manifest["task"])
+            parity = validate(runners, {a["key"]: a for a in artifacts}, sets, manifest["task"])
         failures, rejected = [], []
         for a in list(artifacts):
             a["parity"] = parity[a["key"]].to_dict()
             problems = [f"{a['file']} on {a['backend']} ({a['precision']}): {f}" for f in parity[a["key"]].failures()]
-            if problems and a["precision"] != "fp32":
+            if problems and a["precision"] == "fp16":
                 # an optional precision that loses is not shipped; the manifest says why
                 artifacts.remove(a)
                 runners.pop(a["key"]).close()
@@ -234,13 +269,74 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
         with stage("latency"):
             one = {k: v[:1] for k, v in inputs.items()}
             manifest["latency"] = measure(runners, model, one, s.threads, s.warmup, s.runs)
+        for a in [a for a in artifacts if a["precision"] == "int8"]:
+            with stage(f"INT8 on {a['backend']}: faster and accurate?"):
+                reason = _settle_int8(a, bundle, s, calib, runners, parity, manifest, sets, stack)
+            if reason:
+                artifacts.remove(a)
+                runners.pop(a["key"]).close()
+                manifest["latency"].pop(a["key"])
+                _remove_artifact_files(bundle, a["file"])
+                rejected.append({**a, "reason": reason})
 
     manifest["rejected"] = rejected
     manifest["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs,
                              "interleaved": True}
+    if "onnxruntime" not in s.backends:
+        (bundle / ONNX_FILE).unlink()  # only the source of the IRs (and of INT8's selective plan)
+    for a in artifacts:  # size on disk: an IR's .xml and .bin together
+        a["bytes"] = sum(f.stat().st_size for f in {bundle / a["file"], bundle / (a["file"].removesuffix(".xml") + ".bin")}
+                         if f.is_file())
     (bundle / "report.md").write_text(report_markdown(manifest))
     write_manifest(bundle, manifest)
     return BuildResult(bundle, manifest, not failures, failures)
+
+
+def _preprocess(config: Any) -> dict[str, Any]:
+    return {"size": list(config.input_shape[1:]), "layout": "NCHW", "channels": "RGB",
+            "scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3}
+
+
+def _quantize(bundle: Path, backend: str, calib, method: str, plan: str) -> dict[str, Any]:
+    if backend == "onnxruntime":
+        return quantize.quantize_onnxruntime(bundle / ONNX_FILE, bundle / quantize.ONNX_INT8, calib, INPUT_NAME,
+                                             method, plan)
+    return quantize.quantize_openvino(bundle / openvino_convert.IR_FILES["fp32"], bundle / quantize.OPENVINO_INT8,
+                                      calib, plan, bundle / ONNX_FILE)
+
+
+def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, parity: dict, manifest: dict,
+                 sets: dict, stack: contextlib.ExitStack) -> str:
+    """Keep an INT8 artifact only if it is accurate and no slower than its FP32 twin,
+    trying the selective plan when the full one loses. Returns why not, or ''."""
+    twin = f"{a['backend']}/fp32"
+    one = {k: v[:1] for k, v in sets["golden"][0].items()}
+    attempts = manifest["quantization"].setdefault("attempts", {}).setdefault(a["backend"], [])
+    plan = "full"
+    while True:
+        if attempts:  # a re-quantized model: time it against its twin again, interleaved
+            lat = bench_interleaved({a["key"]: runners[a["key"]], twin: runners[twin]}, one, s.warmup, s.runs)
+            manifest["latency"][a["key"]] = lat[a["key"]]
+            p50_int8, p50_fp32 = lat[a["key"]]["p50_ms"], lat[twin]["p50_ms"]
+        else:
+            p50_int8, p50_fp32 = manifest["latency"][a["key"]]["p50_ms"], manifest["latency"][twin]["p50_ms"]
+        result = parity[a["key"]]
+        problems = result.failures() + ([] if p50_int8 <= p50_fp32 else
+                                        [f"slower than FP32 ({p50_int8:.2f} vs {p50_fp32:.2f} ms p50)"])
+        attempts.append({"plan": plan, "p50_ms": p50_int8, "fp32_p50_ms": p50_fp32, "speedup": p50_fp32 / p50_int8,
+                         "task": result.task, "passed": not problems, "problems": problems})
+        a["parity"] = result.to_dict()
+        if not problems:
+            a["plan"] = plan
+            return ""
+        if plan == "selective":
+            return "; ".join(f"{x['plan']} plan: {', '.join(x['problems'])}" for x in attempts)
+        plan = "selective"
+        runners.pop(a["key"]).close()
+        manifest["quantization"]["plans"][a["backend"]] = _quantize(bundle, a["backend"], calib,
+                                                                    s.calib_method, plan)
+        runners[a["key"]] = stack.enter_context(rt.load(bundle, a["backend"], "int8", s.threads))
+        parity[a["key"]] = validate({a["key"]: runners[a["key"]]}, {a["key"]: a}, sets, manifest["task"])[a["key"]]
 
 
 def _localise(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Module, inputs: dict,

@@ -9,23 +9,26 @@ from runtime.compare import describe_task
 from .benchmark import EAGER
 
 COLUMNS = ("artifact", "runtime", "parity", "max rel err", "bound", "min cosine", "task vs PyTorch",
-           "p50 ms", "p90 ms", "vs eager")
+           "MB", "p50 ms", "p90 ms", "vs eager", "vs FP32")
 
 
 def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row for PyTorch eager, then one per artifact; the worst output of
     each artifact (largest error relative to its bound) stands for it."""
     eager = manifest["latency"][EAGER]
-    table = [("PyTorch eager", "pytorch fp32", "reference", "-", "-", "-", "-",
-              f"{eager['p50_ms']:.2f}", f"{eager['p90_ms']:.2f}", "1.00x")]
+    table = [("PyTorch eager", "pytorch fp32", "reference", "-", "-", "-", "-", "-",
+              f"{eager['p50_ms']:.2f}", f"{eager['p90_ms']:.2f}", "1.00x", "-")]
     for art in manifest["artifacts"]:
         parity, lat = art["parity"], manifest["latency"][art["key"]]
+        twin = manifest["latency"].get(f"{art['backend']}/fp32")
         outs = parity["outputs"].values()
         worst = max(outs, key=lambda o: o["max_rel"] / o["bound"])
         table.append((art["file"], f"{art['backend']} {art['precision']}", "pass" if parity["passed"] else "FAIL",
                       f"{worst['max_rel']:.1e} ({worst['name']})", f"{worst['bound']:.1e}",
                       f"{min(o['cosine'] for o in outs):.6f}", describe_task(parity["task"]),
-                      f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{eager['p50_ms'] / lat['p50_ms']:.2f}x"))
+                      f"{art['bytes'] / 1e6:.1f}", f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}",
+                      f"{eager['p50_ms'] / lat['p50_ms']:.2f}x",
+                      f"{twin['p50_ms'] / lat['p50_ms']:.2f}x" if twin else "-"))
     return table
 
 
@@ -42,6 +45,23 @@ def rejected_lines(manifest: dict[str, Any]) -> list[str]:
         lines.append("PyTorch's own float32 outputs differ from float64 by " + ", ".join(
             f"{k}: {v:.1e}" for k, v in raised.items()) + " (max rel err); bounds below twice that were raised to it.")
     return [*lines, ""] if lines else []
+
+
+def quantization_lines(manifest: dict[str, Any]) -> list[str]:
+    q = manifest.get("quantization")
+    if not q:
+        return []
+    c = q["calibration"]
+    lines = [f"INT8: calibrated on {c['source']} ({c['method']} for ONNX Runtime; sha256 {c['sha256'][:12]}), "
+             f"judged on {manifest['golden']['sets'].get('task', 0) or manifest['golden']['batch']} "
+             f"{'held-out task' if 'task' in manifest['golden']['sets'] else 'golden'} images; "
+             "each attempt timed against its FP32 twin in the same run:", "",
+             markdown_table(("backend", "plan", "INT8 p50 ms", "FP32 p50 ms", "speed-up", "task vs PyTorch", "verdict"),
+                            [(backend, a["plan"], f"{a['p50_ms']:.2f}", f"{a['fp32_p50_ms']:.2f}",
+                              f"{a['speedup']:.2f}x", describe_task(a["task"]),
+                              "shipped" if a["passed"] else "; ".join(a["problems"]))
+                             for backend, attempts in q.get("attempts", {}).items() for a in attempts]), ""]
+    return lines
 
 
 def report_markdown(manifest: dict[str, Any]) -> str:
@@ -72,6 +92,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         markdown_table(COLUMNS, rows(manifest)),
         "",
         *rejected_lines(manifest),
+        *quantization_lines(manifest),
         *([f"Where the artifacts part ways with PyTorch (first module output past the bound): "
            f"{'; '.join(manifest['diagnosis'])}.", ""] if manifest.get("diagnosis") else []),
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, flags {', '.join(machine['flags'])}.",

@@ -81,11 +81,13 @@ class Bundle:
                 problems.append(f"{name} has changed (sha256 differs from the manifest)")
         return problems
 
-    def golden(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(inputs, reference outputs) stored at build time."""
+    def golden(self, name: str = "golden") -> tuple[dict[str, Any], dict[str, Any]]:
+        """(inputs, reference outputs) stored at build time: the golden set, or
+        another set by name ("task": held-out task samples that INT8 is judged on)."""
         import numpy as np
 
+        prefix = "" if name == "golden" else f"{name}."
         with np.load(self.path / GOLDEN) as data:
-            inputs = {i["name"]: data[f"input.{i['name']}"] for i in self.manifest["inputs"]}
-            outputs = {o["name"]: data[f"output.{o['name']}"] for o in self.manifest["outputs"]}
+            inputs = {i["name"]: data[f"{prefix}input.{i['name']}"] for i in self.manifest["inputs"]}
+            outputs = {o["name"]: data[f"{prefix}output.{o['name']}"] for o in self.manifest["outputs"]}
         return inputs, outputs

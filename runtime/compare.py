@@ -19,6 +19,15 @@ BOUNDS: dict[tuple[str, str], float] = {
     ("onnxruntime", "fp32"): 1e-4,
     ("openvino", "fp32"): 1e-3,
     ("openvino", "fp16"): 1e-2,
+    # INT8 is judged by the task (below); the tensor bound only catches a broken model
+    ("onnxruntime", "int8"): 1.0,
+    ("openvino", "int8"): 1.0,
+}
+
+# Task-level bounds against PyTorch FP32, by precision: (kind, limit) with kind
+# "max" (the figure may not exceed the limit) or "min" (may not fall below it).
+TASK_BOUNDS: dict[str, dict[str, tuple[str, float]]] = {
+    "int8": {"keypoint_error_px": ("max", 0.5), "miou": ("min", 0.99)},
 }
 
 
@@ -40,10 +49,19 @@ class OutputParity:
 class Parity:
     outputs: list[OutputParity]
     task: dict[str, float] = field(default_factory=dict)
+    task_bounds: Mapping[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return all(o.passed for o in self.outputs)
+        return all(o.passed for o in self.outputs) and not self.task_failures()
+
+    def task_failures(self) -> list[str]:
+        failures = []
+        for name, (kind, limit) in self.task_bounds.items():
+            value = self.task.get(name)
+            if value is not None and (value > limit if kind == "max" else value < limit):
+                failures.append(f"{name} {value:.4g} {'>' if kind == 'max' else '<'} bound {limit:g} (against PyTorch)")
+        return failures
 
     @property
     def worst(self) -> OutputParity:
@@ -51,11 +69,12 @@ class Parity:
 
     def failures(self) -> list[str]:
         return [f"{o.name}: max relative error {o.max_rel:.2e} > bound {o.bound:.1e} "
-                f"(max abs {o.max_abs:.2e}, cosine {o.cosine:.6f})" for o in self.outputs if not o.passed]
+                f"(max abs {o.max_abs:.2e}, cosine {o.cosine:.6f})" for o in self.outputs if not o.passed
+                ] + self.task_failures()
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "outputs": {o.name: {**asdict(o), "passed": o.passed} for o in self.outputs},
-                "task": self.task}
+                "task": self.task, "task_bounds": dict(self.task_bounds)}
 
 
 class ParityError(Exception):
@@ -124,11 +143,12 @@ def effective_bounds(bound: float, noise: Mapping[str, float]) -> dict[str, floa
 
 
 def compare(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], bound: float | Mapping[str, float],
-            task: Mapping[str, Any] | None = None) -> Parity:
+            task: Mapping[str, Any] | None = None, task_bounds: Mapping[str, Any] | None = None) -> Parity:
     """Figures for every output of `ref` (bound: one for all, or one per output);
-    an output missing from `out` fails."""
+    an output missing from `out` fails. `task_bounds` (see TASK_BOUNDS) gate the task figures too."""
     bounds = bound if isinstance(bound, Mapping) else dict.fromkeys(ref, bound)
     outputs = [output_parity(name, r, out[name], bounds[name]) if name in out
                else OutputParity(name, float("inf"), float("inf"), float("inf"), 0.0, bounds[name])
                for name, r in ref.items()]
-    return Parity(outputs, task_agreement(task or {}, ref, out))
+    limits = {name: (kind, float(limit)) for name, (kind, limit) in (task_bounds or {}).items()}
+    return Parity(outputs, task_agreement(task or {}, ref, out), limits)

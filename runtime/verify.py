@@ -40,7 +40,10 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     result = Verification(bundle.path, list(bundle.manifest["files"]), bundle.check_files())
     broken = {p.split(" ", 1)[0] for p in result.file_problems}
-    inputs, reference = bundle.golden() if "golden.npz" not in broken else ({}, {})
+    sets = {}
+    if "golden.npz" not in broken:
+        for name in {a.get("judged_on", "golden") for a in bundle.artifacts}:
+            sets[name] = bundle.golden(name)
     have = installed_backends()
     for art in bundle.artifacts:
         check = ArtifactCheck(art)
@@ -48,11 +51,13 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
         files = [f for f in bundle.manifest["files"] if f.removesuffix(".bin") == art["file"].removesuffix(".xml")]
         if art["backend"] not in have:
             check.skipped = f"{art['backend']} is not installed"
-        elif not inputs:
+        elif not sets:
             check.skipped = "golden.npz is missing or changed"
         elif broken & set(files):
             check.skipped = "its file is missing or changed"
         else:
+            inputs, reference = sets[art.get("judged_on", "golden")]
             with load(bundle, art["backend"], art["precision"], threads) as runner:
-                check.parity = compare(reference, runner.infer(inputs), art["bounds"], bundle.manifest.get("task"))
+                check.parity = compare(reference, runner.infer(inputs), art["bounds"], bundle.manifest.get("task"),
+                                       art.get("task_bounds"))
     return result

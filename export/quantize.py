@@ -1,0 +1,168 @@
+"""Stage: INT8 post-training quantization, calibrated on the same images for both backends.
+
+- ONNX Runtime: `quant_pre_process`, then static QDQ quantization with
+  per-channel weights and the chosen calibration method -> `model.int8.onnx`.
+- OpenVINO: NNCF post-training quantization of the FP32 IR ->
+  `openvino/model.int8.xml|bin`.
+
+A plan says what stays in FP32: the full plan quantizes everything the tools
+quantize by default; the selective plan keeps in FP32 the depthwise
+convolutions (slow in INT8 on CPUs without VNNI), the heads (the convolutions
+whose outputs are reshaped or returned: a keypoint heatmap goes through a
+softmax at temperature 0.1, which magnifies any rounding of its logits) and
+the keypoint extraction (softmax and the contractions after it). The pipeline tries the full plan first and
+the selective one where the full plan is slower than FP32 or too inaccurate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from runtime.errors import UserError
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+PLANS = ("full", "selective")
+ONNX_INT8 = "model.int8.onnx"
+OPENVINO_INT8 = "openvino/model.int8.xml"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# op types kept in FP32 by the selective plan, besides depthwise convolutions
+KEEP_FP32 = ("Softmax", "MatMul", "Div")
+
+
+def check_calib_dir(path: Path) -> list[Path]:
+    """The images of a calibration folder, or a UserError naming the problem."""
+    if not path.is_dir():
+        raise UserError(f"--calib-dir {str(path)!r} is not a folder; expected a folder of PNG/JPEG images")
+    from runtime.images import open_image
+
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise UserError(f"--calib-dir {str(path)!r} holds no images; expected files ending in "
+                        f"{', '.join(IMAGE_SUFFIXES)}")
+    readable = []
+    for image in images:
+        try:
+            open_image(image)
+            readable.append(image)
+        except UserError:
+            continue
+    if not readable:
+        raise UserError(f"--calib-dir {str(path)!r}: none of its {len(images)} image files is readable "
+                        "(Pillow cannot open them); expected PNG/JPEG images")
+    return readable
+
+
+def calibration_set(config: Any, preprocess: dict, calib_dir: Path | None, samples: int) -> tuple[np.ndarray, dict]:
+    """(N, C, H, W) float32 calibration inputs and their description for the manifest."""
+    if calib_dir is not None:
+        from runtime.images import open_image
+        from runtime.images import preprocess as prep
+
+        files = check_calib_dir(calib_dir)[:samples]
+        data = np.stack([prep(open_image(f), preprocess)[0] for f in files])
+        source = f"{len(files)} images from {calib_dir}"
+    else:
+        from models.tasks import task_for
+
+        try:
+            task = task_for(config)
+            data = task.batch(range(samples), "train", config.input_shape[1])[0]
+            source = f"{samples} generated {task.kind} training images"
+        except UserError:
+            from .golden import golden_inputs
+
+            data = golden_inputs(config.input_shape, samples, seed=1)
+            source = f"{samples} synthetic smooth images (no generated task for this variant)"
+    digest = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    return data.astype(np.float32), {"source": source, "samples": len(data), "sha256": digest}
+
+
+def task_images(config: Any, samples: int) -> np.ndarray | None:
+    """Held-out images of the variant's generated task (never used for calibration), or None."""
+    from models.tasks import task_for
+    from models.train import heldout
+
+    try:
+        return heldout(task_for(config), config.input_shape[1], samples)[0]
+    except UserError:
+        return None
+
+
+def kept_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes the selective plan keeps in FP32: depthwise ones and heads."""
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    outputs = {o.name for o in model.graph.output}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        depthwise = next((a.i for a in node.attribute if a.name == "group"), 1) > 1
+        head = node.output[0] in outputs or "Reshape" in consumers.get(node.output[0], [])
+        if depthwise or head:
+            kept.append(node.name)
+    return kept
+
+
+def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: str, method: str, plan: str) -> dict:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(data[i:i + 1] for i in range(len(data)))
+
+        def get_next(self):
+            item = next(self.items, None)
+            return None if item is None else {input_name: item}
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as work:
+        pre = Path(work) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        model = onnx.load(str(pre))
+        exclude = kept_convs(model) if plan == "selective" else []
+        op_types = sorted({n.op_type for n in model.graph.node} - (set(KEEP_FP32) if plan == "selective" else set()))
+        logging.getLogger().setLevel(logging.ERROR)
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], nodes_to_exclude=exclude, op_types_to_quantize=op_types,
+                        extra_options={"CalibMaxIntermediateOutputs": 16} if method != "minmax" else None)
+    return {"tool": "onnxruntime.quantization.quantize_static (QDQ, per-channel S8 weights, U8 activations)",
+            "method": method, "plan": plan, "kept_fp32": {"nodes": exclude,
+                                                          "op_types": list(KEEP_FP32) if plan == "selective" else []}}
+
+
+def quantize_openvino(fp32_xml: Path, dst: Path, data: np.ndarray, plan: str, onnx_file: Path) -> dict:
+    import nncf
+    import openvino as ov
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    model = ov.Core().read_model(str(fp32_xml))
+    ignored = None
+    kept: dict[str, list[str]] = {"nodes": [], "op_types": []}
+    if plan == "selective":
+        # the converter names a Conv node's convolution "<node>/WithoutBiases" and its bias "<node>"
+        heads = kept_convs(onnx.load(str(onnx_file)))
+        names = [op.get_friendly_name() for op in model.get_ops()
+                 if op.get_friendly_name().removesuffix("/WithoutBiases") in heads]
+        types = ["Softmax", "MatMul"]
+        ignored = nncf.IgnoredScope(names=names, types=types, validate=False)
+        kept = {"nodes": heads, "op_types": types}
+    quantized = nncf.quantize(model, nncf.Dataset([data[i:i + 1] for i in range(len(data))]),
+                              subset_size=len(data), ignored_scope=ignored)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(dst))
+    return {"tool": f"nncf {nncf.__version__} quantize (default preset)", "method": "nncf", "plan": plan,
+            "kept_fp32": kept}

@@ -1,0 +1,107 @@
+"""INT8: calibration input checks, the plans, and the never-slower, never-worse rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+import models
+import runtime
+from export import quantize
+from export.pipeline import BuildSettings, build
+from runtime.verify import verify
+from tests.test_cli import run
+from tests.test_failures import one_line_exit_2
+
+
+@pytest.fixture
+def calib_dirs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.png").write_text("not a png")
+    (tmp_path / "good").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(tmp_path / "good" / f"{i}.jpg")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quantize", "fp8"], "error: unknown --quantize precision 'fp8'; valid: int8"),
+    (["--quantize", "int8", "--calib-method", "median"],
+     "error: unknown --calib-method 'median'; valid: minmax, entropy, percentile"),
+    (["--quantize", "int8", "--calib-samples", "0"], "error: --calib-samples 0 must be at least 1"),
+    (["--quantize", "int8", "--calib-dir", "DIR/missing"], "error: --calib-dir 'DIR/missing' is not a folder"),
+    (["--quantize", "int8", "--calib-dir", "DIR/empty"], "error: --calib-dir 'DIR/empty' holds no images"),
+    (["--quantize", "int8", "--calib-dir", "DIR/broken"],
+     "error: --calib-dir 'DIR/broken': none of its 1 image files is readable"),
+    (["--calib-dir", "DIR/good"], "error: --calib-dir is only used with --quantize int8"),
+])
+def test_quantization_settings_are_checked_before_any_work(calib_dirs, args, message):
+    args = [a.replace("DIR", str(calib_dirs)) for a in args]
+    text = one_line_exit_2(run("export", "build", "--variant", "dsc", "--out", str(calib_dirs / "out"), *args))
+    assert text.startswith(message.replace("DIR", str(calib_dirs))), text
+    assert not (calib_dirs / "out" / "dsc").exists()
+
+
+def test_calibration_from_a_folder_is_preprocessed_as_the_manifest_says(calib_dirs):
+    config = models.resolve("dsc")
+    preprocess = {"size": [256, 256], "scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    data, info = quantize.calibration_set(config, preprocess, calib_dirs / "good", samples=2)
+    assert data.shape == (2, 3, 256, 256) and data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
+    assert info["samples"] == 2 and info["source"].startswith("2 images from") and len(info["sha256"]) == 64
+    again, _ = quantize.calibration_set(config, preprocess, None, samples=4)
+    assert again.shape == (4, 3, 256, 256)
+
+
+def test_the_selective_plan_keeps_depthwise_convs_and_heads_in_fp32(built, tmp_path):
+    bundle = built("dsc").bundle
+    data, _ = quantize.calibration_set(models.resolve("dsc"), {}, None, samples=4)
+    quantize.quantize_onnxruntime(bundle / "model.onnx", tmp_path / "full.onnx", data, "image", "minmax", "full")
+    info = quantize.quantize_onnxruntime(bundle / "model.onnx", tmp_path / "sel.onnx", data, "image", "minmax",
+                                         "selective")
+    kept = info["kept_fp32"]["nodes"]
+    source = onnx.load(str(bundle / "model.onnx"))
+    depthwise = [n.name for n in source.graph.node if n.op_type == "Conv" and any(
+        a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert set(depthwise) <= set(kept) and len(kept) == len(depthwise) + 2  # + the keypoint and Jacobian heads
+    selective = onnx.load(str(tmp_path / "sel.onnx"))
+    produced_by = {o: n.op_type for n in selective.graph.node for o in n.output}
+    for node in selective.graph.node:
+        if node.name in kept:
+            assert produced_by.get(node.input[1]) != "DequantizeLinear", node.name  # FP32 weights
+    count = lambda m: sum(n.op_type == "QuantizeLinear" for n in m.graph.node)  # noqa: E731
+    assert 0 < count(selective) < count(onnx.load(str(tmp_path / "full.onnx")))
+
+
+def test_int8_is_shipped_only_when_accurate_and_no_slower(checkpoint_for, tmp_path):
+    result = build(BuildSettings(variant="dsc", checkpoint=checkpoint_for("dsc"), out=tmp_path, quantize="int8",
+                                 calib_samples=8, warmup=3, runs=20))
+    assert result.passed
+    m = result.manifest
+    assert m["quantization"]["calibration"]["samples"] == 8 and m["golden"]["sets"] == {"golden": 2, "task": 16}
+    shipped = {a["backend"]: a for a in m["artifacts"] if a["precision"] == "int8"}
+    rejected = {a["backend"]: a for a in m["rejected"] if a["precision"] == "int8"}
+    assert set(shipped) | set(rejected) == {"onnxruntime", "openvino"} and not set(shipped) & set(rejected)
+    for backend, attempts in m["quantization"]["attempts"].items():
+        assert [a["plan"] for a in attempts] in (["full"], ["full", "selective"])
+        last = attempts[-1]
+        if backend in shipped:
+            assert last["passed"] and last["p50_ms"] <= last["fp32_p50_ms"]
+            assert last["task"]["keypoint_error_px"] <= 0.5
+            assert (tmp_path / "dsc" / shipped[backend]["file"]).is_file()
+        else:
+            assert not last["passed"] and len(attempts) == 2
+            assert rejected[backend]["reason"].startswith("full plan: ")
+            assert not (tmp_path / "dsc" / rejected[backend]["file"]).exists()
+    report = (tmp_path / "dsc" / "report.md").read_text()
+    assert "INT8: calibrated on 8 generated keypoints training images" in report
+    assert verify(tmp_path / "dsc").passed
+    for backend in shipped:
+        with runtime.load(tmp_path / "dsc", backend, "int8") as runner:
+            assert runner.infer(runtime.Bundle.open(tmp_path / "dsc").golden("task")[0])["value"].shape == (16, 10, 2)
+    json.dumps(m)  # the manifest stays plain JSON
