@@ -44,7 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quantize", metavar="int8", help="also build INT8 artifacts (calibrated)")
     b.add_argument("--calib-dir", type=Path, help="calibration images (PNG/JPEG; default: the generated task's)")
     b.add_argument("--calib-samples", type=int, default=32, help="calibration images used (default 32)")
-    b.add_argument("--calib-method", default="minmax", help="ONNX Runtime calibration: minmax, entropy, percentile")
+    b.add_argument("--calib-method", default="minmax", help="ONNX Runtime calibration: minmax, entropy, percentile, or all (compare them, ship the best)")
 
     p = sub.add_parser("pack", help="one .tar.gz (and its .sha256) of a bundle, to copy to a device")
     p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")

@@ -56,10 +56,12 @@ def quantization_lines(manifest: dict[str, Any]) -> list[str]:
              f"judged on {manifest['golden']['sets'].get('task', 0) or manifest['golden']['batch']} "
              f"{'held-out task' if 'task' in manifest['golden']['sets'] else 'golden'} images; "
              "each attempt timed against its FP32 twin in the same run:", "",
-             markdown_table(("backend", "plan", "INT8 p50 ms", "FP32 p50 ms", "speed-up", "task vs PyTorch", "verdict"),
-                            [(backend, a["plan"], f"{a['p50_ms']:.2f}", f"{a['fp32_p50_ms']:.2f}",
+             markdown_table(("backend", "plan", "calibration", "INT8 p50 ms", "FP32 p50 ms", "speed-up",
+                             "task vs PyTorch", "verdict"),
+                            [(backend, a["plan"], a["method"], f"{a['p50_ms']:.2f}", f"{a['fp32_p50_ms']:.2f}",
                               f"{a['speedup']:.2f}x", describe_task(a["task"]),
-                              "shipped" if a["passed"] else "; ".join(a["problems"]))
+                              "shipped" if a.get("shipped") else "passes, slower than another" if a["passed"]
+                              else "; ".join(a["problems"]))
                              for backend, attempts in q.get("attempts", {}).items() for a in attempts]), ""]
     return lines
 

@@ -33,7 +33,7 @@ def calib_dirs(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--quantize", "fp8"], "error: unknown --quantize precision 'fp8'; valid: int8"),
     (["--quantize", "int8", "--calib-method", "median"],
-     "error: unknown --calib-method 'median'; valid: minmax, entropy, percentile"),
+     "error: unknown --calib-method 'median'; valid: minmax, entropy, percentile, all"),
     (["--quantize", "int8", "--calib-samples", "0"], "error: --calib-samples 0 must be at least 1"),
     (["--quantize", "int8", "--calib-dir", "DIR/missing"], "error: --calib-dir 'DIR/missing' is not a folder"),
     (["--quantize", "int8", "--calib-dir", "DIR/empty"], "error: --calib-dir 'DIR/empty' holds no images"),
@@ -96,7 +96,7 @@ def test_int8_is_shipped_only_when_accurate_and_no_slower(checkpoint_for, tmp_pa
             assert (tmp_path / "dsc" / shipped[backend]["file"]).is_file()
         else:
             assert not last["passed"] and len(attempts) == 2
-            assert rejected[backend]["reason"].startswith("full plan: ")
+            assert rejected[backend]["reason"].startswith("full plan (")
             assert not (tmp_path / "dsc" / rejected[backend]["file"]).exists()
     report = (tmp_path / "dsc" / "report.md").read_text()
     assert "INT8: calibrated on 8 generated keypoints training images" in report
