@@ -17,8 +17,8 @@ from runtime.errors import Parser, UserError
 
 from .pack import pack
 
-# A pipe gets 150 columns (rich would assume 80), a terminal its own width.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+# A pipe gets 200 columns (rich would assume 80), a terminal its own width.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _build_parser() -> argparse.ArgumentParser:
