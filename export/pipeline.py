@@ -258,11 +258,7 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
             a["parity"] = parity[a["key"]].to_dict()
             problems = [f"{a['file']} on {a['backend']} ({a['precision']}): {f}" for f in parity[a["key"]].failures()]
             if problems and a["precision"] == "fp16":
-                # an optional precision that loses is not shipped; the manifest says why
-                artifacts.remove(a)
-                runners.pop(a["key"]).close()
-                _remove_artifact_files(bundle, a["file"])
-                rejected.append({**a, "reason": "; ".join(problems)})
+                _reject(a, "; ".join(problems), bundle, artifacts, runners, rejected)
             failures += [] if a["precision"] != "fp32" else problems
         if failures:
             with stage("localising the divergence"):
@@ -274,11 +270,8 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
             with stage(f"INT8 on {a['backend']}: faster and accurate?"):
                 reason = _settle_int8(a, bundle, s, calib, runners, parity, manifest, sets, stack)
             if reason:
-                artifacts.remove(a)
-                runners.pop(a["key"]).close()
                 manifest["latency"].pop(a["key"])
-                _remove_artifact_files(bundle, a["file"])
-                rejected.append({**a, "reason": reason})
+                _reject(a, reason, bundle, artifacts, runners, rejected)
 
     manifest["rejected"] = rejected
     manifest["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs,
@@ -375,8 +368,12 @@ def _localise(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Modul
     return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), s.threads)
 
 
-def _remove_artifact_files(bundle: Path, file: str) -> None:
-    (bundle / file).unlink()
-    if file.endswith(".xml"):  # its weights: model.fp16.xml -> model.fp16.bin
-        (bundle / (file.removesuffix(".xml") + ".bin")).unlink()
+def _reject(a: dict, reason: str, bundle: Path, artifacts: list, runners: dict, rejected: list) -> None:
+    """An optional precision that loses is not shipped; the manifest says why."""
+    artifacts.remove(a)
+    runners.pop(a["key"]).close()
+    (bundle / a["file"]).unlink()
+    if a["file"].endswith(".xml"):  # its weights: model.fp16.xml -> model.fp16.bin
+        (bundle / (a["file"].removesuffix(".xml") + ".bin")).unlink()
+    rejected.append({**a, "reason": reason})
 
