@@ -209,7 +209,6 @@ def diagnose(variant: str, checkpoint: Path | None = None, bundle: Path | None =
     OpenVINO conversion as a build makes them."""
     import models
     from runtime.bundle import Bundle
-    from runtime.compare import BOUNDS
 
     from . import golden, openvino_convert
     from .onnx_export import INPUT_NAME, export_onnx
@@ -221,7 +220,6 @@ def diagnose(variant: str, checkpoint: Path | None = None, bundle: Path | None =
         raise UserError(f"bundle {str(bundle)!r} holds variant {opened.manifest['variant']!r}, not {variant!r}; "
                         "pass the bundle's variant")
     model = models.create(variant, checkpoint=checkpoint, **(overrides or {}))
-    bounds = {backend: BOUNDS[(backend, "fp32")] for backend in ("onnxruntime", "openvino")}
     with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as work:
         work = Path(work)
         if opened is not None:
@@ -235,5 +233,14 @@ def diagnose(variant: str, checkpoint: Path | None = None, bundle: Path | None =
             simplify(work / "raw.onnx", work / "model.onnx", io, feeds)
             openvino_convert.convert(work / "model.onnx", work)
             files = {"onnxruntime": work / "model.onnx", "openvino": work / openvino_convert.IR_FILES["fp32"]}
-        exported = export_for_diagnosis(model, feeds[INPUT_NAME], config.output_names, opset)
-        return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), threads)
+        return localise_files(model, config.output_names, feeds, files, opset, threads)
+
+
+def localise_files(model: torch.nn.Module, output_names: tuple[str, ...], feeds: dict[str, np.ndarray],
+                   files: Mapping[str, Path], opset: int, threads: int) -> list[Diagnosis]:
+    """`localise` against FP32 artifacts by backend (`files`), at their nominal FP32 bounds."""
+    from runtime.compare import BOUNDS
+
+    exported = export_for_diagnosis(model, next(iter(feeds.values())), output_names, opset)
+    bounds = {backend: BOUNDS[(backend, "fp32")] for backend in ("onnxruntime", "openvino")}
+    return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), threads)

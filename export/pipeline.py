@@ -359,13 +359,11 @@ def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, 
 
 def _localise(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Module, inputs: dict,
               artifacts: list[dict]) -> list:
-    from .diagnose import export_for_diagnosis, localise
+    from .diagnose import localise_files
 
     files = {a["backend"]: bundle / a["file"] for a in artifacts if a["precision"] == "fp32"}
     feeds = {k: v[:1] for k, v in inputs.items()}
-    exported = export_for_diagnosis(model, feeds[INPUT_NAME], config.output_names, s.opset)
-    bounds = {backend: BOUNDS[(backend, "fp32")] for backend in BACKENDS}
-    return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), s.threads)
+    return localise_files(model, config.output_names, feeds, files, s.opset, s.threads)
 
 
 def _reject(a: dict, reason: str, bundle: Path, artifacts: list, runners: dict, rejected: list) -> None:

@@ -17,25 +17,21 @@ from .errors import Parser, UserError
 RAW_JSON_LIMIT = 100_000
 
 
-def positive(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
+def _positive(convert, what: str):
+    """argparse type: a number above 0 (`convert` is int or float)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {what}")
+        return value
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
+positive = _positive(int, "whole number")
+positive_seconds = _positive(float, "number of seconds")
 
 
 def format_table(columns: list[str], rows: list[list[str]]) -> str:
@@ -151,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=positive, default=100, help="timed runs (default 100)")
     b.add_argument("--warmup", type=positive, default=10, help="untimed runs first (default 10)")
     b.add_argument("--batch", type=positive, default=1, help="batch size (default 1)")
-    b.add_argument("--throughput", type=positive_float, metavar="SECONDS", nargs="?", const=5.0,
+    b.add_argument("--throughput", type=positive_seconds, metavar="SECONDS", nargs="?", const=5.0,
                    help="also measure throughput for SECONDS (default 5) with concurrent calls")
     b.add_argument("--profile", type=positive, metavar="RUNS", nargs="?", const=20,
                    help="also show the time per op type over RUNS runs (default 20)")

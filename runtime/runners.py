@@ -76,13 +76,14 @@ class _Base:
             for want, got in zip(spec["shape"], value.shape):
                 if (isinstance(want, int) and want != got) or got < 1:
                     raise ValueError(f"input {name!r}: expected shape {expected}, got {tuple(value.shape)}")
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
+            low, high = value.min(), value.max()  # NaN propagates into both and inf shows in one
+            if value.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
                 raise ValueError(f"input {name!r}: holds NaN or infinite values; expected finite numbers")
             if "range" in spec:
                 lo, hi = spec["range"]
                 slack = 1e-3 * (hi - lo)
-                if value.min() < lo - slack or value.max() > hi + slack:
-                    raise ValueError(f"input {name!r}: values span [{value.min():.4g}, {value.max():.4g}]; "
+                if low < lo - slack or high > hi + slack:
+                    raise ValueError(f"input {name!r}: values span [{low:.4g}, {high:.4g}]; "
                                      f"expected [{lo:g}, {hi:g}] as the build's preprocessing gives (an image scaled "
                                      "by 1/255, not 0..255)")
         return dict(feeds)
