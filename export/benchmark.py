@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from runtime.bench import bench_interleaved
+from runtime.bench import bench_interleaved, latency_stats
 
 EAGER = "pytorch/eager"
 
@@ -35,3 +36,24 @@ def measure(runners: Mapping[str, Any], model: nn.Module, feeds: dict[str, np.nd
     seconds of timed runs each, so a slow baseline does not dominate the build)."""
     everyone = {**runners, EAGER: TorchRunner(model, threads)}
     return bench_interleaved(everyone, feeds, warmup=warmup, runs=runs, max_seconds=3.0)
+
+
+def matmul_peak(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 1.0) -> dict[str, Any]:
+    """This machine's FP32 matrix-multiply rate (torch.mm, square n x n, `threads`
+    threads): the median of about `seconds` of calls per size; the best size is
+    the peak that achieved GFLOP/s are held against."""
+    torch.set_num_threads(threads)
+    per_size = {}
+    for n in sizes:
+        a, b = torch.rand(n, n), torch.rand(n, n)
+        flop = 2 * n**3
+        times = []
+        for i in range(3 + max(5, int(seconds * 100e9 / flop))):  # 3 warm-up calls, then about `seconds`
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if i >= 3:
+                times.append((time.perf_counter() - start) * 1e3)
+        per_size[n] = flop / latency_stats(times)["p50_ms"] / 1e6
+    best = max(per_size, key=per_size.get)
+    return {"gflops": per_size[best], "size": best, "per_size": per_size, "threads": threads,
+            "method": "torch.mm FP32, square matrices, median per size"}

@@ -59,6 +59,23 @@ def _build_parser() -> argparse.ArgumentParser:
     for kind, kinds in (("conv", CONV_KINDS), ("norm", NORM_KINDS), ("upsample", UPSAMPLE_KINDS)):
         d.add_argument(f"--{kind}", help=f"override the {kind} kind: {', '.join(kinds)}")
 
+    st = sub.add_parser("study", help="the articles' experiments on this machine: report.md with six tables and plots")
+    st.add_argument("--out", type=Path, default=Path("artifacts/study"), help="folder for the report (default: artifacts/study)")
+    st.add_argument("--quick", action="store_true", help="fewer rows and timed calls (a few minutes)")
+    st.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
+    st.add_argument("--train-steps", type=int, default=0,
+                    help="train the pet networks this many steps first and report their accuracy (default: 0, no training)")
+    st.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                    help="time the INT8 artifacts of bundles built here too (default: artifacts/)")
+
+    c = sub.add_parser("compete", help="each bundle's artifacts against PyTorch eager, torch.compile and ExecuTorch")
+    c.add_argument("--variants", help="comma-separated names, or 'all' (default: the bundles under --artifacts, "
+                                      "else dsc); a missing bundle is built first")
+    c.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="bundles root (default: artifacts/)")
+    c.add_argument("--threads", type=int, help="threads for every contender (default: all cores)")
+    c.add_argument("--runs", type=int, default=50, help="timed calls per contender (default 50)")
+    c.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
+
     sub.add_parser("list", help="the registered variants with params and mult-adds")
     return parser
 
@@ -74,7 +91,7 @@ def _stage(name: str) -> Iterator[None]:
 def _table(title: str, columns, rows) -> Table:
     table = Table(title=title, title_justify="left")
     for c in columns:
-        table.add_column(c, justify="left" if c in ("artifact", "runtime", "variant", "family", "reference", "module", "op")
+        table.add_column(c, justify="left" if c in ("artifact", "runtime", "variant", "family", "reference", "module", "op", "contender")
                          else "right",
                          no_wrap=c != "reference")
     for row in rows:
@@ -86,7 +103,7 @@ def cmd_build(args) -> int:
     import os
 
     from .pipeline import BuildSettings, build
-    from .report import COLUMNS, rows
+    from .report import COLUMNS, recommended_line, rows
 
     overrides = {k: getattr(args, k) for k in ("conv", "norm", "upsample") if getattr(args, k) is not None}
     settings = BuildSettings(
@@ -102,6 +119,8 @@ def cmd_build(args) -> int:
                          f"(batch 1, {settings.threads} threads)", COLUMNS, rows(result.manifest)))
     for r in result.manifest.get("rejected", []):
         console.print(f"[yellow]not shipped[/]: {r['reason']}")
+    if result.passed:
+        console.print(recommended_line(result.manifest), markup=False, soft_wrap=True)
     if not result.passed:
         for failure in result.failures:
             console.print(f"[red]parity failed[/]: {failure}")
@@ -152,6 +171,73 @@ def cmd_diagnose(args) -> int:
     return 1 if any(d.first_divergence for d in diagnoses) else 0
 
 
+def cmd_study(args) -> int:
+    import os
+
+    from .study import StudySettings, run
+
+    settings = StudySettings(out=args.out, quick=args.quick, threads=args.threads or os.cpu_count() or 1,
+                             train_steps=args.train_steps, artifacts=args.artifacts)
+    start = time.perf_counter()
+    with console.status("study") as status:
+        def say(what: str) -> None:
+            console.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  {what}")
+            status.update(what)
+
+        out = run(settings, say)
+    console.print(f"Report: {out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def cmd_compete(args) -> int:
+    import json
+    import os
+
+    import models
+
+    from .compete import compete
+
+    if args.variants == "all":
+        variants = models.list_variants()
+    elif args.variants:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    else:
+        variants = [v for v in models.list_variants() if (args.artifacts / v / "manifest.json").is_file()] or ["dsc"]
+    start = time.perf_counter()
+    with console.status("compete") as status:
+        def say(what: str) -> None:
+            if not args.json:
+                console.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  {what}")
+            status.update(what)
+
+        result = compete(variants, args.artifacts, args.threads or os.cpu_count() or 1, args.runs, say)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    peak = result["peak"]["gflops"]
+    for v in result["variants"]:
+        rows = [(name, f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['vs_best_peer']:.2f}x", f"{r['gflops']:.1f}",
+                 f"{r['of_peak']:.0%}") for name, r in sorted(v["contenders"].items(), key=lambda kv: kv[1]["p50_ms"])]
+        console.print(_table(f"{v['variant']}: batch 1, {result['threads']} threads, {v['gflop']:.3f} GFLOP per image, "
+                             f"peak {peak:.1f} GFLOP/s", ("contender", "p50 ms", "p90 ms", f"vs {v['best_peer']}",
+                                                          "GFLOP/s", "of peak"), rows))
+        for name, note in v["peers"].items():
+            if note["status"] != "ok":
+                console.print(f"{name}: {note['status']}", markup=False)
+    rows = [(v["variant"], v["best_artifact"], f"{v['contenders'][v['best_artifact']]['p50_ms']:.2f}",
+             *(f"{v['speedup'][p]:.2f}x" if p in v["speedup"] else "-" for p in ("pytorch eager", "torch.compile",
+                                                                               "executorch xnnpack")),
+             f"{v['contenders'][v['best_artifact']]['gflops']:.1f}") for v in result["variants"]]
+    console.print(_table("best artifact against each peer (speed-up, same run)",
+                         ("variant", "artifact", "p50 ms", "vs eager", "vs torch.compile", "vs ExecuTorch",
+                          "GFLOP/s"), rows))
+    h = result["hourglass"]
+    console.print(f"standard hourglass alone {tuple(h['input'])}: " + ", ".join(
+        f"{b} {r['gflops']:.1f} GFLOP/s ({r['of_peak']:.0%} of peak)" for b, r in h["backends"].items()),
+        markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_list(args) -> int:
     import models
 
@@ -170,7 +256,8 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "diagnose": cmd_diagnose}[args.command](args)
+        return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "diagnose": cmd_diagnose,
+                "study": cmd_study, "compete": cmd_compete}[args.command](args)
     except UserError as err:
         console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2

@@ -29,17 +29,20 @@ def check_opset(opset: int) -> int:
 
 @contextlib.contextmanager
 def quiet_exporter():
-    """The exporter logs about optional packages (torchvision) and prints its
-    progress; neither helps the user of a build."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporter logs about optional packages (torchvision), its IR library
+    about empty attribute lists (SegNet's max-unpool), and prints its progress;
+    none of it helps the user of a build."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, output_names: tuple[str, ...], path: Path,

@@ -249,7 +249,8 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
     loaded = Bundle.open(bundle)
     with contextlib.ExitStack() as stack:
         with stage("load artifacts"):
-            runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], s.threads))
+            runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], s.threads,
+                                                                    cache=False))
                        for a in artifacts}
         with stage("parity against PyTorch"):
             parity = validate(runners, {a["key"]: a for a in artifacts}, sets, manifest["task"])
@@ -274,6 +275,7 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
                 _reject(a, reason, bundle, artifacts, runners, rejected)
 
     manifest["rejected"] = rejected
+    manifest["recommended"] = recommend(manifest["latency"], artifacts)
     manifest["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs,
                              "interleaved": True}
     if "onnxruntime" not in s.backends:
@@ -284,6 +286,14 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
     (bundle / "report.md").write_text(report_markdown(manifest))
     write_manifest(bundle, manifest)
     return BuildResult(bundle, manifest, not failures, failures)
+
+
+def recommend(latency: dict[str, dict], artifacts: list[dict]) -> dict[str, Any]:
+    """The shipped artifact with the lowest p50 in this build: what `runtime.load` runs by default."""
+    shipped = {a["key"]: a for a in artifacts}
+    best = min((k for k in latency if k in shipped), key=lambda k: latency[k]["p50_ms"])
+    return {"backend": shipped[best]["backend"], "precision": shipped[best]["precision"],
+            "p50_ms": latency[best]["p50_ms"], "why": "the fastest shipped artifact in this build's interleaved run"}
 
 
 def _preprocess(config: Any) -> dict[str, Any]:
@@ -322,7 +332,7 @@ def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, 
         runners.pop(a["key"]).close()
         info = _quantize(bundle, a["backend"], calib, method if method != "nncf" else "minmax", plan)
         manifest["quantization"]["plans"][a["backend"]] = info
-        runners[a["key"]] = stack.enter_context(rt.load(bundle, a["backend"], "int8", s.threads))
+        runners[a["key"]] = stack.enter_context(rt.load(bundle, a["backend"], "int8", s.threads, cache=False))
         parity[a["key"]] = validate({a["key"]: runners[a["key"]]}, {a["key"]: a}, sets, manifest["task"])[a["key"]]
         current = (method, plan)
 

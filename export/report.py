@@ -66,6 +66,12 @@ def quantization_lines(manifest: dict[str, Any]) -> list[str]:
     return lines
 
 
+def recommended_line(manifest: dict[str, Any]) -> str:
+    r = manifest["recommended"]
+    return (f"Recommended: {r['backend']} {r['precision']}, p50 {r['p50_ms']:.2f} ms ({r['why']}); "
+            "`runtime.load` runs it when no backend is named.")
+
+
 def report_markdown(manifest: dict[str, Any]) -> str:
     m, bench = manifest["model"], manifest["benchmark"]
     machine = manifest["machine"]
@@ -92,6 +98,8 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         "timed runs interleaved across artifacts.",
         "",
         markdown_table(COLUMNS, rows(manifest)),
+        "",
+        recommended_line(manifest),
         "",
         *rejected_lines(manifest),
         *quantization_lines(manifest),

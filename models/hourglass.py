@@ -166,12 +166,15 @@ class KeypointDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.predictor(self.down(x))
-        logits = self.kp(features)
+        return self.extract(self.kp(features), self.jacobian(features))
+
+    def extract(self, logits: torch.Tensor, jmaps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keypoints as the heatmap-weighted mean of the grid, and the Jacobians
+        weighted by the same heatmaps, from the two heads' outputs."""
         b, k, h, w = logits.shape
         heat = torch.softmax(logits.reshape(b, k, h * w) / self.temperature, dim=2)
         value = heat @ self.grid  # (B, K, 2)
-        jmaps = self.jacobian(features).reshape(b, k, 4, h * w)
-        jacobian = (jmaps @ heat.unsqueeze(-1)).reshape(b, k, 2, 2)
+        jacobian = (jmaps.reshape(b, k, 4, h * w) @ heat.unsqueeze(-1)).reshape(b, k, 2, 2)
         return {"value": value, "jacobian": jacobian, "heatmap": heat.reshape(b, k, h, w)}
 
 

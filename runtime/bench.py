@@ -28,29 +28,36 @@ def _time_ms(runner: Any, feeds: Mapping[str, np.ndarray]) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray], warmup: int = 10,
-                      runs: int = 100, rounds: int = 5, max_seconds: float | None = None) -> dict[str, dict]:
+def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray] | None, warmup: int = 10,
+                      runs: int = 100, rounds: int = 5, max_seconds: float | None = None,
+                      feeds_of: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                      settle: float = 0.05) -> dict[str, dict]:
     """Time each runner's `infer(feeds)`: `runs` timed calls each, spread over
     `rounds` rounds that visit the runners in turn. A runner whose timed calls
     pass `max_seconds` in total stops early (after at least 10); the number
-    actually timed is recorded."""
-    first = {name: _time_ms(r, feeds) for name, r in runners.items()}
-    for r in runners.values():
+    actually timed is recorded. `feeds_of` gives runners that take other
+    inputs their own feeds. Before each runner's turn the timer waits `settle`
+    seconds, so that the worker threads of the runner before (PyTorch's OpenMP
+    pool, ONNX Runtime's spinning threads) are idle, as they would be on a
+    device running one model."""
+    own = {name: (feeds_of or {}).get(name, feeds) for name in runners}
+    first = {name: _time_ms(r, own[name]) for name, r in runners.items()}
+    for name, r in runners.items():
         for _ in range(warmup):
-            r.infer(feeds)
+            r.infer(own[name])
     times: dict[str, list[float]] = {name: [] for name in runners}
     spent = dict.fromkeys(runners, 0.0)
     per_round = max(1, -(-runs // rounds))
     for _ in range(rounds):
         for name, r in runners.items():
+            time.sleep(settle)  # the previous runner's worker threads stop spinning before this one is timed
             for _ in range(min(per_round, runs - len(times[name]))):
                 if max_seconds and spent[name] > max_seconds * 1e3 and len(times[name]) >= 10:
                     break
-                times[name].append(_time_ms(r, feeds))
+                times[name].append(_time_ms(r, own[name]))
                 spent[name] += times[name][-1]
-    batch = int(next(iter(feeds.values())).shape[0])
     return {name: {"first_ms": first[name], "warmup": warmup, "runs": len(times[name]),
-                   **latency_stats(times[name]), "batch": batch,
+                   **latency_stats(times[name]), "batch": int(next(iter(own[name].values())).shape[0]),
                    "settings": dict(getattr(runners[name], "settings", {}))}
             for name in runners}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,15 +69,19 @@ def cmd_verify(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import bench, throughput
     from .bundle import Bundle
-    from .runners import load
+    from .runners import choose, load
 
     bundle = Bundle.open(args.bundle)
+    args.backend, args.precision = choose(bundle, args.backend, args.precision)
     inputs, _ = bundle.golden()
     # the golden inputs, repeated to the batch asked for
     feeds = {k: np.resize(v, (args.batch, *v.shape[1:])) for k, v in inputs.items()}
+    start = time.perf_counter()
     with load(bundle, args.backend, args.precision, args.threads) as runner:
+        load_ms = (time.perf_counter() - start) * 1e3
         stats = bench(runner, feeds, warmup=args.warmup, runs=args.runs)
-    stats = {"bundle": str(bundle.path), "backend": args.backend, "precision": args.precision, **stats}
+    stats = {"bundle": str(bundle.path), "backend": args.backend, "precision": args.precision,
+             "recommended": bundle.manifest.get("recommended"), "load_ms": load_ms, **stats}
     if args.throughput:
         with load(bundle, args.backend, args.precision, args.threads, mode="throughput") as runner:
             stats["throughput"] = throughput(runner, feeds, seconds=args.throughput, warmup=args.warmup)
@@ -86,8 +91,11 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    print(f"{bundle.manifest['variant']} {args.backend} {args.precision}, batch {stats['batch']}, "
-          f"threads {stats['settings']['threads']}: first inference {stats['first_ms']:.2f} ms; "
+    recommended = stats["recommended"] or {}
+    mark = (" (the build's recommendation)" if (recommended.get("backend"), recommended.get("precision"))
+            == (args.backend, args.precision) else "")
+    print(f"{bundle.manifest['variant']} {args.backend} {args.precision}{mark}, batch {stats['batch']}, "
+          f"threads {stats['settings']['threads']}: load {load_ms:.0f} ms, first inference {stats['first_ms']:.2f} ms; "
           f"latency over {stats['runs']} runs after {stats['warmup']} warm-up: p50 {stats['p50_ms']:.2f} ms, "
           f"p90 {stats['p90_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, mean {stats['mean_ms']:.2f} "
           f"± {stats['std_ms']:.2f} ms")
@@ -127,7 +135,7 @@ def cmd_infer(args) -> int:
                    if v.size <= RAW_JSON_LIMIT}
             stem.with_suffix(".json").write_text(json.dumps(
                 {"image": str(path), "size": list(image.size), "variant": bundle.manifest["variant"],
-                 "backend": args.backend, "precision": args.precision, **found, "outputs": raw}))
+                 "backend": runner.backend, "precision": runner.precision, **found, "outputs": raw}))
             np.savez_compressed(stem.with_suffix(".npz"), **outputs)
             print(f"{path} -> {stem.with_suffix('.png')}, {stem.with_suffix('.json')}, {stem.with_suffix('.npz')}")
     return 0
@@ -141,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=positive)
     b = sub.add_parser("bench", help="latency of one artifact")
     b.add_argument("bundle")
-    b.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
-    b.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (those the bundle has)")
+    b.add_argument("--backend", help=f"one of {', '.join(BACKENDS)} (default: the build's recommendation)")
+    b.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)} (those the bundle has; default: the recommended one)")
     b.add_argument("--threads", type=positive, help="inference threads (default: the backend's choice)")
     b.add_argument("--runs", type=positive, default=100, help="timed runs (default 100)")
     b.add_argument("--warmup", type=positive, default=10, help="untimed runs first (default 10)")
@@ -156,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle")
     i.add_argument("images", nargs="+", metavar="IMAGE")
     i.add_argument("--out", default="predictions", help="folder for the results (default: predictions/)")
-    i.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
-    i.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (those the bundle has)")
+    i.add_argument("--backend", help=f"one of {', '.join(BACKENDS)} (default: the build's recommendation)")
+    i.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)} (those the bundle has; default: the recommended one)")
     i.add_argument("--threads", type=positive)
     return parser
 

@@ -130,7 +130,7 @@ class OnnxRuntimeRunner(_Base):
     """An `InferenceSession` on the CPU; sessions are safe to call from several threads."""
 
     def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None,
-                 mode: str = "latency", profile: bool = False):
+                 mode: str = "latency", profile: bool = False, cache: bool = False):
         super().__init__(inputs, outputs, "onnxruntime", precision)
         import onnxruntime as ort
 
@@ -188,7 +188,7 @@ class OpenVINORunner(_Base):
     """A compiled OpenVINO model with a pool of infer requests, one per concurrent caller."""
 
     def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None,
-                 mode: str = "latency", profile: bool = False):
+                 mode: str = "latency", profile: bool = False, cache: bool = False):
         super().__init__(inputs, outputs, "openvino", precision)
         import openvino as ov
 
@@ -199,6 +199,8 @@ class OpenVINORunner(_Base):
             config["INFERENCE_NUM_THREADS"] = threads
         if profile:
             config["PERF_COUNT"] = True
+        if cache:
+            config["CACHE_DIR"] = str(cache_dir() / "openvino")
         self.compiled = core.compile_model(str(model), "CPU", config)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._ports = {name: self.compiled.output(name) for name in self.output_names}
@@ -210,6 +212,7 @@ class OpenVINORunner(_Base):
             "precision_hint_requested": config["INFERENCE_PRECISION_HINT"],
             "precision_hint": self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "streams": int(self.compiled.get_property("NUM_STREAMS")),
+            "cache_dir": config.get("CACHE_DIR"),
             "openvino": ov.get_version(),
         }
         if mode == "throughput":
@@ -273,13 +276,33 @@ def op_table(per_op: Mapping[str, tuple[float, int]], runs: int) -> list[dict[st
 RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
 
 
-def load(bundle: str | Path | Bundle, backend: str = "onnxruntime", precision: str = "fp32",
-         threads: int | None = None, mode: str = "latency", profile: bool = False) -> Runner:
-    """Load one artifact of a bundle. `threads=None` lets the backend choose.
-    `mode="throughput"` sets the backend up for many concurrent calls
+def cache_dir() -> Path:
+    """Where compiled models are cached: $EDGE_EXPORT_CACHE, else ~/.cache/edge-export."""
+    return Path(os.environ.get("EDGE_EXPORT_CACHE") or Path.home() / ".cache" / "edge-export")
+
+
+def choose(bundle: Bundle, backend: str | None, precision: str | None) -> tuple[str, str]:
+    """The artifact to run: the build's recommendation (its fastest shipped
+    artifact) where the caller leaves it open, FP32 on a backend it names."""
+    recommended = bundle.manifest.get("recommended") or {"backend": "onnxruntime", "precision": "fp32"}
+    if backend is None:
+        backend = recommended["backend"] if recommended["backend"] in installed_backends() else installed_backends()[0]
+    if precision is None:
+        precision = recommended["precision"] if backend == recommended["backend"] else "fp32"
+    return backend, precision
+
+
+def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str | None = None,
+         threads: int | None = None, mode: str = "latency", profile: bool = False, cache: bool = True) -> Runner:
+    """Load one artifact of a bundle: by default the one the build measured
+    fastest (its manifest's `recommended`). `threads=None` lets the backend
+    choose. `mode="throughput"` sets the backend up for many concurrent calls
     (OpenVINO's THROUGHPUT hint; ONNX Runtime one core per caller);
-    `profile=True` turns the backend's profiler on for `runner.profile()`."""
+    `profile=True` turns the backend's profiler on for `runner.profile()`;
+    `cache=True` lets OpenVINO keep the compiled model in `cache_dir()`, so
+    the next load on this device skips compilation."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    backend, precision = choose(bundle, backend, precision)
     check_choice("backend", backend, BACKENDS)
     check_choice("precision", precision, PRECISIONS)
     check_choice("mode", mode, MODES)
@@ -289,7 +312,7 @@ def load(bundle: str | Path | Bundle, backend: str = "onnxruntime", precision: s
     try:
         runner_cls = RUNNERS[backend]
         return runner_cls(bundle.path / entry["file"], bundle.manifest["inputs"],
-                          bundle.manifest["outputs"], precision, threads, mode, profile)
+                          bundle.manifest["outputs"], precision, threads, mode, profile, cache)
     except ImportError:
         raise UserError(f"backend {backend!r} is not installed here; pip install {backend}") from None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,9 @@ import torch
 
 import models
 from export.pipeline import BuildSettings, build
+
+# Compiled-model caches of the tests (and of the commands they start) stay out of the home folder.
+os.environ.setdefault("EDGE_EXPORT_CACHE", tempfile.mkdtemp(prefix="edge-export-test-cache-"))
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

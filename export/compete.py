@@ -1,0 +1,210 @@
+"""`python -m export compete`: each bundle's artifacts against what a user
+could run instead: PyTorch eager, torch.compile (inductor) and ExecuTorch
+(XNNPACK, when the optional `executorch` extra is installed).
+
+One interleaved run per variant, the same weights and inputs, batch 1, the
+same threads; medians and spread, the ratio of every contender to the best
+peer, and the achieved GFLOP/s against an FP32 matrix-multiply peak measured
+in the same run. Peers are checked against eager PyTorch before they are
+timed, so a broken compilation is never a fast one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import time
+import warnings
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+import models
+import runtime
+from runtime.bench import bench_interleaved
+from runtime.bundle import Bundle
+from runtime.errors import UserError
+
+from .benchmark import TorchRunner, matmul_peak
+from .pipeline import BuildSettings, build
+from .study import flops
+
+EAGER, COMPILE, EXECUTORCH = "pytorch eager", "torch.compile", "executorch xnnpack"
+PEERS = (EAGER, COMPILE, EXECUTORCH)
+PEER_BOUND = 1e-3  # max abs difference from eager for a peer's outputs to count as the same model
+
+
+class CompiledRunner(TorchRunner):
+    """torch.compile (inductor, default mode) of the model; compiled on the first call."""
+
+    backend = "torch.compile"
+
+    def __init__(self, model: nn.Module, threads: int):
+        super().__init__(torch.compile(model), threads)
+        self.settings["mode"] = "torch.compile(inductor, default), inference_mode"
+
+
+class ExecuTorchRunner:
+    """The model lowered to ExecuTorch with the XNNPACK partitioner, run by ExecuTorch's Python runtime."""
+
+    backend, precision = "executorch", "fp32"
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, threads: int):
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.runtime import Runtime
+
+        with torch.no_grad():
+            self.names = list(model(example))
+            program = to_edge_transform_and_lower(torch.export.export(model, (example,)),
+                                                  partitioner=[XnnpackPartitioner()]).to_executorch()
+        _unsafe_reset_threadpool(threads)
+        self.method = Runtime.get().load_program(program.buffer).load_method("forward")
+        import executorch
+
+        self.settings = {"threads": threads, "partitioner": "XNNPACK",
+                         "executorch": getattr(executorch, "__version__", "installed")}
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (x,) = feeds.values()
+        outputs = self.method.execute([torch.from_numpy(x)])
+        return {name: out.numpy() for name, out in zip(self.names, outputs)}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.compile and ExecuTorch's lowering log and warn at length; the table says what matters."""
+    loggers = [logging.getLogger(n) for n in ("torch._inductor", "torch._dynamo", "executorch", "torchao")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def executorch_available() -> str | None:
+    """None if ExecuTorch can be used, else why not."""
+    if importlib.util.find_spec("executorch") is None:
+        return "not installed (pip install 'edge-export[executorch]')"
+    return None
+
+
+def _peers(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[dict[str, Any], dict[str, dict]]:
+    """The peers that could be set up, each checked against eager; and for each, what happened."""
+    made, notes = {}, {}
+    candidates = {EAGER: lambda: TorchRunner(model, threads), COMPILE: lambda: CompiledRunner(model, threads)}
+    missing = executorch_available()
+    if missing:
+        notes[EXECUTORCH] = {"status": missing}
+    else:
+        candidates[EXECUTORCH] = lambda: ExecuTorchRunner(model, example, threads)
+    feeds = {"image": example.numpy()}
+    reference = TorchRunner(model, threads).infer(feeds)
+    for name, make in candidates.items():
+        start = time.perf_counter()
+        try:
+            with _quiet():
+                runner = make()
+                out = runner.infer(feeds)  # compiles torch.compile's graph
+        except Exception as err:  # a peer that cannot take this model is reported, not fatal
+            notes[name] = {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+            continue
+        worst = max(float(np.max(np.abs(out[k] - reference[k]))) for k in reference)
+        if worst > PEER_BOUND:
+            notes[name] = {"status": f"outputs differ from eager by {worst:.1e} (> {PEER_BOUND:g}); not timed"}
+            continue
+        made[name] = runner
+        notes[name] = {"status": "ok", "setup_s": time.perf_counter() - start, "max_abs_vs_eager": worst}
+    return made, notes
+
+
+def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dict[str, Any]:
+    m = bundle.manifest
+    variant = m["variant"]
+    checkpoint = (m.get("checkpoint") or {}).get("path")
+    model = models.create(variant, checkpoint=checkpoint, **m.get("overrides", {}))
+    shape = tuple(m["inputs"][0]["shape"][1:])
+    inputs, _ = bundle.golden()
+    feeds = {k: v[:1] for k, v in inputs.items()}
+    example = torch.from_numpy(feeds["image"])
+    peers, notes = _peers(model, example, threads)
+    contenders = dict(peers)
+    with contextlib.ExitStack() as stack:
+        for a in bundle.artifacts:
+            name = f"{a['backend']} {a['precision']}"
+            contenders[name] = stack.enter_context(runtime.load(bundle, a["backend"], a["precision"], threads))
+        stats = bench_interleaved(contenders, feeds, warmup=5, runs=runs, rounds=5)
+    work = flops(model, shape)
+    best_peer = min((n for n in peers), key=lambda n: stats[n]["p50_ms"])
+    artifacts = [n for n in stats if n not in peers]
+    best = min(artifacts, key=lambda n: stats[n]["p50_ms"])
+    rows = {}
+    for name, s in stats.items():
+        rows[name] = {"p50_ms": s["p50_ms"], "min_ms": s["min_ms"], "p90_ms": s["p90_ms"],
+                      "std_ms": s["std_ms"], "runs": s["runs"], "first_ms": s["first_ms"],
+                      "vs_best_peer": stats[best_peer]["p50_ms"] / s["p50_ms"],
+                      "gflops": work / s["p50_ms"] / 1e6, "of_peak": work / s["p50_ms"] / 1e6 / peak,
+                      "peer": name in peers}
+    return {"variant": variant, "input": list(shape), "gflop": work / 1e9, "contenders": rows, "peers": notes,
+            "best_artifact": best, "best_peer": best_peer,
+            "speedup": {p: stats[p]["p50_ms"] / stats[best]["p50_ms"] for p in peers}}
+
+
+def hourglass_alone(threads: int, runs: int, peak: float) -> dict[str, Any]:
+    """The standard (baseline) hourglass alone at (1, 3, 64, 64): the densest
+    convolution work of the zoo, against the matrix-multiply peak."""
+    from .study import Study, StudySettings, of
+
+    module = models.create("baseline").predictor
+    shape = (3, 64, 64)
+    work = flops(module, shape)
+    with tempfile.TemporaryDirectory(prefix="edge-export-compete-") as tmp:
+        study = Study(StudySettings(threads=threads), Path(tmp), lambda _: None)
+        runners = study.runners("hourglass", of(module), shape)
+        stats = study.time(runners, {"hourglass": study.feeds(shape)}, runs=runs)
+    rows = {backend: {"p50_ms": s["p50_ms"], "gflops": work / s["p50_ms"] / 1e6,
+                      "of_peak": work / s["p50_ms"] / 1e6 / peak} for (_, backend), s in stats.items()}
+    return {"input": list(shape), "gflop": work / 1e9, "backends": rows,
+            "best": max(rows, key=lambda b: rows[b]["gflops"])}
+
+
+def ensure_bundle(variant: str, root: Path, threads: int, say: Callable[[str], None]) -> Bundle:
+    """The bundle of `variant` under `root`, built first (random init) if there is none."""
+    path = root / variant
+    if not (path / "manifest.json").is_file():
+        say(f"{variant}: no bundle at {path}; building it")
+        result = build(BuildSettings(variant=variant, out=root, threads=threads))
+        if not result.passed:
+            raise UserError(f"the build of {variant} failed parity; see {result.bundle}/report.md")
+    return Bundle.open(path)
+
+
+def compete(variants: list[str], root: Path, threads: int, runs: int,
+            say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    for v in variants:
+        models.get_variant(v)  # unknown names fail before any work
+    if threads < 1:
+        raise UserError(f"--threads {threads} is not a positive number of threads")
+    if runs < 5:
+        raise UserError(f"--runs {runs} must be at least 5")
+    say("FP32 matrix-multiply peak")
+    peak = matmul_peak(threads)
+    say("the standard hourglass alone")
+    hourglass = hourglass_alone(threads, runs, peak["gflops"])
+    results = []
+    for v in variants:
+        bundle = ensure_bundle(v, root, threads, say)
+        say(f"{v}: setting up the peers and timing")
+        results.append(compete_variant(bundle, threads, runs, peak["gflops"]))
+    return {"peak": peak, "threads": threads, "batch": 1, "runs": runs, "hourglass": hourglass, "variants": results}

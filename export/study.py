@@ -1,0 +1,486 @@
+"""`python -m export study`: the articles' experiments, measured on this machine.
+
+Six tables, each with the articles' figures beside ours: convolution kinds,
+normalisations, upsampling, lightweight encoder-decoders, pet segmentation,
+and where the time of the fastest detector goes. Every module is exported and
+converted the way a build does (dynamo ONNX export, onnxsim, OpenVINO FP32 IR)
+and timed in PyTorch eager, ONNX Runtime and OpenVINO by the build's timing
+code: warm-up, fixed threads, medians, all contenders of a table interleaved
+in one run. Writes `report.md`, `study.json` and plots to one folder, which
+appears only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import models
+from models import layers
+from models.train import evaluate, train
+from runtime import runners as rt
+from runtime.bench import bench_interleaved
+from runtime.bundle import Bundle
+from runtime.errors import UserError
+from runtime.machine import machine_info
+
+from . import openvino_convert
+from .benchmark import TorchRunner, matmul_peak
+from .manifest import tool_versions
+from .onnx_export import DEFAULT_OPSET, INPUT_NAME, export_onnx
+from .pipeline import _publish, check_out
+from .simplify import simplify
+from .stats import model_stats
+
+BACKENDS = ("pytorch", "onnxruntime", "openvino")
+BACKEND_NAMES = {"pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+# The articles' figures (ARCHITECTURES.md; seeds 001, 002, 004), shown beside ours.
+ARTICLE_HOURGLASS = {"baseline": ("14.13 M", "989.31 M", 13.0184), "dsc": ("1.62 M", "120.30 M", 6.9928)}
+ARTICLE_NORMS = {"batch": (2048, 0.0407, 0.6520), "layer": (8192, 0.0366, 0.6376),
+                 "instance": (2048, 0.0665, 1.0005), "group": (2048, 0.0461, 0.9654)}
+ARTICLE_UPSAMPLE = {"interp": 0.16, "transpose": 0.23}  # ms; both 4,719,104 params, 75.51 M mult-adds
+ARTICLE_ENCDEC = {"erfnet": ("2.06 M", 26.60), "edanet": ("0.68 M", 8.83), "esnet": ("1.66 M", 24.05),
+                  "lednet": ("0.94 M", 11.21)}  # published params; computed GMACs at 512x1024
+ARTICLE_PET = {"segnet": ("15.27 M", "88.28%"), "segnet-dsc": ("1.75 M", "86.96%"),
+               "unet": ("-", "91.3% (100 epochs)"), "unet-dsc": ("-", "-")}
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    out: Path = Path("artifacts/study")
+    quick: bool = False
+    threads: int = os.cpu_count() or 1
+    train_steps: int = 0
+    artifacts: Path = Path("artifacts")  # INT8 artifacts of built bundles are timed too
+    opset: int = DEFAULT_OPSET
+    seed: int = 0
+
+
+@dataclass
+class Section:
+    key: str  # what the plots look it up by
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # raw figures, for study.json and the plots
+
+
+class Part(nn.Module):
+    """Any computation of one input behind `forward(x) -> dict`, the shape the
+    exporter and the timing code expect; `modules` carry its weights."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any], *modules: nn.Module):
+        super().__init__()
+        self.fn = fn
+        self.parts = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.fn(x)
+        return out if isinstance(out, dict) else {"y": out}
+
+
+def of(module: nn.Module) -> Part:
+    return Part(module, module)
+
+
+def flops(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Floating-point operations of one call at batch 1, as PyTorch's flop counter
+    counts them (2 per multiply-add of convs, transposed convs and matmuls)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(torch.zeros(1, *shape))
+    return counter.get_total_flops()
+
+
+def transposed_overcount(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Mult-adds that torchinfo adds for ConvTranspose2d: it counts weights x
+    output pixels, where a transposed conv does weights x input pixels."""
+    extra = []
+
+    def hook(m, inputs, output):
+        extra.append(m.weight.numel() * (output.shape[-2] * output.shape[-1] - inputs[0].shape[-2] * inputs[0].shape[-1]))
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.ConvTranspose2d)]
+    with torch.no_grad():
+        module(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return sum(extra)
+
+
+class Study:
+    """Exports, converts and times modules; holds the runners of one table at a time."""
+
+    def __init__(self, s: StudySettings, work: Path, say: Callable[[str], None]):
+        self.s, self.work, self.say = s, work, say
+        self.rng = np.random.default_rng(s.seed)
+
+    def runners(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
+        """`module` in eager PyTorch, and as the build would ship it for ONNX Runtime and OpenVINO (FP32)."""
+        module = module.eval()
+        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+        example = torch.rand(2, *shape)  # batch 2: the batch axis stays dynamic
+        with torch.no_grad():
+            names = tuple(module(example))
+        raw, onnx_path = self.work / f"{slug}.raw.onnx", self.work / f"{slug}.onnx"
+        export_onnx(module, example, names, raw, self.s.opset)
+        io = ([{"name": INPUT_NAME, "shape": ["batch", *shape], "dtype": "float32"}], [{"name": n} for n in names])
+        simplify(raw, onnx_path, io, {INPUT_NAME: example.numpy()})
+        ir = self.work / slug
+        openvino_convert.convert(onnx_path, ir, ("fp32",))
+        threads = self.s.threads
+        return {(label, "pytorch"): TorchRunner(module, threads),
+                (label, "onnxruntime"): rt.OnnxRuntimeRunner(onnx_path, *io, "fp32", threads),
+                (label, "openvino"): rt.OpenVINORunner(ir / openvino_convert.IR_FILES["fp32"], *io, "fp32", threads)}
+
+    def feeds(self, shape: tuple[int, ...], batch: int = 1, normal: bool = False) -> dict[str, np.ndarray]:
+        x = self.rng.standard_normal((batch, *shape)) if normal else self.rng.random((batch, *shape))
+        return {INPUT_NAME: x.astype(np.float32)}
+
+    def time(self, runners: dict, feeds_of: dict, runs: int, warmup: int = 5) -> dict[tuple, dict]:
+        """One interleaved run of every runner, each with its own inputs; p50 in ms."""
+        names = {f"{label} | {backend}": (label, backend) for label, backend in runners}
+        stats = bench_interleaved({n: runners[k] for n, k in names.items()}, None, warmup=warmup, runs=runs,
+                                  rounds=5, feeds_of={n: feeds_of[k[0]] for n, k in names.items()})
+        return {k: stats[n] for n, k in names.items()}
+
+    def quick_or_full(self, quick, full):
+        return quick if self.s.quick else full
+
+
+def ms(stats: dict, key: tuple) -> str:
+    return f"{stats[key]['p50_ms']:.2f}" if key in stats else "-"
+
+
+def ms_small(stats: dict, key: tuple) -> str:
+    return f"{stats[key]['p50_ms']:.4f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x"
+
+
+def _int8_runners(s: StudySettings, variant: str) -> dict[tuple, Any]:
+    """The shipped INT8 artifacts of `<artifacts>/<variant>`, if a bundle with them was built."""
+    path = s.artifacts / variant
+    if not (path / "manifest.json").is_file():
+        return {}
+    bundle = Bundle.open(path)
+    return {(variant, f"{a['backend']} int8"): rt.load(bundle, a["backend"], "int8", s.threads, cache=False)
+            for a in bundle.artifacts if a["precision"] == "int8"}
+
+
+def convolution(st: Study) -> list[Section]:
+    hourglass_rows = ("baseline", "dsc", "asym", "dsc-deep")
+    runners, feeds, counts = {}, {}, {}
+    for name in hourglass_rows:
+        st.say(f"convolution: hourglass of {name}")
+        module = models.create(name).predictor
+        counts[name] = model_stats(module, (3, 64, 64))
+        runners.update(st.runners(name, of(module), (3, 64, 64)))
+        feeds[name] = st.feeds((3, 64, 64))
+    stats = st.time(runners, feeds, runs=st.quick_or_full(30, 200))
+    base = {b: stats[("baseline", b)]["p50_ms"] for b in BACKENDS}
+    rows = []
+    for name in hourglass_rows:
+        article = ARTICLE_HOURGLASS.get(name)
+        rows.append((name, f"{counts[name]['params']:,}", f"{counts[name]['mult_adds'] / 1e6:.2f} M",
+                     f"{article[0]} / {article[1]} / {article[2]:.2f} ms" if article else "-",
+                     *(ms(stats, (name, b)) for b in BACKENDS),
+                     *(ratio(base[b], stats[(name, b)]["p50_ms"]) for b in BACKENDS)))
+    hourglass = Section(
+        "hourglass", "1a. Convolution: the hourglass alone, input (1, 3, 64, 64)",
+        ("variant", "params", "mult-adds", "article (params / mult-adds / ms)",
+         *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS), *(f"vs standard, {BACKEND_NAMES[b]}" for b in BACKENDS)),
+        rows,
+        ["The article's speed-up of depthwise separable over standard: 1.86x (PyTorch, its machine).",
+         "Mult-adds: the standard hourglass matches the reference exactly (989,312,832). The separable one gives "
+         "121.95 M by torchinfo's count against the article's 120.30 M: the parameters agree (1,616,958), and no "
+         "layout tried reproduces 120.30 M (without biases it is 120.06 M), so the article's figure is taken to come "
+         "from another counting of the depthwise and bias terms."],
+        {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}})
+
+    detector_rows = st.quick_or_full(("baseline", "dsc"), hourglass_rows)
+    runners, feeds, counts = {}, {}, {}
+    for name in detector_rows:
+        st.say(f"convolution: detector {name}")
+        model = models.create(name)
+        counts[name] = model_stats(model, (3, 256, 256))
+        runners.update(st.runners(name, model, (3, 256, 256)))
+        runners.update(_int8_runners(st.s, name))
+        feeds[name] = st.feeds((3, 256, 256))
+    stats = st.time(runners, feeds, runs=st.quick_or_full(10, 50))
+    eager_base = stats[("baseline", "pytorch")]["p50_ms"]
+    rows = []
+    for name in detector_rows:
+        own = {k: v["p50_ms"] for k, v in stats.items() if k[0] == name}
+        best = min((k for k in own if k[1] != "pytorch"), key=own.get)
+        int8 = ", ".join(f"{k[1].split()[0]} {v:.2f}" for k, v in own.items() if k[1].endswith("int8")) or "not built"
+        rows.append((name, f"{counts[name]['params']:,}", f"{counts[name]['mult_adds'] / 1e6:.1f} M",
+                     *(ms(stats, (name, b)) for b in BACKENDS), int8,
+                     f"{best[1]} {ratio(eager_base, own[best])}"))
+    detector = Section(
+        "detector", "1b. Convolution in the whole detector, input (1, 3, 256, 256)",
+        ("variant", "params", "mult-adds", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS), "INT8 ms (bundle)",
+         "best vs eager baseline"),
+        rows,
+        ["INT8: the shipped INT8 artifacts of `<artifacts>/<variant>` when a bundle was built with "
+         "`--quantize int8`, timed in this same run; a build ships INT8 only where it beats FP32."],
+        {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}})
+    return [hourglass, detector]
+
+
+def normalisation(st: Study) -> list[Section]:
+    runners, feeds, params = {}, {}, {}
+    for kind in ARTICLE_NORMS:
+        st.say(f"normalisation: {kind}")
+        layer = layers.norm(kind, 1024, (2, 2))
+        params[kind] = sum(p.numel() for p in layer.parameters())
+        runners.update(st.runners(kind, of(layer), (1024, 2, 2)))
+    for batch in (1, 32):
+        feeds[batch] = st.feeds((1024, 2, 2), batch, normal=True)
+    reps = st.quick_or_full(200, 1000)
+    stats = {batch: st.time(runners, dict.fromkeys(ARTICLE_NORMS, feeds[batch]), runs=reps, warmup=20)
+             for batch in (1, 32)}
+    rows = []
+    for kind, (article_params, *article_ms) in ARTICLE_NORMS.items():
+        for batch, article in zip((1, 32), article_ms):
+            rows.append((kind, f"{params[kind]:,} ({article_params:,})", str(batch), f"{article:.4f}",
+                         *(ms_small(stats[batch], (kind, b)) for b in BACKENDS)))
+    micro = Section(
+        "norms", "2a. Normalisation layers on (batch, 1024, 2, 2)",
+        ("norm", "params (article)", "batch", "article ms (PyTorch)", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS)),
+        rows,
+        [f"{reps} timed calls per cell, as the article's 1,000 repetitions (median). GroupNorm has channels // 2 = "
+         "512 groups; LayerNorm normalises over (C, H, W) with an elementwise affine, hence 8,192 parameters.",
+         "At this size a call is mostly the runtime's fixed cost per inference, not the arithmetic."],
+        {"stats": {b: _plain(v) for b, v in stats.items()}, "params": params})
+    if st.s.quick:
+        return [micro, Section("norm-swap", "2b. The same swap in the whole detector", (), [],
+                               ["Measured in the full study (without `--quick`)."])]
+    swap = ("baseline", "layernorm", "instancenorm", "groupnorm")
+    runners, feeds, counts = {}, {}, {}
+    for name in swap:
+        st.say(f"normalisation: detector {name}")
+        model = models.create(name)
+        counts[name] = sum(p.numel() for p in model.parameters())
+        runners.update(st.runners(name, model, (3, 256, 256)))
+        feeds[name] = st.feeds((3, 256, 256))
+    stats = st.time(runners, feeds, runs=50)
+    base = {b: stats[("baseline", b)]["p50_ms"] for b in BACKENDS}
+    rows = [(name, f"{counts[name]:,}", *(f"{ms(stats, (name, b))} ({ratio(stats[(name, b)]['p50_ms'], base[b])})"
+                                          for b in BACKENDS)) for name in swap]
+    whole = Section("norm-swap", "2b. The same swap in the whole detector, input (1, 3, 256, 256)",
+                    ("variant", "params", *(f"{BACKEND_NAMES[b]} ms (vs BatchNorm)" for b in BACKENDS)), rows,
+                    ["BatchNorm folds into the conv before it on both backends; the others are computed at run time."],
+                    {"stats": _plain(stats), "params": counts})
+    return [micro, whole]
+
+
+def upsampling(st: Study) -> list[Section]:
+    runners, feeds, counts = {}, {}, {}
+    for kind in ARTICLE_UPSAMPLE:
+        st.say(f"upsampling: {kind}")
+        module = nn.Sequential(*layers.upsample(kind, 1024, 512))
+        counts[kind] = {**model_stats(module, (1024, 2, 2)), "transposed_overcount": transposed_overcount(module, (1024, 2, 2))}
+        runners.update(st.runners(kind, of(module), (1024, 2, 2)))
+        feeds[kind] = st.feeds((1024, 2, 2), normal=True)
+    stats = st.time(runners, feeds, runs=st.quick_or_full(200, 1000), warmup=20)
+    names = {"interp": "nearest x2 + conv 3x3", "transpose": "ConvTranspose2d 3x3 stride 2"}
+    rows = [(names[kind], f"{counts[kind]['params']:,}", f"{counts[kind]['mult_adds'] / 1e6:.2f} M",
+             f"{ARTICLE_UPSAMPLE[kind]:.2f}", *(ms_small(stats, (kind, b)) for b in BACKENDS)) for kind in ARTICLE_UPSAMPLE]
+    real = counts["transpose"]["mult_adds"] - counts["transpose"]["transposed_overcount"]
+    return [Section(
+        "upsample", "3. Upsampling (1, 1024, 2, 2) -> (1, 512, 4, 4)",
+        ("layer", "params", "mult-adds", "article ms (PyTorch)", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS)),
+        rows,
+        ["The article: 4,719,104 params and 75.51 M mult-adds for both, as here. torchinfo (and the article) count "
+         "the transposed conv as weights x output pixels; it really does weights x input pixels, "
+         f"{real / 1e6:.2f} M."],
+        {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}})]
+
+
+def encoder_decoders(st: Study) -> list[Section]:
+    archs = tuple(ARTICLE_ENCDEC)
+    groups = [("", (3, 256, 512))] if not st.s.quick else []
+    groups.append(("kp-", (3, 256, 256)))
+    sections = []
+    for prefix, shape in groups:
+        runners, feeds, counts = {}, {}, {}
+        for arch in archs:
+            name = prefix + arch
+            st.say(f"encoder-decoders: {name}")
+            model = models.create(name)
+            stats_ = model_stats(model, shape)
+            counts[name] = {**stats_, "transposed_overcount": transposed_overcount(model, shape)}
+            runners.update(st.runners(name, model, shape))
+            feeds[name] = st.feeds(shape)
+        stats = st.time(runners, feeds, runs=st.quick_or_full(10, 30), warmup=3)
+        scale = shape[1] * shape[2] / (512 * 1024)
+        rows = []
+        for arch in archs:
+            name = prefix + arch
+            c = counts[name]
+            published, gmacs = ARTICLE_ENCDEC[arch]
+            rows.append((name, f"{c['params']:,}", published if not prefix else "-",
+                         f"{c['mult_adds'] / 1e9:.2f} G", f"{(c['mult_adds'] - c['transposed_overcount']) / 1e9:.2f} G",
+                         f"{gmacs * scale:.2f} G" if not prefix else "-",
+                         *(ms(stats, (name, b)) for b in BACKENDS)))
+        what = "19-class segmenters" if not prefix else "keypoint detectors with the encoder-decoder as predictor"
+        sections.append(Section(
+            prefix + "encdec", f"4{'ab'[bool(prefix)] if not st.s.quick else ''}. Lightweight encoder-decoders: {what}, "
+            f"input (1, {', '.join(map(str, shape))})",
+            ("network", "params", "published params", "mult-adds (torchinfo)", "mult-adds (transposed per input px)",
+             "reference, scaled to this input", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS)),
+            rows,
+            ["Published figures are for Cityscapes at 512x1024; the reference's computed GMACs are scaled by pixel "
+             "count. torchinfo counts each ConvTranspose2d at its output pixels (4x its work at stride 2), which is "
+             "why ERFNet and ESNet read high in that column; the next column counts them per input pixel, as the "
+             "reference does. LEDNet's reference code gives 922,821 params, short of the published 0.94 M."]
+            if not prefix else ["The same encoder-decoders feeding the detector's 7x7 heads, at the detector's input."],
+            {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}, "counts": counts}))
+    return sections
+
+
+def pet(st: Study) -> list[Section]:
+    names = st.quick_or_full(("segnet", "segnet-dsc"), tuple(ARTICLE_PET))
+    runners, feeds, counts, scores = {}, {}, {}, {}
+    for name in names:
+        model = models.create(name)
+        if st.s.train_steps:
+            st.say(f"pet segmentation: training {name} for {st.s.train_steps} steps")
+            model = train(name, steps=st.s.train_steps, seed=st.s.seed)["model"]
+            scores[name] = evaluate(name, model=model)
+        st.say(f"pet segmentation: {name}")
+        counts[name] = model_stats(model, (3, 128, 128))
+        runners.update(st.runners(name, model, (3, 128, 128)))
+        feeds[name] = st.feeds((3, 128, 128))
+    stats = st.time(runners, feeds, runs=st.quick_or_full(5, 20), warmup=2)
+    rows = []
+    for name in names:
+        score = (f"{scores[name]['pixel_accuracy']:.2%} / {scores[name]['miou']:.2%}" if name in scores
+                 else "use --train-steps")
+        rows.append((name, f"{counts[name]['params']:,}", ARTICLE_PET[name][0], f"{counts[name]['mult_adds'] / 1e9:.2f} G",
+                     *(ms(stats, (name, b)) for b in BACKENDS), score, ARTICLE_PET[name][1]))
+    notes = ["Accuracy: pixel accuracy / mIoU on 64 held-out images of the generated pet task, after the same "
+             f"training budget ({st.s.train_steps} steps of batch 8) for every network; the article trained 20 epochs "
+             "on Oxford-IIIT Pet, which cannot be downloaded here." if st.s.train_steps else
+             "Accuracy columns need `--train-steps N` (the same budget for every network).",
+             "SegNet's max-unpool routes values by the pooling indices: OpenVINO runs it as a scatter, slower than "
+             "ONNX Runtime."]
+    return [Section("pet", "5. Pet segmentation, input (1, 3, 128, 128)",
+                    ("network", "params", "article params", "mult-adds", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS),
+                     "pixel acc. / mIoU", "article pixel acc."), rows, notes,
+                    {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}, "scores": scores})]
+
+
+def breakdown(st: Study, fastest: str, peak: dict) -> list[Section]:
+    model = models.create(fastest)
+    k = model.config.num_kp
+    side = model.config.hourglass_size
+    heat = model.config.heatmap_size
+    width = model.predictor.out_filters
+    parts = {
+        "resize (stride-4 blur)": (of(model.down), (3, 256, 256)),
+        "hourglass": (of(model.predictor), (3, side, side)),
+        "heads (7x7 keypoint + Jacobian)": (Part(lambda f: {"kp": model.kp(f), "jacobian": model.jacobian(f)},
+                                                 model.kp, model.jacobian), (width, side, side)),
+        "keypoint extraction": (Part(lambda x: model.extract(x[:, :k], x[:, k:]), model), (5 * k, heat, heat)),
+    }
+    runners, feeds, work = {}, {}, {}
+    for label, (module, shape) in parts.items():
+        st.say(f"where the time goes: {label}")
+        runners.update(st.runners(label, module, shape))
+        feeds[label] = st.feeds(shape)
+        work[label] = flops(module, shape)
+    runners.update(st.runners("whole detector", model, (3, 256, 256)))
+    feeds["whole detector"] = st.feeds((3, 256, 256))
+    work["whole detector"] = flops(model, (3, 256, 256))
+    stats = st.time(runners, feeds, runs=st.quick_or_full(30, 200))
+    rows = []
+    for label in (*parts, "whole detector"):
+        cells = []
+        for b in BACKENDS:
+            t = stats[(label, b)]["p50_ms"]
+            share = t / sum(stats[(p, b)]["p50_ms"] for p in parts)
+            cells.append(f"{t:.2f} ({share:.0%})" if label in parts else f"{t:.2f}")
+        rates = [work[label] / stats[(label, b)]["p50_ms"] / 1e6 for b in BACKENDS]
+        rows.append((label, f"{work[label] / 1e9:.3f}", *cells,
+                     *(f"{r:.1f} ({r / peak['gflops']:.0%})" for r in rates)))
+    return [Section(
+        "breakdown", f"6. Where the time goes: {fastest} (the fastest detector of table 1b), batch 1",
+        ("part", "GFLOP", *(f"{BACKEND_NAMES[b]} ms (share)" for b in BACKENDS),
+         *(f"{BACKEND_NAMES[b]} GFLOP/s (of peak)" for b in BACKENDS)),
+        rows,
+        [f"Peak: FP32 matrix multiply measured in this run, {peak['gflops']:.1f} GFLOP/s ({peak['method']}, "
+         f"{peak['threads']} threads, best at n = {peak['size']}).",
+         "Each part is exported and timed on its own, so the shares add the fixed cost of one call per part; "
+         "the keypoint extraction takes the two heads' outputs as one concatenated input. FLOPs by PyTorch's "
+         "flop counter (2 per multiply-add; softmax and the grid are not counted)."],
+        {"stats": _plain(stats), "flops": work, "peak": peak})]
+
+
+def _plain(stats: dict[tuple, dict]) -> dict[str, dict]:
+    return {" | ".join(k): {m: v for m, v in s.items() if m != "settings"} for k, s in stats.items()}
+
+
+def _fastest(section: Section) -> str:
+    per = {}
+    for key, s in section.data["stats"].items():
+        name, backend = key.split(" | ")
+        if backend in ("onnxruntime", "openvino"):
+            per[name] = min(per.get(name, float("inf")), s["p50_ms"])
+    return min(per, key=per.get)
+
+
+def run(s: StudySettings, say: Callable[[str], None] = lambda _: None) -> Path:
+    """Run the study into `s.out` (written to a temporary folder first); returns the folder."""
+    if s.threads < 1:
+        raise UserError(f"--threads {s.threads} is not a positive number of threads")
+    if s.train_steps < 0:
+        raise UserError(f"--train-steps {s.train_steps} must be 0 (no training) or more")
+    if s.out.exists() and not s.out.is_dir():
+        raise UserError(f"--out {str(s.out)!r} is a file; expected a folder for the study (replaced if it exists)")
+    check_out(s.out.parent)
+    torch.manual_seed(s.seed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{s.out.name}.", suffix=f"-{os.getpid()}", dir=s.out.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="edge-export-study-") as work:
+            study = Study(s, Path(work), say)
+            say("FP32 matrix-multiply peak")
+            peak = matmul_peak(s.threads)
+            sections = convolution(study)
+            sections += normalisation(study)
+            sections += upsampling(study)
+            sections += encoder_decoders(study)
+            sections += pet(study)
+            sections += breakdown(study, _fastest(sections[1]), peak)
+        from .study_report import write_report
+
+        say("report and plots")
+        write_report(tmp, s, sections, peak)
+        _publish(tmp, s.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return s.out
+
+
+def settings_dict(s: StudySettings) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
+
+
+def environment(s: StudySettings) -> dict[str, Any]:
+    return {"machine": machine_info(), "versions": tool_versions(), "threads": s.threads}
