@@ -176,8 +176,9 @@ def cmd_study(args) -> int:
 
     from .study import StudySettings, run
 
-    settings = StudySettings(out=args.out, quick=args.quick, threads=args.threads or os.cpu_count() or 1,
-                             train_steps=args.train_steps, artifacts=args.artifacts)
+    threads = args.threads if args.threads is not None else os.cpu_count() or 1
+    settings = StudySettings(out=args.out, quick=args.quick, threads=threads, train_steps=args.train_steps,
+                             artifacts=args.artifacts)
     start = time.perf_counter()
     with console.status("study") as status:
         def say(what: str) -> None:
@@ -210,7 +211,8 @@ def cmd_compete(args) -> int:
                 console.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  {what}")
             status.update(what)
 
-        result = compete(variants, args.artifacts, args.threads or os.cpu_count() or 1, args.runs, say)
+        result = compete(variants, args.artifacts, args.threads if args.threads is not None else os.cpu_count() or 1,
+                         args.runs, say)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -224,6 +226,10 @@ def cmd_compete(args) -> int:
         for name, note in v["peers"].items():
             if note["status"] != "ok":
                 console.print(f"{name}: {note['status']}", markup=False)
+        console.print("cold start (load + first inference): " + ", ".join(
+            f"{a} {c['no_cache_ms']:.0f} ms" + (f" ({c['warm_cache_ms']:.0f} ms with a warm compiled-model cache)"
+                                                 if "warm_cache_ms" in c else "")
+            for a, c in v["cold_start"].items()), markup=False, soft_wrap=True)
     rows = [(v["variant"], v["best_artifact"], f"{v['contenders'][v['best_artifact']]['p50_ms']:.2f}",
              *(f"{v['speedup'][p]:.2f}x" if p in v["speedup"] else "-" for p in ("pytorch eager", "torch.compile",
                                                                                "executorch xnnpack")),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import time
 import warnings
 import tempfile
@@ -65,7 +66,10 @@ class ExecuTorchRunner:
             program = to_edge_transform_and_lower(torch.export.export(model, (example,)),
                                                   partitioner=[XnnpackPartitioner()]).to_executorch()
         _unsafe_reset_threadpool(threads)
-        self.method = Runtime.get().load_program(program.buffer).load_method("forward")
+        # the method reads the program, which reads the buffer: all three are kept alive
+        self._buffer = program.buffer
+        self._program = Runtime.get().load_program(self._buffer)
+        self.method = self._program.load_method("forward")
         import executorch
 
         self.settings = {"threads": threads, "partitioner": "XNNPACK",
@@ -144,7 +148,7 @@ def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dic
         for a in bundle.artifacts:
             name = f"{a['backend']} {a['precision']}"
             contenders[name] = stack.enter_context(runtime.load(bundle, a["backend"], a["precision"], threads))
-        stats = bench_interleaved(contenders, feeds, warmup=5, runs=runs, rounds=5)
+        stats = bench_interleaved(contenders, feeds, warmup=5, runs=runs, rounds=5, max_seconds=5.0)
     work = flops(model, shape)
     best_peer = min((n for n in peers), key=lambda n: stats[n]["p50_ms"])
     artifacts = [n for n in stats if n not in peers]
@@ -157,8 +161,37 @@ def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dic
                       "gflops": work / s["p50_ms"] / 1e6, "of_peak": work / s["p50_ms"] / 1e6 / peak,
                       "peer": name in peers}
     return {"variant": variant, "input": list(shape), "gflop": work / 1e9, "contenders": rows, "peers": notes,
-            "best_artifact": best, "best_peer": best_peer,
+            "best_artifact": best, "best_peer": best_peer, "cold_start": cold_start(bundle, feeds, threads),
             "speedup": {p: stats[p]["p50_ms"] / stats[best]["p50_ms"] for p in peers}}
+
+
+def cold_start(bundle: Bundle, feeds: Mapping[str, np.ndarray], threads: int) -> dict[str, dict[str, float]]:
+    """Load + first inference of each artifact, in ms: without a compiled-model
+    cache, and (OpenVINO) with a warm one, as on a device's second start."""
+    def once(backend: str, precision: str, cache: bool) -> float:
+        start = time.perf_counter()
+        with runtime.load(bundle, backend, precision, threads, cache=cache) as runner:
+            runner.infer(feeds)
+        return (time.perf_counter() - start) * 1e3
+
+    result = {}
+    previous = os.environ.get("EDGE_EXPORT_CACHE")
+    with tempfile.TemporaryDirectory(prefix="edge-export-cache-") as cache:
+        os.environ["EDGE_EXPORT_CACHE"] = cache
+        try:
+            for a in bundle.artifacts:
+                b, p = a["backend"], a["precision"]
+                row = {"no_cache_ms": once(b, p, cache=False)}
+                if b == "openvino":
+                    once(b, p, cache=True)  # compiles and writes the cache
+                    row["warm_cache_ms"] = once(b, p, cache=True)
+                result[f"{b} {p}"] = row
+        finally:
+            if previous is None:
+                os.environ.pop("EDGE_EXPORT_CACHE")
+            else:
+                os.environ["EDGE_EXPORT_CACHE"] = previous
+    return result
 
 
 def hourglass_alone(threads: int, runs: int, peak: float) -> dict[str, Any]:
@@ -172,7 +205,7 @@ def hourglass_alone(threads: int, runs: int, peak: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edge-export-compete-") as tmp:
         study = Study(StudySettings(threads=threads), Path(tmp), lambda _: None)
         runners = study.runners("hourglass", of(module), shape)
-        stats = study.time(runners, {"hourglass": study.feeds(shape)}, runs=runs)
+        stats = study.time(runners, {"hourglass": study.feeds(shape)}, runs=2 * runs)
     rows = {backend: {"p50_ms": s["p50_ms"], "gflops": work / s["p50_ms"] / 1e6,
                       "of_peak": work / s["p50_ms"] / 1e6 / peak} for (_, backend), s in stats.items()}
     return {"input": list(shape), "gflop": work / 1e9, "backends": rows,

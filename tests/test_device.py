@@ -111,7 +111,7 @@ def test_infer_writes_a_picture_and_the_outputs(built, variant, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["infer", "BUNDLE", "no-such.png"], "error: image 'no-such.png' does not exist"),
     (["infer", "BUNDLE", "pyproject.toml"], "error: image 'pyproject.toml' is not a readable image"),
-    (["bench", "BUNDLE", "--precision", "int8"], "error: bundle 'BUNDLE' has no 'int8' artifact for onnxruntime; it has: fp32"),
+    (["bench", "BUNDLE", "--backend", "onnxruntime", "--precision", "int8"], "error: bundle 'BUNDLE' has no 'int8' artifact for onnxruntime; it has: fp32"),
     (["bench", "BUNDLE", "--precision", "fp64"], "error: unknown precision 'fp64'; valid: fp32, fp16, int8"),
     (["bench", "BUNDLE", "--backend", "tflite"], "error: unknown backend 'tflite'; valid: onnxruntime, openvino"),
     (["bench", "BUNDLE", "--runs", "0"], "error: argument --runs: '0' is not a positive whole number"),

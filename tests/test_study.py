@@ -52,7 +52,7 @@ def test_counts_match_the_reference_beside_the_article(study):
     assert sections["norms"]["data"]["params"] == {"batch": 2048, "layer": 8192, "instance": 2048, "group": 2048}
     upsample = sections["upsample"]["rows"]
     assert [row[1:3] for row in upsample] == [["4,719,104", "75.51 M"]] * 2
-    assert "18.87 M" in sections["upsample"]["notes"][0]  # the transposed conv's real work, per input pixel
+    assert "18.88 M" in sections["upsample"]["notes"][0]  # the transposed conv's real work, per input pixel (+ bias)
     pet = {row[0]: row for row in sections["pet"]["rows"]}
     assert pet["segnet"][1] == "15,274,892" and pet["segnet-dsc"][1] == "1,749,671"
     assert sections["kp-encdec"]["data"]["params"]["kp-edanet"] > 0

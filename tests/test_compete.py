@@ -1,0 +1,82 @@
+"""`python -m export compete`: the bundle's artifacts against the PyTorch peers,
+in one run, with GFLOP/s against the measured peak. Speed itself is shown by
+the command's own figures (README), not asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import runtime
+from runtime.runners import choose
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def figures(built):
+    bundle = built("dsc").bundle
+    result = run_cli("compete", "--variants", "dsc", "--artifacts", str(bundle.parent), "--runs", "10",
+                     "--threads", "2", "--json")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def test_every_contender_in_one_run(figures, built):
+    (dsc,) = figures["variants"]
+    artifacts = {f"{a['backend']} {a['precision']}" for a in built("dsc").manifest["artifacts"]}
+    assert set(dsc["contenders"]) >= {"pytorch eager", "torch.compile", *artifacts}
+    assert dsc["peers"]["pytorch eager"]["status"] == "ok"
+    assert dsc["peers"]["torch.compile"]["status"] == "ok"
+    assert dsc["peers"]["torch.compile"]["max_abs_vs_eager"] <= 1e-3  # the same model, not a broken fast one
+    executorch = dsc["peers"]["executorch xnnpack"]["status"]
+    assert executorch == "ok" or executorch.startswith("not installed")
+    for name, row in dsc["contenders"].items():
+        assert row["runs"] >= 5 and 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"], name
+        # GFLOP/s is the model's work over the median, against the peak measured in the same run
+        assert row["gflops"] == pytest.approx(dsc["gflop"] * 1e3 / row["p50_ms"])
+        assert row["of_peak"] == pytest.approx(row["gflops"] / figures["peak"]["gflops"])
+    assert dsc["best_artifact"] in artifacts
+    assert dsc["speedup"]["torch.compile"] == pytest.approx(
+        dsc["contenders"]["torch.compile"]["p50_ms"] / dsc["contenders"][dsc["best_artifact"]]["p50_ms"])
+    assert 0.8 < dsc["gflop"] < 0.85  # 410.6 M mult-adds of convs plus the heads' contractions, x2
+
+
+def test_cold_start_with_and_without_the_compiled_model_cache(figures):
+    (dsc,) = figures["variants"]
+    cold = dsc["cold_start"]
+    assert cold["openvino fp32"]["no_cache_ms"] > 0 and cold["openvino fp32"]["warm_cache_ms"] > 0
+    assert "warm_cache_ms" not in cold["onnxruntime fp32"]
+
+
+def test_the_standard_hourglass_is_held_against_the_peak(figures):
+    h = figures["hourglass"]
+    assert h["input"] == [3, 64, 64]
+    # the reference's 989,312,832 mult-adds less the 767,808 that torchinfo counts for the BatchNorms, x2
+    assert h["gflop"] * 1e9 == pytest.approx(2 * (989_312_832 - 767_808))
+    assert set(h["backends"]) == {"pytorch", "onnxruntime", "openvino"} and h["best"] in h["backends"]
+
+
+def test_load_runs_the_recommended_artifact_by_default(built):
+    bundle = runtime.Bundle.open(built("dsc").bundle)
+    recommended = bundle.manifest["recommended"]
+    latency = bundle.manifest["latency"]
+    shipped = {a["key"] for a in bundle.artifacts}
+    assert latency[f"{recommended['backend']}/{recommended['precision']}"]["p50_ms"] == min(
+        v["p50_ms"] for k, v in latency.items() if k in shipped)
+    with runtime.load(bundle) as runner:
+        assert (runner.backend, runner.precision) == (recommended["backend"], recommended["precision"])
+    # a named backend without a precision: the recommended precision on it, else FP32
+    other = "onnxruntime" if recommended["backend"] == "openvino" else "openvino"
+    assert choose(bundle, other, None) == (other, "fp32")
+
+
+def test_unknown_variant_is_one_line():
+    result = run_cli("compete", "--variants", "dsc,nope")
+    assert result.returncode == 2
+    assert result.stdout.startswith("error: unknown variant 'nope'; valid: baseline, dsc,")
