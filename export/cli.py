@@ -213,11 +213,13 @@ def cmd_compete(args) -> int:
 
         result = compete(variants, args.artifacts, args.threads if args.threads is not None else os.cpu_count() or 1,
                          args.runs, say)
+    failed = [v for v in result["variants"] if "error" in v]
+    done = [v for v in result["variants"] if "error" not in v]
     if args.json:
         print(json.dumps(result, indent=1))
-        return 0
+        return 1 if failed else 0
     peak = result["peak"]["gflops"]
-    for v in result["variants"]:
+    for v in done:
         rows = [(name, f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['vs_best_peer']:.2f}x", f"{r['gflops']:.1f}",
                  f"{r['of_peak']:.0%}") for name, r in sorted(v["contenders"].items(), key=lambda kv: kv[1]["p50_ms"])]
         console.print(_table(f"{v['variant']}: batch 1, {result['threads']} threads, {v['gflop']:.3f} GFLOP per image, "
@@ -233,7 +235,7 @@ def cmd_compete(args) -> int:
     rows = [(v["variant"], v["best_artifact"], f"{v['contenders'][v['best_artifact']]['p50_ms']:.2f}",
              *(f"{v['speedup'][p]:.2f}x" if p in v["speedup"] else "-" for p in ("pytorch eager", "torch.compile",
                                                                                "executorch xnnpack")),
-             f"{v['contenders'][v['best_artifact']]['gflops']:.1f}") for v in result["variants"]]
+             f"{v['contenders'][v['best_artifact']]['gflops']:.1f}") for v in done]
     console.print(_table("best artifact against each peer (speed-up, same run)",
                          ("variant", "artifact", "p50 ms", "vs eager", "vs torch.compile", "vs ExecuTorch",
                           "GFLOP/s"), rows))
@@ -241,7 +243,9 @@ def cmd_compete(args) -> int:
     console.print(f"standard hourglass alone {tuple(h['input'])}: " + ", ".join(
         f"{b} {r['gflops']:.1f} GFLOP/s ({r['of_peak']:.0%} of peak)" for b, r in h["backends"].items()),
         markup=False, soft_wrap=True)
-    return 0
+    for v in failed:
+        console.print(f"error: {v['variant']}: {v['error']}", markup=False, soft_wrap=True)
+    return 1 if failed else 0
 
 
 def cmd_list(args) -> int:

@@ -237,7 +237,11 @@ def compete(variants: list[str], root: Path, threads: int, runs: int,
     hourglass = hourglass_alone(threads, runs, peak["gflops"])
     results = []
     for v in variants:
-        bundle = ensure_bundle(v, root, threads, say)
-        say(f"{v}: setting up the peers and timing")
-        results.append(compete_variant(bundle, threads, runs, peak["gflops"]))
+        try:  # one variant that cannot be built or loaded is reported; the others still run
+            bundle = ensure_bundle(v, root, threads, say)
+            say(f"{v}: setting up the peers and timing")
+            results.append(compete_variant(bundle, threads, runs, peak["gflops"]))
+        except UserError as err:
+            say(f"{v}: {err}")
+            results.append({"variant": v, "error": str(err)})
     return {"peak": peak, "threads": threads, "batch": 1, "runs": runs, "hourglass": hourglass, "variants": results}

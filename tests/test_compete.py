@@ -19,16 +19,27 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def figures(built):
-    bundle = built("dsc").bundle
-    result = run_cli("compete", "--variants", "dsc", "--artifacts", str(bundle.parent), "--runs", "10",
+def figures(built, tmp_path_factory):
+    """One run over the built dsc bundle and a baseline bundle whose manifest is broken."""
+    root = tmp_path_factory.mktemp("compete")
+    (root / "dsc").symlink_to(built("dsc").bundle)
+    (root / "baseline").mkdir()
+    (root / "baseline" / "manifest.json").write_text('{"variant": "baseline"}')
+    result = run_cli("compete", "--variants", "dsc,baseline", "--artifacts", str(root), "--runs", "10",
                      "--threads", "2", "--json")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     return json.loads(result.stdout)
 
 
+def test_a_variant_that_cannot_be_loaded_is_reported_and_the_rest_still_run(figures):
+    dsc, baseline = figures["variants"]
+    assert dsc["variant"] == "dsc" and "error" not in dsc
+    assert baseline["variant"] == "baseline"
+    assert "manifest.json lacks the 'inputs' entry" in baseline["error"]
+
+
 def test_every_contender_in_one_run(figures, built):
-    (dsc,) = figures["variants"]
+    dsc = figures["variants"][0]
     artifacts = {f"{a['backend']} {a['precision']}" for a in built("dsc").manifest["artifacts"]}
     assert set(dsc["contenders"]) >= {"pytorch eager", "torch.compile", *artifacts}
     assert dsc["peers"]["pytorch eager"]["status"] == "ok"
@@ -48,7 +59,7 @@ def test_every_contender_in_one_run(figures, built):
 
 
 def test_cold_start_with_and_without_the_compiled_model_cache(figures):
-    (dsc,) = figures["variants"]
+    dsc = figures["variants"][0]
     cold = dsc["cold_start"]
     assert cold["openvino fp32"]["no_cache_ms"] > 0 and cold["openvino fp32"]["warm_cache_ms"] > 0
     assert "warm_cache_ms" not in cold["onnxruntime fp32"]
