@@ -116,6 +116,7 @@ def kept_convs(model: onnx.ModelProto) -> list[str]:
 def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: str, method: str, plan: str) -> dict:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -135,10 +136,23 @@ def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: st
         exclude = kept_convs(model) if plan == "selective" else []
         op_types = sorted({n.op_type for n in model.graph.node} - (set(KEEP_FP32) if plan == "selective" else set()))
         logging.getLogger().setLevel(logging.ERROR)
+        cache = None
+        if method == "entropy":
+            # quantize_static builds its entropy calibrator with as many histogram bins as
+            # quantized bins (128/128), which leaves one threshold to try: the min-max one.
+            # Calibrate with 2048 bins here and hand quantize_static the ranges.
+            cache = Path(work) / "ranges.json"
+            calibrator = create_calibrator(pre, op_types, augmented_model_path=str(Path(work) / "augmented.onnx"),
+                                           calibrate_method=CalibrationMethod.Entropy,
+                                           extra_options={"num_bins": 2048, "num_quantized_bins": 128,
+                                                          "max_intermediate_outputs": 16})
+            calibrator.collect_data(Reader())
+            save_tensors_data(calibrator.compute_data(), cache)
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], nodes_to_exclude=exclude, op_types_to_quantize=op_types,
-                        extra_options={"CalibMaxIntermediateOutputs": 16} if method != "minmax" else None)
+                        calibration_cache_path=cache,
+                        extra_options={"CalibMaxIntermediateOutputs": 16} if method == "percentile" else None)
     return {"tool": "onnxruntime.quantization.quantize_static (QDQ, per-channel S8 weights, U8 activations)",
             "method": method, "plan": plan, "kept_fp32": {"nodes": exclude,
                                                           "op_types": list(KEEP_FP32) if plan == "selective" else []}}

@@ -105,3 +105,20 @@ def test_int8_is_shipped_only_when_accurate_and_no_slower(checkpoint_for, tmp_pa
         with runtime.load(tmp_path / "dsc", backend, "int8") as runner:
             assert runner.infer(runtime.Bundle.open(tmp_path / "dsc").golden("task")[0])["value"].shape == (16, 10, 2)
     json.dumps(m)  # the manifest stays plain JSON
+
+
+def test_each_calibration_method_gives_its_own_ranges(built, tmp_path):
+    """quantize_static's own entropy calibrator has as many histogram bins as
+    quantized bins, which makes it min-max; the build calibrates entropy with 2048 bins."""
+    bundle = built("dsc").bundle
+    data, _ = quantize.calibration_set(models.resolve("dsc"), {}, None, samples=4)
+    scales = {}
+    for method in quantize.CALIB_METHODS:
+        dst = tmp_path / f"{method}.onnx"
+        quantize.quantize_onnxruntime(bundle / "model.onnx", dst, data, "image", method, "full")
+        scales[method] = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer
+                          if i.name.endswith("_scale")}
+    for a, b in (("minmax", "entropy"), ("minmax", "percentile"), ("entropy", "percentile")):
+        assert scales[a].keys() == scales[b].keys()
+        differ = sum(not np.allclose(scales[a][k], scales[b][k]) for k in scales[a])
+        assert differ >= len(scales[a]) // 4, (a, b, differ)
