@@ -59,7 +59,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for kind, kinds in (("conv", CONV_KINDS), ("norm", NORM_KINDS), ("upsample", UPSAMPLE_KINDS)):
         d.add_argument(f"--{kind}", help=f"override the {kind} kind: {', '.join(kinds)}")
 
-    st = sub.add_parser("study", help="the articles' experiments on this machine: report.md with six tables and plots")
+    st = sub.add_parser("study", help="the articles' experiments on this machine: report.md with the six tables, the peers and plots")
     st.add_argument("--out", type=Path, default=Path("artifacts/study"), help="folder for the report (default: artifacts/study)")
     st.add_argument("--quick", action="store_true", help="fewer rows and timed calls (a few minutes)")
     st.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
@@ -196,7 +196,7 @@ def cmd_compete(args) -> int:
 
     import models
 
-    from .compete import compete
+    from .compete import SUMMARY_COLUMNS, compete, summary_row
 
     if args.variants == "all":
         variants = models.list_variants()
@@ -232,13 +232,8 @@ def cmd_compete(args) -> int:
             f"{a} {c['no_cache_ms']:.0f} ms" + (f" ({c['warm_cache_ms']:.0f} ms with a warm compiled-model cache)"
                                                  if "warm_cache_ms" in c else "")
             for a, c in v["cold_start"].items()), markup=False, soft_wrap=True)
-    rows = [(v["variant"], v["best_artifact"], f"{v['contenders'][v['best_artifact']]['p50_ms']:.2f}",
-             *(f"{v['speedup'][p]:.2f}x" if p in v["speedup"] else "-" for p in ("pytorch eager", "torch.compile",
-                                                                               "executorch xnnpack")),
-             f"{v['contenders'][v['best_artifact']]['gflops']:.1f}") for v in done]
-    console.print(_table("best artifact against each peer (speed-up, same run)",
-                         ("variant", "artifact", "p50 ms", "vs eager", "vs torch.compile", "vs ExecuTorch",
-                          "GFLOP/s"), rows))
+    console.print(_table("best artifact against each peer (speed-up, same run)", SUMMARY_COLUMNS,
+                         [summary_row(v) for v in done]))
     h = result["hourglass"]
     console.print(f"standard hourglass alone {tuple(h['input'])}: " + ", ".join(
         f"{b} {r['gflops']:.1f} GFLOP/s ({r['of_peak']:.0%} of peak)" for b, r in h["backends"].items()),

@@ -235,13 +235,34 @@ def compete(variants: list[str], root: Path, threads: int, runs: int,
     peak = matmul_peak(threads)
     say("the standard hourglass alone")
     hourglass = hourglass_alone(threads, runs, peak["gflops"])
+    results = compete_variants(variants, root, threads, runs, peak["gflops"], say)
+    return {"peak": peak, "threads": threads, "batch": 1, "runs": runs, "hourglass": hourglass, "variants": results}
+
+
+def compete_variants(variants: list[str], root: Path, threads: int, runs: int, peak: float,
+                     say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """compete_variant for each; one that cannot be built or loaded is reported and the others still run."""
     results = []
     for v in variants:
-        try:  # one variant that cannot be built or loaded is reported; the others still run
+        try:
             bundle = ensure_bundle(v, root, threads, say)
             say(f"{v}: setting up the peers and timing")
-            results.append(compete_variant(bundle, threads, runs, peak["gflops"]))
+            results.append(compete_variant(bundle, threads, runs, peak))
         except UserError as err:
             say(f"{v}: {err}")
             results.append({"variant": v, "error": str(err)})
-    return {"peak": peak, "threads": threads, "batch": 1, "runs": runs, "hourglass": hourglass, "variants": results}
+    return results
+
+
+SUMMARY_COLUMNS = ("variant", "best artifact", "p50 ms", "vs eager", "vs torch.compile", "vs ExecuTorch",
+                   "GFLOP/s", "of FP32 peak")
+
+
+def summary_row(v: Mapping[str, Any]) -> tuple[str, ...]:
+    """One variant's best artifact and its speed-up over each peer ("-" where a peer was not timed)."""
+    if "error" in v:
+        return (v["variant"], f"error: {v['error']}", *["-"] * (len(SUMMARY_COLUMNS) - 2))
+    best = v["contenders"][v["best_artifact"]]
+    return (v["variant"], v["best_artifact"], f"{best['p50_ms']:.2f}",
+            *(f"{v['speedup'][p]:.2f}x" if p in v["speedup"] else "-" for p in PEERS),
+            f"{best['gflops']:.1f}", f"{best['of_peak']:.0%}")

@@ -2,7 +2,8 @@
 
 Six tables, each with the articles' figures beside ours: convolution kinds,
 normalisations, upsampling, lightweight encoder-decoders, pet segmentation,
-and where the time of the fastest detector goes. Every module is exported and
+and where the time of the fastest detector goes; then each built bundle
+against torch.compile and ExecuTorch (`compete`). Every module is exported and
 converted the way a build does (dynamo ONNX export, onnxsim, OpenVINO FP32 IR)
 and timed in PyTorch eager, ONNX Runtime and OpenVINO by the build's timing
 code: warm-up, fixed threads, medians, all contenders of a table interleaved
@@ -432,6 +433,33 @@ def breakdown(st: Study, fastest: str, peak: dict) -> list[Section]:
         {"stats": _plain(stats), "flops": work, "peak": peak})]
 
 
+def against_peers(st: Study, peak: dict) -> list[Section]:
+    """Every bundle under --artifacts against PyTorch eager, torch.compile and ExecuTorch
+    (`python -m export compete`); a full run builds dsc here if there is none."""
+    from .compete import SUMMARY_COLUMNS, compete_variants, executorch_available, summary_row
+
+    root = st.s.artifacts
+    names = [v for v in models.list_variants() if (root / v / "manifest.json").is_file()]
+    if names:
+        source = f"Every bundle under {root}"
+    elif st.s.quick:
+        return [Section("peers", "7. Against torch.compile and ExecuTorch", SUMMARY_COLUMNS, [],
+                        [f"No bundles under {root}: build some (`python -m export build --variant dsc`) and rerun, "
+                         "or run `python -m export compete`."], {"variants": []})]
+    else:
+        root, names = st.work / "bundles", ["dsc"]
+        source = f"No bundles under {st.s.artifacts}, so dsc was built here with random weights"
+    results = compete_variants(names, root, st.s.threads, st.quick_or_full(10, 50), peak["gflops"], st.say)
+    notes = [f"{source}; each timed in one interleaved run with PyTorch eager, torch.compile and ExecuTorch "
+             "(XNNPACK) on the same weights and inputs; the speed-ups are the best artifact's p50 over each peer's. "
+             "`python -m export compete` gives every contender, the spread and the cold starts.",
+             f"ExecuTorch: {executorch_available() or 'installed'}.",
+             "Of FP32 peak: achieved GFLOP/s over the matrix-multiply peak above; bf16 artifacts (OpenVINO's "
+             "FP16 IR on a CPU with AVX512_BF16) and Winograd convolutions can exceed it."]
+    return [Section("peers", "7. Against torch.compile and ExecuTorch: each bundle's best artifact",
+                    SUMMARY_COLUMNS, [summary_row(r) for r in results], notes, {"variants": results})]
+
+
 def _plain(stats: dict[tuple, dict]) -> dict[str, dict]:
     return {" | ".join(k): {m: v for m, v in s.items() if m != "settings"} for k, s in stats.items()}
 
@@ -467,6 +495,7 @@ def run(s: StudySettings, say: Callable[[str], None] = lambda _: None) -> Path:
             sections += encoder_decoders(study)
             sections += pet(study)
             sections += breakdown(study, _fastest(sections[1]), peak)
+            sections += against_peers(study, peak)
         from .study_report import write_report
 
         say("report and plots")

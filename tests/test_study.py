@@ -20,10 +20,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """One quick study (about 4 minutes here), shared by the tests below."""
+def study(tmp_path_factory, built):
+    """One quick study (about 4 minutes here) with the built dsc bundle, shared by the tests below."""
     out = tmp_path_factory.mktemp("study") / "study"
-    result = run_cli("study", "--quick", "--out", str(out), "--threads", "2", "--artifacts", str(out.parent))
+    result = run_cli("study", "--quick", "--out", str(out), "--threads", "2",
+                     "--artifacts", str(built("dsc").bundle.parent))
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
@@ -31,7 +32,8 @@ def study(tmp_path_factory):
 def test_report_has_six_tables_and_three_plots(study):
     report = (study / "report.md").read_text()
     for heading in ("## 1a. Convolution", "## 1b. Convolution", "## 2a. Normalisation", "## 3. Upsampling",
-                    "## 4. Lightweight encoder-decoders", "## 5. Pet segmentation", "## 6. Where the time goes"):
+                    "## 4. Lightweight encoder-decoders", "## 5. Pet segmentation", "## 6. Where the time goes",
+                    "## 7. Against torch.compile and ExecuTorch"):
         assert heading in report
     plots = sorted(p.name for p in study.glob("*.png"))
     assert plots == ["breakdown.png", "latency_vs_params.png", "micro_benchmarks.png"]
@@ -95,3 +97,12 @@ def test_bad_settings_are_one_line(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stdout.strip() == f"error: {message}" and not result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_the_built_bundle_is_held_against_the_peers(study):
+    sections = {s["key"]: s for s in json.loads((study / "study.json").read_text())["sections"]}
+    (row,) = sections["peers"]["rows"]
+    (dsc,) = sections["peers"]["data"]["variants"]
+    assert row[0] == "dsc" and row[1] == dsc["best_artifact"] and row[1].split()[0] in ("onnxruntime", "openvino")
+    assert row[4] == f"{dsc['speedup']['torch.compile']:.2f}x"
+    assert "Every bundle under" in sections["peers"]["notes"][0]
