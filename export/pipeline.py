@@ -238,8 +238,9 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
         "simplify": simplify_info,
         "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch,
                    "sets": {name: len(next(iter(x.values()))) for name, (x, _) in sets.items()}},
-        "reference_noise": {"what": "max rel err of PyTorch fp32 vs fp64 on the golden inputs; an output's "
-                            "bound is raised to twice this where it is larger", "outputs": noise},
+        "reference_noise": {"what": "largest max rel err of PyTorch fp32 against fp64, and against fp32 "
+                            "with the golden inputs moved by one ulp; an output's bound is raised to twice "
+                            "this where it is larger", "outputs": noise},
         "artifacts": artifacts,
         "versions": tool_versions(),
         "machine": machine_info(),

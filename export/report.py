@@ -42,7 +42,7 @@ def rejected_lines(manifest: dict[str, Any]) -> list[str]:
     lines = [f"Not shipped: {r['file']} ({r['backend']} {r['precision']}): {r['reason']}" for r in manifest["rejected"]]
     raised = {k: v for k, v in manifest["reference_noise"]["outputs"].items() if 2 * v > 1e-4}
     if raised:
-        lines.append("PyTorch's own float32 outputs differ from float64 by " + ", ".join(
+        lines.append("PyTorch's own float32 outputs move (float64, one-ulp input changes) by " + ", ".join(
             f"{k}: {v:.1e}" for k, v in raised.items()) + " (max rel err); bounds below twice that were raised to it.")
     return [*lines, ""] if lines else []
 

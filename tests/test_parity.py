@@ -7,6 +7,7 @@ import pytest
 
 import models
 import runtime
+from export import golden
 from export.pipeline import artifact_entries
 from runtime.bundle import BACKENDS
 from runtime.compare import BOUNDS
@@ -39,3 +40,13 @@ def test_artifact_matches_pytorch(built, variant, backend, precision):
         assert parity.task["keypoint_error_px"] < 0.01
     if precision == "fp32" and "mask_agreement" in parity.task:
         assert parity.task["mask_agreement"] > 0.999
+
+
+@pytest.mark.parametrize("variant, low, high", [("dsc", 0.0, 2e-5), ("segnet", 1e-2, 0.5)])
+def test_reference_noise_is_float32_rounding_unless_an_argmax_routes_values(checkpoint_for, variant, low, high):
+    """The bound is raised only where PyTorch's own float32 result is that uncertain:
+    SegNet's max-unpool flips near-ties under a one-ulp change of its input."""
+    model = models.create(variant, checkpoint=checkpoint_for(variant)).eval()
+    inputs = golden.golden_inputs(models.get_variant(variant).config.input_shape, 2, seed=0)
+    noise = golden.reference_noise(model, inputs, golden.reference_outputs(model, inputs))
+    assert all(low <= n <= high for n in noise.values()), noise
