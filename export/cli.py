@@ -229,7 +229,7 @@ def cmd_compete(args) -> int:
             if note["status"] != "ok":
                 console.print(f"{name}: {note['status']}", markup=False)
         console.print("cold start (load + first inference): " + ", ".join(
-            f"{a} {c['no_cache_ms']:.0f} ms" + (f" ({c['warm_cache_ms']:.0f} ms with a warm compiled-model cache)"
+            f"{a} {c['no_cache_ms']:.0f} ms" + (f" ({c['warm_cache_ms']:.0f} ms with a warm cache)"
                                                  if "warm_cache_ms" in c else "")
             for a, c in v["cold_start"].items()), markup=False, soft_wrap=True)
     console.print(_table("best artifact against each peer (speed-up, same run)", SUMMARY_COLUMNS,

@@ -61,8 +61,8 @@ def test_every_contender_in_one_run(figures, built):
 def test_cold_start_with_and_without_the_compiled_model_cache(figures):
     dsc = figures["variants"][0]
     cold = dsc["cold_start"]
-    assert cold["openvino fp32"]["no_cache_ms"] > 0 and cold["openvino fp32"]["warm_cache_ms"] > 0
-    assert "warm_cache_ms" not in cold["onnxruntime fp32"]
+    for artifact in ("openvino fp32", "onnxruntime fp32"):
+        assert cold[artifact]["no_cache_ms"] > 0 and cold[artifact]["warm_cache_ms"] > 0
 
 
 def test_the_standard_hourglass_is_held_against_the_peak(figures):

@@ -50,3 +50,24 @@ def test_keypoint_error_in_pixels():
 def test_latency_stats():
     stats = latency_stats([1.0] * 98 + [10.0, 20.0])
     assert stats["p50_ms"] == 1.0 and stats["min_ms"] == 1.0 and stats["p99_ms"] > 9.0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_cache_is_written_once_and_gives_the_same_outputs(built, tmp_path, monkeypatch, backend):
+    import runtime
+
+    monkeypatch.setenv("EDGE_EXPORT_CACHE", str(tmp_path))
+    bundle = runtime.Bundle.open(built("dsc").bundle)
+    inputs, _ = bundle.golden()
+    with runtime.load(bundle, backend, "fp32", threads=2, cache=False) as runner:
+        plain = runner.infer(inputs)
+    assert not any(tmp_path.iterdir())
+    for _ in range(2):  # the first load writes the cache, the second reads it
+        with runtime.load(bundle, backend, "fp32", threads=2) as runner:
+            cached = runner.infer(inputs)
+        written = sorted(p.name for p in (tmp_path / backend).iterdir())
+        assert written and not any(name.endswith(".partial") for name in written)
+        for name in plain:
+            np.testing.assert_allclose(cached[name], plain[name], rtol=0, atol=1e-5)
+    if backend == "onnxruntime":
+        assert runner.settings["optimized_model_cache"] == str(tmp_path / backend / written[0])
