@@ -196,14 +196,14 @@ def cmd_compete(args) -> int:
 
     import models
 
-    from .compete import SUMMARY_COLUMNS, compete, summary_row
+    from .compete import SUMMARY_COLUMNS, built_variants, compete, summary_row
 
     if args.variants == "all":
         variants = models.list_variants()
     elif args.variants:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     else:
-        variants = [v for v in models.list_variants() if (args.artifacts / v / "manifest.json").is_file()] or ["dsc"]
+        variants = built_variants(args.artifacts) or ["dsc"]
     start = time.perf_counter()
     with console.status("compete") as status:
         def say(what: str) -> None:
@@ -229,8 +229,7 @@ def cmd_compete(args) -> int:
             if note["status"] != "ok":
                 console.print(f"{name}: {note['status']}", markup=False)
         console.print("cold start (load + first inference): " + ", ".join(
-            f"{a} {c['no_cache_ms']:.0f} ms" + (f" ({c['warm_cache_ms']:.0f} ms with a warm cache)"
-                                                 if "warm_cache_ms" in c else "")
+            f"{a} {c['no_cache_ms']:.0f} ms ({c['warm_cache_ms']:.0f} ms with a warm cache)"
             for a, c in v["cold_start"].items()), markup=False, soft_wrap=True)
     console.print(_table("best artifact against each peer (speed-up, same run)", SUMMARY_COLUMNS,
                          [summary_row(v) for v in done]))

@@ -28,7 +28,7 @@ from torch import nn
 import models
 import runtime
 from runtime.bench import bench_interleaved
-from runtime.bundle import Bundle
+from runtime.bundle import MANIFEST, Bundle
 from runtime.errors import UserError
 
 from .benchmark import TorchRunner, matmul_peak
@@ -212,10 +212,15 @@ def hourglass_alone(threads: int, runs: int, peak: float) -> dict[str, Any]:
             "best": max(rows, key=lambda b: rows[b]["gflops"])}
 
 
+def built_variants(root: Path) -> list[str]:
+    """The registered variants that have a bundle under `root`."""
+    return [v for v in models.list_variants() if (root / v / MANIFEST).is_file()]
+
+
 def ensure_bundle(variant: str, root: Path, threads: int, say: Callable[[str], None]) -> Bundle:
     """The bundle of `variant` under `root`, built first (random init) if there is none."""
     path = root / variant
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         say(f"{variant}: no bundle at {path}; building it")
         result = build(BuildSettings(variant=variant, out=root, threads=threads))
         if not result.passed:

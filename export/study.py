@@ -436,10 +436,10 @@ def breakdown(st: Study, fastest: str, peak: dict) -> list[Section]:
 def against_peers(st: Study, peak: dict) -> list[Section]:
     """Every bundle under --artifacts against PyTorch eager, torch.compile and ExecuTorch
     (`python -m export compete`); a full run builds dsc here if there is none."""
-    from .compete import SUMMARY_COLUMNS, compete_variants, executorch_available, summary_row
+    from .compete import SUMMARY_COLUMNS, built_variants, compete_variants, executorch_available, summary_row
 
     root = st.s.artifacts
-    names = [v for v in models.list_variants() if (root / v / "manifest.json").is_file()]
+    names = built_variants(root)
     if names:
         source = f"Every bundle under {root}"
     elif st.s.quick:

@@ -151,37 +151,24 @@ class OnnxRuntimeRunner(_Base):
             self._profile_dir = tempfile.TemporaryDirectory(prefix="edge-export-profile-")
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(self._profile_dir.name) / "ort")
-        source, cached = model, None
-        if cache:
-            source, cached = self._optimized(model, options, ort.__version__)
+        # The graph ONNX Runtime optimizes at load (fusions, layouts for this CPU) is
+        # kept in the cache and loaded without optimizing again: large models start
+        # up to 2x sooner.
+        source, cached = model, _optimized_graph(model, ort.__version__) if cache else None
+        if cached is not None and cached.is_file():
+            source = cached
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        elif cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            options.optimized_model_filepath = str(cached.with_name(f".{cached.stem}.{os.getpid()}.partial"))
         self.session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        if cached is not None:  # the first load on this device wrote the optimized graph: keep it
+        if options.optimized_model_filepath:  # this load wrote the optimized graph: publish it whole
             Path(options.optimized_model_filepath).replace(cached)
         self.settings = {"mode": mode, "threads": threads or "default", "graph_optimization": "all",
                          "provider": "CPUExecutionProvider", "spinning": True, "onnxruntime": ort.__version__,
-                         "optimized_model_cache": str(cached or source) if cache else None}
+                         "optimized_model_cache": str(cached) if cache else None}
         if mode == "throughput":
             self.settings.update(threads=1, parallel_callers=self.callers)
-
-    @staticmethod
-    def _optimized(model: Path, options, version: str) -> tuple[Path, Path | None]:
-        """(what to load, where to save the optimized graph or None). The graph
-        ONNX Runtime optimizes at load (fusions, layouts for this CPU) is kept in
-        `cache_dir()`, keyed by the model file and the ONNX Runtime version, and
-        loaded without optimizing again: large models start up to 2x sooner."""
-        import hashlib
-
-        import onnxruntime as ort
-
-        stat = model.resolve().stat()
-        key = hashlib.sha256(f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{version}".encode()).hexdigest()
-        cached = cache_dir() / "onnxruntime" / f"{key[:24]}.onnx"
-        if cached.is_file():
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            return cached, None
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        options.optimized_model_filepath = str(cached.with_name(f".{cached.stem}.{os.getpid()}.partial"))
-        return model, cached
 
     def _run(self, feeds):
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
@@ -307,6 +294,17 @@ RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
 def cache_dir() -> Path:
     """Where compiled models are cached: $EDGE_EXPORT_CACHE, else ~/.cache/edge-export."""
     return Path(os.environ.get("EDGE_EXPORT_CACHE") or Path.home() / ".cache" / "edge-export")
+
+
+def _optimized_graph(model: Path, version: str) -> Path:
+    """Where ONNX Runtime's optimized graph of `model` is cached, keyed by the
+    model file (path, size, modification time) and the ONNX Runtime version."""
+    import hashlib
+
+    model = model.resolve()
+    stat = model.stat()
+    key = hashlib.sha256(f"{model}|{stat.st_size}|{stat.st_mtime_ns}|{version}".encode()).hexdigest()
+    return cache_dir() / "onnxruntime" / f"{key[:24]}.onnx"
 
 
 def choose(bundle: Bundle, backend: str | None, precision: str | None) -> tuple[str, str]:
