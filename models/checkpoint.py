@@ -42,19 +42,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load `path` into `model`, naming missing/unexpected keys or the first shape mismatch."""
-    state = read_state_dict(path)
+def mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Why `state` does not fit `model` (missing/unexpected keys, or the first shape mismatch), or None."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         def show(keys):
             return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") or "none"
-        raise UserError(f"checkpoint {str(path)!r} does not fit this variant: missing keys: {show(missing)}; "
-                        f"unexpected keys: {show(unexpected)}")
+        return f"missing keys: {show(missing)}; unexpected keys: {show(unexpected)}"
     for key, value in own.items():
         if state[key].shape != value.shape:
-            raise UserError(f"checkpoint {str(path)!r} does not fit this variant: {key} has shape "
-                            f"{tuple(state[key].shape)}, the variant expects {tuple(value.shape)}")
-    model.load_state_dict(state)
+            return f"{key} has shape {tuple(state[key].shape)}, the variant expects {tuple(value.shape)}"
+    return None

@@ -8,18 +8,11 @@ resolution, so the same network also serves as a keypoint detector's predictor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.errors import UserError
-
 from .blocks import PFCU, SSnbt, AttentionPyramid, Downsampler, EDAModule, Factorized, Upsampler
-
-ARCHS = ("erfnet", "edanet", "esnet", "lednet")
-
 
 class EncoderDecoder(nn.Module):
     def __init__(self, encoder: list[nn.Module], decoder: list[nn.Module], classes: int):
@@ -98,39 +91,3 @@ class Segmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.net(x)}
-
-
-class SegmentationTask:
-    """What every segmenter config shares: one `logits` output and its task."""
-
-    family = "segmenter"
-    output_names = ("logits",)
-    num_classes: int
-
-    @property
-    def task(self) -> dict:
-        return {"kind": "segmentation", "classes": self.num_classes}
-
-
-@dataclass(frozen=True)
-class EncDecConfig(SegmentationTask):
-    """A lightweight encoder-decoder for semantic segmentation. The default
-    input is a quarter of Cityscapes' 512x1024 side, to benchmark on small CPUs."""
-
-    arch: str = "erfnet"
-    num_classes: int = 19
-    height: int = 256
-    width: int = 512
-
-    def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown encoder-decoder {self.arch!r}; valid: {', '.join(ARCHS)}")
-        if self.height % 8 or self.width % 8:
-            raise UserError(f"input {self.height}x{self.width} must be a multiple of 8 on both sides")
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (3, self.height, self.width)
-
-    def build(self) -> Segmenter:
-        return Segmenter(self, BUILDERS[self.arch](self.num_classes))

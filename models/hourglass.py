@@ -14,15 +14,12 @@ same function as FOMM's code (tests keep both side by side):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.errors import UserError
-
 from . import encdec, layers
+from .configs import DetectorConfig
 
 
 class AntiAliasDownsample(nn.Module):
@@ -84,7 +81,7 @@ class UpBlock2d(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: "DetectorConfig"):
+    def __init__(self, cfg: DetectorConfig):
         super().__init__()
         widths = cfg.widths
         self.down_blocks = nn.ModuleList(
@@ -103,7 +100,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Takes the encoder's widths; concatenates each skip after upsampling."""
 
-    def __init__(self, channels: tuple[int, ...], hourglass_size: int, cfg: "DetectorConfig"):
+    def __init__(self, channels: tuple[int, ...], hourglass_size: int, cfg: DetectorConfig):
         super().__init__()
         blocks, cin = [], channels[-1]
         for i in reversed(range(len(channels) - 1)):
@@ -121,7 +118,7 @@ class Decoder(nn.Module):
 
 
 class Hourglass(nn.Module):
-    def __init__(self, cfg: "DetectorConfig"):
+    def __init__(self, cfg: DetectorConfig):
         super().__init__()
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(self.encoder.channels, cfg.hourglass_size, cfg)
@@ -146,7 +143,7 @@ class KeypointDetector(nn.Module):
     [-1, 1] as (x, y); `jacobian` (B, K, 2, 2); `heatmap` (B, K, h, w).
     """
 
-    def __init__(self, cfg: "DetectorConfig"):
+    def __init__(self, cfg: DetectorConfig):
         super().__init__()
         self.config = cfg
         self.down = AntiAliasDownsample(cfg.channels, cfg.scale_factor)
@@ -176,69 +173,3 @@ class KeypointDetector(nn.Module):
         value = heat @ self.grid  # (B, K, 2)
         jacobian = (jmaps.reshape(b, k, 4, h * w) @ heat.unsqueeze(-1)).reshape(b, k, 2, 2)
         return {"value": value, "jacobian": jacobian, "heatmap": heat.reshape(b, k, h, w)}
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """FOMM's keypoint detector settings (ARCHITECTURES.md section 1).
-
-    `conv`, `norm`, `upsample` and `depth` (convs per block) shape the
-    hourglass; `head_conv` the two 7x7 heads; `predictor` swaps the hourglass
-    for a lightweight encoder-decoder (erfnet, edanet, esnet, lednet)."""
-
-    predictor: str = "hourglass"
-    conv: str = "standard"
-    norm: str = "batch"
-    upsample: str = "interp"
-    head_conv: str = "standard"
-    depth: int = 1
-    image_size: int = 256
-    channels: int = 3
-    scale_factor: float = 0.25
-    block_expansion: int = 32
-    num_blocks: int = 5
-    max_features: int = 1024
-    num_kp: int = 10
-    temperature: float = 0.1
-    pad: int = 0
-
-    family = "detector"
-    output_names = ("value", "jacobian", "heatmap")
-
-    def __post_init__(self):
-        layers.check_kind("conv", self.conv, layers.CONV_KINDS)
-        layers.check_kind("head conv", self.head_conv, layers.CONV_KINDS)
-        layers.check_kind("norm", self.norm, layers.NORM_KINDS)
-        layers.check_kind("upsample", self.upsample, layers.UPSAMPLE_KINDS)
-        valid = ("hourglass", *encdec.ARCHS)
-        if self.predictor not in valid:
-            raise UserError(f"unknown predictor {self.predictor!r}; valid: {', '.join(valid)}")
-        if self.depth < 1:
-            raise UserError(f"depth {self.depth} must be at least 1 conv per block")
-
-    @property
-    def task(self) -> dict:
-        return {"kind": "keypoints", "image_size": self.image_size}
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.image_size, self.image_size)
-
-    @property
-    def hourglass_size(self) -> int:
-        return round(self.image_size * self.scale_factor)
-
-    @property
-    def heatmap_size(self) -> int:
-        return self.hourglass_size + 2 * self.pad - 6
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return (self.channels,) + tuple(
-            min(self.max_features, self.block_expansion * 2 ** (i + 1)) for i in range(self.num_blocks)
-        )
-
-    def build(self) -> KeypointDetector:
-        return KeypointDetector(self)
-
-

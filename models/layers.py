@@ -9,17 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from runtime.errors import UserError
-
-CONV_KINDS = ("standard", "dsc", "asym")
-NORM_KINDS = ("batch", "layer", "instance", "group")
-UPSAMPLE_KINDS = ("interp", "transpose")
-
-
-def check_kind(what: str, kind: str, valid: tuple[str, ...]) -> str:
-    if kind not in valid:
-        raise UserError(f"unknown {what} kind {kind!r}; valid: {', '.join(valid)}")
-    return kind
+from .configs import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS, check_kind
 
 
 class SeparableConv2d(nn.Sequential):

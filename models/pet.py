@@ -4,15 +4,12 @@ and a standard U-Net, each with standard or depthwise separable convolutions
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from runtime.errors import UserError
-
 from . import layers
-from .encdec import Segmenter, SegmentationTask
+from .configs import PetConfig
+from .encdec import Segmenter
 
 
 def conv_bn_relu(kind: str, cin: int, cout: int) -> list[nn.Module]:
@@ -94,42 +91,29 @@ class UNet(nn.Module):
         return self.head(y)
 
 
-PET_ARCHS = ("segnet", "unet")
-
-
-@dataclass(frozen=True)
-class PetConfig(SegmentationTask):
-    arch: str = "segnet"
-    conv: str = "standard"
-    num_classes: int = 3
-    size: int = 128
-    base: int = 64  # U-Net's first width
-
-    def __post_init__(self):
-        if self.arch not in PET_ARCHS:
-            raise UserError(f"unknown pet network {self.arch!r}; valid: {', '.join(PET_ARCHS)}")
-        layers.check_kind("conv", self.conv, ("standard", "dsc"))
-        if self.size % 16:
-            raise UserError(f"input size {self.size} must be a multiple of 16 (four 2x2 poolings)")
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (3, self.size, self.size)
-
-    def build(self) -> Segmenter:
-        net = SegNet(self.conv, self.num_classes) if self.arch == "segnet" else UNet(
-            self.conv, self.num_classes, self.base)
-        return Segmenter(self, he_init_(net))
+def build(config: PetConfig) -> Segmenter:
+    net = SegNet(config.conv, config.num_classes) if config.arch == "segnet" else UNet(
+        config.conv, config.num_classes, config.base)
+    return Segmenter(config, he_init_(net))
 
 
 def he_init_(net: nn.Module) -> nn.Module:
     """He (fan-out, ReLU) initialisation of every conv, as SegNet and U-Net
     implementations do. PyTorch's default init shrinks the signal about 3x per
     layer; through SegNet's 20 bias-free convs its untrained logits would be
-    ~1e-9, and a parity check on them would compare rounding noise."""
+    ~1e-9, and a parity check on them would compare rounding noise.
+
+    A depthwise conv's fan-out is its kernel size times the outputs per group:
+    PyTorch's `kaiming_normal_` ignores groups and would draw its weights
+    sqrt(channels) times too small (SegNet-DSC's logits fell to ~1e-20)."""
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            continue
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            fan_out = m.out_channels // m.groups * m.weight[0, 0].numel()
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        else:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
     return net

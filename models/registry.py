@@ -2,7 +2,8 @@
 
 `create(name, checkpoint=None, **overrides)` builds one in eval mode;
 `list_variants()` lists the names; `resolve(name, **overrides)` gives the
-settings without building anything.
+settings without building anything. Nothing here imports torch until a model
+is created, so names and settings are checked in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -11,23 +12,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
+from runtime.errors import UserError, unknown
 
-from runtime.errors import UserError
-
-from .checkpoint import load_checkpoint
-from .encdec import EncDecConfig
-from .hourglass import DetectorConfig
-from .pet import PetConfig
+from .configs import DetectorConfig, EncDecConfig, PetConfig
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    config: Any  # a frozen settings dataclass with .build(), .family, .input_shape
+    config: Any  # a frozen settings dataclass of models.configs, with .build(), .family, .input_shape
     summary: str
-    # Figures from ARCHITECTURES.md / the seeds, shown by `export list` and asserted by the tests.
+    # Figures published for the architecture (articles, papers), shown by `export list`;
+    # the tests assert the exact counts against them.
     reference: dict[str, Any] = field(default_factory=dict)
 
 
@@ -49,7 +45,7 @@ def get_variant(name: str) -> Variant:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UserError(f"unknown variant {name!r}; valid: {', '.join(_REGISTRY)}") from None
+        raise UserError(unknown("variant", name, list(_REGISTRY))) from None
 
 
 def resolve(name: str, **overrides: Any) -> Any:
@@ -63,36 +59,62 @@ def resolve(name: str, **overrides: Any) -> Any:
     return dataclasses.replace(config, **overrides)
 
 
-def create(name: str, checkpoint: str | None = None, seed: int = 0, **overrides: Any) -> nn.Module:
+def create(name: str, checkpoint: str | None = None, seed: int = 0, **overrides: Any):
     """Build variant `name` in eval mode, with the weights of `checkpoint` if
     given, else a random initialisation drawn from `seed` (the same every time)."""
+    import torch
+
+    from .checkpoint import mismatch, read_state_dict
+
     config = resolve(name, **overrides)
+    state = read_state_dict(checkpoint) if checkpoint is not None else None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = config.build()
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+    if state is not None:
+        problem = mismatch(model, state)
+        if problem:
+            fits = [v for v in variants_fitting(state) if v != name]
+            raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this variant: {problem}" + (
+                f"; it fits the variant{'s' if len(fits) > 1 else ''} {', '.join(fits)} (--variant {fits[0]})"
+                if fits else "; it fits no registered variant"))
+        model.load_state_dict(state)
     return model.eval()
+
+
+def variants_fitting(state) -> list[str]:
+    """The registered variants whose parameter names and shapes are exactly those of `state`
+    (built on the meta device: no memory, no initialisation)."""
+    import torch
+
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    fitting = []
+    for name, variant in _REGISTRY.items():
+        with torch.device("meta"):
+            model = variant.config.build()
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
+            fitting.append(name)
+    return fitting
 
 
 def _detector(name: str, summary: str, reference: dict | None = None, **settings: Any) -> None:
     register(Variant(name, DetectorConfig(**settings), summary, reference or {}))
 
 
-HG = "ARCHITECTURES.md §1"
+HG = "article Model Compression Part 1"
 _detector("baseline", "FOMM keypoint detector: standard 3x3 convs, BatchNorm, nearest x2 + conv",
           {"params": 14_215_368, "hourglass_params": 14_129_568, "hourglass_mult_adds": 989_312_832,
-           "source": f"{HG}; seed: hourglass 14.13 M params, 989.31 M mult-adds"})
+           "source": f"{HG}: hourglass 14.13 M params, 989.31 M mult-adds"})
 _detector("dsc", "baseline with every hourglass 3x3 conv depthwise separable (dw 3x3 + pw 1x1, with biases)",
           {"params": 1_702_758, "hourglass_params": 1_616_958,
-           "source": f"{HG}; seed: hourglass 1.62 M params, 120.30 M mult-adds"}, conv="dsc")
+           "source": f"{HG}: hourglass 1.62 M params, 120.30 M mult-adds"}, conv="dsc")
 _detector("asym", "baseline with every hourglass 3x3 conv factorised into 3x1 then 1x3", conv="asym")
 _detector("layernorm", "baseline with LayerNorm over (C, H, W) instead of BatchNorm", norm="layer")
 _detector("instancenorm", "baseline with affine InstanceNorm instead of BatchNorm", norm="instance")
 _detector("groupnorm", "baseline with GroupNorm (channels // 2 groups) instead of BatchNorm", norm="group")
 _detector("transpose", "baseline with ConvTranspose2d(3, stride 2) instead of nearest x2 + conv",
-          {"hourglass_params": 14_129_568, "source": "seed: 4,719,104 params at 1024->512, as the conv"},
-          upsample="transpose")
+          {"hourglass_params": 14_129_568, "source": "article Model Compression Part 1: 4,719,104 params at "
+           "1024->512, as the conv"}, upsample="transpose")
 _detector("dsc-deep", "dsc with three separable convs per down/up block, to win back capacity",
           conv="dsc", depth=3)
 _detector("dsc-lite", "dsc with the two 7x7 heads depthwise separable too", conv="dsc", head_conv="dsc")
@@ -100,19 +122,18 @@ for _arch in ("erfnet", "edanet", "esnet", "lednet"):
     _detector(f"kp-{_arch}", f"keypoint detector with a {_arch.upper().replace('NET', 'Net')} encoder-decoder "
               "instead of the hourglass (35 output channels for the heads)", predictor=_arch)
 
-ED = "ARCHITECTURES.md §2"
-for _arch, _params, _published in (("erfnet", 2_064_191, "2.06 M, 68.0 test mIoU"),
-                                    ("edanet", 689_485, "0.68 M, 67.3 test mIoU"),
-                                    ("esnet", 1_659_071, "1.66 M, 70.7 test mIoU"),
-                                    ("lednet", 922_821, "0.94 M, 69.2 mIoU")):
+for _arch, _params, _published in (("erfnet", 2_064_191, "ERFNet (Romera et al. 2017): 2.06 M, 68.0 test mIoU"),
+                                    ("edanet", 689_485, "EDANet (Lo et al. 2019): 0.68 M, 67.3 test mIoU"),
+                                    ("esnet", 1_659_071, "ESNet (Wang et al. 2019): 1.66 M, 70.7 test mIoU"),
+                                    ("lednet", 922_821, "LEDNet (Wang et al. 2019): 0.94 M, 69.2 mIoU")):
     register(Variant(_arch, EncDecConfig(arch=_arch), f"{_arch.upper().replace('NET', 'Net')} (Cityscapes, "
-                     "19 classes) at 256x512", {"params": _params, "source": f"{ED}; paper: {_published}"}))
+                     "19 classes) at 256x512", {"params": _params, "source": _published}))
 
-PET = "ARCHITECTURES.md §3"
+PET = "article on pet SegNet with separable convs"
 register(Variant("segnet", PetConfig(), "pet SegNet: max-pool indices and max-unpool, 3 classes at 128x128",
-                 {"params": 15_274_892, "mult_adds": 9.12e9, "source": f"{PET}; seed: 15.27 M, 88.28% pixel acc."}))
+                 {"params": 15_274_892, "mult_adds": 9.12e9, "source": f"{PET}: 15.27 M, 88.28% pixel acc."}))
 register(Variant("segnet-dsc", PetConfig(conv="dsc"), "pet SegNet with depthwise separable convs (no biases)",
-                 {"params": 1_749_671, "mult_adds": 1.08e9, "source": f"{PET}; seed: 1.75 M, 86.96% pixel acc."}))
+                 {"params": 1_749_671, "mult_adds": 1.08e9, "source": f"{PET}: 1.75 M, 86.96% pixel acc."}))
 register(Variant("unet", PetConfig(arch="unet"), "standard U-Net (64..1024 wide) for the pet task at 128x128",
-                 {"source": f"{PET}; seed: 91.3% pixel acc. (100 epochs)"}))
+                 {"source": f"{PET}: 91.3% pixel acc. (100 epochs)"}))
 register(Variant("unet-dsc", PetConfig(arch="unet", conv="dsc"), "U-Net with depthwise separable 3x3 convs"))

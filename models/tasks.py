@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from runtime.errors import UserError
 
 SPLITS = {"train": 0, "heldout": 1}
+PET_CLASSES = ("pet", "background", "border")  # the trimap's values 0, 1, 2
 
 
 def _rng(task: str, split: str, index: int) -> np.random.Generator:
@@ -66,7 +67,7 @@ _JOINTS = {"head": (0, -0.78), "neck": (0, -0.55), "pelvis": (0, 0), "l_shoulder
            "r_shoulder": (0.16, -0.5), "l_hip": (-0.1, 0.02), "r_hip": (0.1, 0.02)}
 _LIMBS = (("l_shoulder", "l_elbow", "l_hand", 0.26, 0.24), ("r_shoulder", "r_elbow", "r_hand", 0.26, 0.24),
           ("l_hip", "l_knee", "l_foot", 0.3, 0.3), ("r_hip", "r_knee", "r_foot", 0.3, 0.3))
-_KEYPOINTS = ("head", "neck", "pelvis", "l_hand", "r_hand", "l_foot", "r_foot", "l_elbow", "r_elbow", "l_knee")
+KEYPOINT_NAMES = ("head", "neck", "pelvis", "l_hand", "r_hand", "l_foot", "r_foot", "l_elbow", "r_elbow", "l_knee")
 # part colours are fixed (with jitter) so that left and right can be told apart
 _PART_COLOURS = {"torso": (0.85, 0.75, 0.2), "head": (0.95, 0.55, 0.45), "l_arm": (0.9, 0.15, 0.15),
                  "r_arm": (0.15, 0.35, 0.95), "l_leg": (0.95, 0.45, 0.05), "r_leg": (0.1, 0.75, 0.3)}
@@ -129,7 +130,7 @@ def keypoint_sample(index: int, split: str = "train", size: int = 256) -> tuple[
 
     x = image.astype(np.float32).transpose(2, 0, 1) / 255
     x = np.clip(x + rng.normal(0, 0.02, x.shape).astype(np.float32), 0, 1)
-    kp = np.array([pts[k] for k in _KEYPOINTS]) / (size - 1) * 2 - 1
+    kp = np.array([pts[k] for k in KEYPOINT_NAMES]) / (size - 1) * 2 - 1
     return x.astype(np.float32), kp.astype(np.float32)
 
 

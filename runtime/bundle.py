@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, check_choice
 
 MANIFEST = "manifest.json"
 GOLDEN = "golden.npz"
@@ -25,12 +25,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def check_choice(what: str, value: str, valid: tuple[str, ...] | list[str]) -> str:
-    if value not in valid:
-        raise UserError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Model figures against ARCHITECTURES.md, and the exported formulation
-against FOMM's original one."""
+"""Model figures against the published ones (and the counts `export list` shows),
+and the exported formulation against FOMM's original one."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ from .conftest import perturb_
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("variant", models.list_variants())
+def test_stored_counts_are_what_torchinfo_counts(variant):
+    """`python -m export list` shows models/counts.py without building a model: it must stay true."""
+    from export.stats import model_stats
+    from models.counts import COUNTS
+
+    stats = model_stats(models.create(variant), models.get_variant(variant).config.input_shape)
+    assert COUNTS[variant] == (stats["params"], stats["mult_adds"])
 
 
 @pytest.mark.parametrize("variant, hourglass, whole", [
@@ -126,7 +136,7 @@ WITH_REFERENCE = [v for v in models.list_variants() if "params" in models.get_va
 
 @pytest.mark.parametrize("variant", WITH_REFERENCE)
 def test_every_reference_parameter_count(variant):
-    """ARCHITECTURES.md's exact counts (ESNet with the reference code's shared
+    """The reference architectures' exact counts (ESNet with the reference code's shared
     BatchNorm, LEDNet as its reference code builds it)."""
     assert n_params(models.create(variant)) == models.get_variant(variant).reference["params"]
 
