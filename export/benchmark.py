@@ -32,10 +32,11 @@ class TorchRunner:
 
 def measure(runners: Mapping[str, Any], model: nn.Module, feeds: dict[str, np.ndarray], threads: int,
             warmup: int, runs: int) -> dict[str, dict]:
-    """Latency of each runner and of `model` in eager PyTorch (capped at a few
-    seconds of timed runs each, so a slow baseline does not dominate the build)."""
+    """Latency of each runner and of `model` in eager PyTorch, interleaved, the
+    same number of timed runs each: `runs`, or fewer where a slow model would
+    take more than about 3 s per contender in all."""
     everyone = {**runners, EAGER: TorchRunner(model, threads)}
-    return bench_interleaved(everyone, feeds, warmup=warmup, runs=runs, max_seconds=3.0)
+    return bench_interleaved(everyone, feeds, warmup=warmup, runs=runs, max_seconds=3.0 * len(everyone))
 
 
 def matmul_peak(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 1.0) -> dict[str, Any]:

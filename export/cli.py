@@ -17,14 +17,23 @@ from runtime.errors import Parser, UserError
 
 from .pack import pack
 
-# A pipe gets 200 columns (rich would assume 80), a terminal its own width.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _console(stream) -> Console:
+    """Styled output on a terminal; plain text (no ANSI codes, whatever FORCE_COLOR
+    says) and 200 columns (rich would assume 80) into a pipe or a file."""
+    tty = stream.isatty()
+    return Console(file=stream, highlight=False, force_terminal=tty, no_color=not tty, width=None if tty else 200)
+
+
+console = _console(sys.stdout)
+errors = _console(sys.stderr)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from models.layers import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS
+    from models.configs import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS
 
-    from .onnx_export import DEFAULT_OPSET
+    from .settings import DEFAULT_OPSET
 
     parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -76,7 +85,9 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--runs", type=int, default=50, help="timed calls per contender (default 50)")
     c.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
 
-    sub.add_parser("list", help="the registered variants with params and mult-adds")
+    li = sub.add_parser("list", help="the registered variants with params and mult-adds")
+    li.add_argument("--counts", action="store_true",
+                    help="count params and mult-adds afresh with torchinfo (builds every model; slower)")
     return parser
 
 
@@ -85,7 +96,7 @@ def _stage(name: str) -> Iterator[None]:
     start = time.perf_counter()
     with console.status(f"{name} ..."):
         yield
-    console.print(f"[green]✓[/] {name:<28} {time.perf_counter() - start:6.1f} s")
+    console.print(f"[green]✓[/] {name:<40} {time.perf_counter() - start:6.1f} s")
 
 
 def _table(title: str, columns, rows) -> Table:
@@ -102,8 +113,7 @@ def _table(title: str, columns, rows) -> Table:
 def cmd_build(args) -> int:
     import os
 
-    from .pipeline import BuildSettings, build
-    from .report import COLUMNS, recommended_line, rows
+    from .settings import BuildSettings, check_settings
 
     overrides = {k: getattr(args, k) for k in ("conv", "norm", "upsample") if getattr(args, k) is not None}
     settings = BuildSettings(
@@ -113,31 +123,61 @@ def cmd_build(args) -> int:
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method,
     )
+    check_settings(settings)  # before torch and the exporters are imported: a typo costs no time
+
+    from .pipeline import build
+    from .report import COLUMNS, busy_line, bundle_summary, recommended_line, rows
+
+    before = _existing_summary(args.out / args.variant)
     start = time.perf_counter()
     result = build(settings, stage=_stage)
     console.print(_table(f"{args.variant}: parity against PyTorch and latency "
                          f"(batch 1, {settings.threads} threads)", COLUMNS, rows(result.manifest)))
+    busy = busy_line(result.manifest)
+    if busy:
+        console.print(f"[yellow]warning[/]: {busy}", soft_wrap=True)
     for r in result.manifest.get("rejected", []):
-        console.print(f"[yellow]not shipped[/]: {r['reason']}")
+        console.print(f"[yellow]not shipped[/]: {r['reason']}", soft_wrap=True)
     if result.passed:
         console.print(recommended_line(result.manifest), markup=False, soft_wrap=True)
     if not result.passed:
         for failure in result.failures:
-            console.print(f"[red]parity failed[/]: {failure}")
+            console.print(f"[red]parity failed[/]: {failure}", soft_wrap=True)
         for line in result.manifest.get("diagnosis", []):
             console.print(f"[red]where[/]: {line}", soft_wrap=True)
         console.print(f"The failing bundle is kept for inspection at {result.bundle}")
         return 1
     console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
+    after = bundle_summary(result.manifest)
+    changed = {k: (before[k], after[k]) for k in after if before and before.get(k) != after[k]}
+    if changed:
+        console.print(f"[yellow]replaced[/] the earlier bundle at {result.bundle}: " + "; ".join(
+            f"{k}: {old} -> {new}" for k, (old, new) in changed.items()), soft_wrap=True)
     if args.pack:
         _print_packed(pack(result.bundle))
     return 0
 
 
+def _existing_summary(path: Path) -> dict[str, str] | None:
+    """What the bundle a build is about to replace holds, or None where there is none."""
+    from runtime.bundle import Bundle
+
+    from .report import bundle_summary
+
+    try:
+        return bundle_summary(Bundle.open(path).manifest) if path.is_dir() else None
+    except (UserError, KeyError, TypeError):
+        return None
+
+
 def _print_packed(archive: Path) -> None:
-    console.print(f"Packed: {archive} ({archive.stat().st_size / 1e6:.1f} MB) and {archive.name}.sha256; on the device: "
-                  f"sha256sum -c {archive.name}.sha256 && tar xzf {archive.name} && "
-                  f"python -m runtime verify {archive.name.removesuffix('.tar.gz')}", soft_wrap=True)
+    name = archive.name.removesuffix(".tar.gz")
+    console.print(f"Packed: {archive} ({archive.stat().st_size / 1e6:.1f} MB) and {archive.name}.sha256.", soft_wrap=True)
+    console.print("The device needs the runtime too (numpy, onnxruntime, openvino, Pillow; no torch). Here: "
+                  "pip wheel --no-deps -w dist . ; copy both files of the archive and "
+                  "dist/edge_export-*.whl to the device; there: pip install edge_export-*.whl && "
+                  f"sha256sum -c {archive.name}.sha256 && tar xzf {archive.name} && python -m runtime verify {name}",
+                  markup=False, soft_wrap=True)
 
 
 def cmd_pack(args) -> int:
@@ -146,13 +186,17 @@ def cmd_pack(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    from .diagnose import diagnose
-    from .onnx_export import check_opset
+    import models
+
+    from .settings import check_opset, check_threads
 
     check_opset(args.opset)
-    if args.threads < 1:
-        raise UserError(f"--threads {args.threads} is not a positive number of threads")
+    check_threads(args.threads)
     overrides = {k: getattr(args, k) for k in ("conv", "norm", "upsample") if getattr(args, k) is not None}
+    models.resolve(args.variant, **overrides)  # a bad name is refused before torch is imported
+
+    from .diagnose import diagnose
+
     with console.status("exporting and comparing every module's output ..."):
         diagnoses = diagnose(args.variant, args.checkpoint, args.bundle, overrides, args.opset, args.threads)
     by_module = {p.module: p for p in diagnoses[0].points}
@@ -196,14 +240,17 @@ def cmd_compete(args) -> int:
 
     import models
 
-    from .compete import SUMMARY_COLUMNS, built_variants, compete, summary_row
+    from .settings import check_threads
 
-    if args.variants == "all":
-        variants = models.list_variants()
-    elif args.variants:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    else:
-        variants = built_variants(args.artifacts) or ["dsc"]
+    names = [] if args.variants in (None, "all") else [v.strip() for v in args.variants.split(",") if v.strip()]
+    for name in names:
+        models.get_variant(name)
+    if args.threads is not None:
+        check_threads(args.threads)
+
+    from .compete import SUMMARY_COLUMNS, built_variants, compete, summary_row  # torch: after the checks
+
+    variants = models.list_variants() if args.variants == "all" else names or built_variants(args.artifacts) or ["dsc"]
     start = time.perf_counter()
     with console.status("compete") as status:
         def say(what: str) -> None:
@@ -244,16 +291,24 @@ def cmd_compete(args) -> int:
 
 def cmd_list(args) -> int:
     import models
+    from models.counts import COUNTS
 
-    from .stats import model_stats
+    counts = dict(COUNTS)
+    if args.counts:
+        from .stats import model_stats
 
+        with console.status("counting with torchinfo ..."):
+            counts = {name: tuple(model_stats(models.create(name), models.get_variant(name).config.input_shape)
+                                  .values()) for name in models.list_variants()}
     rows = []
     for name in models.list_variants():
         variant = models.get_variant(name)
-        stats = model_stats(models.create(name), variant.config.input_shape)
+        params, mult_adds = counts[name]
+        stale = " (stored: differs)" if counts[name] != COUNTS.get(name) else ""
         rows.append((name, variant.config.family, "x".join(map(str, variant.config.input_shape)),
-                     f"{stats['params']:,}", f"{stats['mult_adds'] / 1e6:,.1f} M", variant.reference.get("source", "")))
-    console.print(_table("variants", ("variant", "family", "input", "params", "mult-adds", "reference"), rows))
+                     f"{params:,}", f"{mult_adds / 1e6:,.1f} M{stale}", variant.reference.get("source", "")))
+    console.print(_table("variants (params and mult-adds at batch 1, as torchinfo counts them)",
+                         ("variant", "family", "input", "params", "mult-adds", "reference"), rows))
     return 0
 
 
@@ -263,10 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "diagnose": cmd_diagnose,
                 "study": cmd_study, "compete": cmd_compete}[args.command](args)
     except UserError as err:
-        console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        console.print("interrupted")
+        errors.print("interrupted")
         return 130
 
 

@@ -33,6 +33,7 @@ from runtime.errors import UserError
 
 from .benchmark import TorchRunner, matmul_peak
 from .pipeline import BuildSettings, build
+from .settings import check_threads
 from .study import flops
 
 EAGER, COMPILE, EXECUTORCH = "pytorch eager", "torch.compile", "executorch xnnpack"
@@ -148,7 +149,7 @@ def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dic
         for a in bundle.artifacts:
             name = f"{a['backend']} {a['precision']}"
             contenders[name] = stack.enter_context(runtime.load(bundle, a["backend"], a["precision"], threads))
-        stats = bench_interleaved(contenders, feeds, warmup=5, runs=runs, rounds=5, max_seconds=5.0)
+        stats = bench_interleaved(contenders, feeds, warmup=5, runs=runs, rounds=5, max_seconds=5.0 * len(contenders))
     work = flops(model, shape)
     best_peer = min((n for n in peers), key=lambda n: stats[n]["p50_ms"])
     artifacts = [n for n in stats if n not in peers]
@@ -232,8 +233,7 @@ def compete(variants: list[str], root: Path, threads: int, runs: int,
             say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     for v in variants:
         models.get_variant(v)  # unknown names fail before any work
-    if threads < 1:
-        raise UserError(f"--threads {threads} is not a positive number of threads")
+    check_threads(threads)
     if runs < 5:
         raise UserError(f"--runs {runs} must be at least 5")
     say("FP32 matrix-multiply peak")

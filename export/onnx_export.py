@@ -11,20 +11,9 @@ import onnx
 import torch
 from torch import nn
 
-from runtime.errors import UserError
+from .settings import DEFAULT_OPSET, check_opset
 
 INPUT_NAME = "image"
-# The dynamo exporter emits opset 18 and up; both backends here run up to 21
-# (OpenVINO's ONNX frontend is the narrower of the two).
-OPSETS = range(18, 22)
-DEFAULT_OPSET = 20
-
-
-def check_opset(opset: int) -> int:
-    if opset not in OPSETS:
-        raise UserError(f"opset {opset} is not supported; valid: {OPSETS.start}..{OPSETS.stop - 1} "
-                        "(the dynamo exporter starts at 18, OpenVINO's ONNX frontend stops at 21)")
-    return opset
 
 
 @contextlib.contextmanager

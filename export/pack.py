@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 from runtime.bundle import MANIFEST, Bundle, sha256
-from runtime.errors import UserError
+from runtime.errors import UserError, check_folder
 
 
 def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -30,8 +30,7 @@ def pack(bundle_dir: str | Path, dest: str | Path | None = None) -> Path:
                         "rebuild it before packing")
     name = bundle.path.resolve().name
     dest = Path(dest) if dest is not None else bundle.path.resolve().parent
-    if dest.exists() and not dest.is_dir():
-        raise UserError(f"pack destination {str(dest)!r} is a file; expected a folder")
+    check_folder(dest, "--out", "expected a folder for the archive (created if missing)")
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / f"{name}.tar.gz"
     partial = dest / f".{archive.name}.partial-{os.getpid()}"

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
@@ -21,42 +21,23 @@ import torch
 
 import models
 from runtime import runners as rt
-from runtime.bundle import BACKENDS, GOLDEN, Bundle, check_choice, sha256
+from runtime.bundle import GOLDEN, Bundle, sha256
 from runtime.bench import bench_interleaved
 from runtime.compare import BOUNDS, TASK_BOUNDS, effective_bounds
-from runtime.errors import UserError
 from runtime.machine import machine_info
 
 from . import golden, openvino_convert, quantize
 from .benchmark import measure
 from .manifest import tool_versions, write_manifest
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, check_opset, export_onnx
+from .onnx_export import INPUT_NAME, export_onnx
 from .report import report_markdown
+from .settings import CALIB_METHODS, BuildSettings, check_settings
 from .simplify import simplify
 from .stats import model_stats
 from .validate import validate
 
 ONNX_FILE = "model.onnx"
 TASK_SAMPLES = 16  # held-out task images that INT8 is judged on
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    variant: str
-    checkpoint: Path | None = None
-    out: Path = Path("artifacts")
-    opset: int = DEFAULT_OPSET
-    backends: tuple[str, ...] = BACKENDS
-    threads: int = os.cpu_count() or 1
-    overrides: dict[str, str] = field(default_factory=dict)
-    quantize: str | None = None  # "int8"
-    calib_dir: Path | None = None
-    calib_samples: int = 32
-    calib_method: str = "minmax"
-    seed: int = 0
-    golden_batch: int = 2
-    warmup: int = 10
-    runs: int = 100
 
 
 @dataclass
@@ -73,40 +54,6 @@ Stage = Callable[[str], ContextManager[None]]
 @contextlib.contextmanager
 def _silent(name: str) -> Iterator[None]:
     yield
-
-
-def check_out(out: Path) -> Path:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; expected a folder (created if missing) for the bundles")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise UserError(f"--out {str(out)!r} is not writable ({err.strerror}); choose a folder you can write to") from None
-    return out
-
-
-def check_settings(s: BuildSettings) -> None:
-    """Every user input, checked before any work starts."""
-    models.resolve(s.variant, **s.overrides)
-    for backend in s.backends:
-        check_choice("backend", backend, BACKENDS)
-    if not s.backends:
-        raise UserError(f"--backends is empty; valid: {', '.join(BACKENDS)}")
-    check_opset(s.opset)
-    if s.threads < 1:
-        raise UserError(f"--threads {s.threads} is not a positive number of threads")
-    if s.quantize is not None:
-        check_choice("--quantize precision", s.quantize, ("int8",))
-        check_choice("--calib-method", s.calib_method, (*quantize.CALIB_METHODS, "all"))
-        if s.calib_samples < 1:
-            raise UserError(f"--calib-samples {s.calib_samples} must be at least 1")
-        if s.calib_dir is not None:
-            quantize.check_calib_dir(s.calib_dir)
-    elif s.calib_dir is not None:
-        raise UserError("--calib-dir is only used with --quantize int8")
-    check_out(s.out)
 
 
 def _clean_leftovers(out: Path, variant: str) -> None:
@@ -162,6 +109,7 @@ def build(s: BuildSettings, stage: Stage = _silent) -> BuildResult:
         stats = model_stats(model, config.input_shape)
 
     out = s.out
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused build leaves no folder behind
     _clean_leftovers(out, s.variant)
     tmp = out / f".{s.variant}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +262,7 @@ def _methods(backend: str, method: str) -> list[str]:
     """Calibration methods to try: ONNX Runtime's chosen one (or all three); NNCF has its own."""
     if backend == "openvino":
         return ["nncf"]
-    return list(quantize.CALIB_METHODS) if method == "all" else [method]
+    return list(CALIB_METHODS) if method == "all" else [method]
 
 
 def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, parity: dict, manifest: dict,

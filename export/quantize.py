@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from runtime.errors import UserError
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+from .settings import CALIB_METHODS
+
 PLANS = ("full", "selective")
 ONNX_INT8 = "model.int8.onnx"
 OPENVINO_INT8 = "openvino/model.int8.xml"
@@ -95,8 +95,9 @@ def task_images(config: Any, samples: int) -> np.ndarray | None:
         return None
 
 
-def kept_convs(model: onnx.ModelProto) -> list[str]:
-    """Names of the Conv nodes the selective plan keeps in FP32: depthwise ones and heads."""
+def kept_convs(model) -> list[str]:
+    """Names of the Conv nodes of an `onnx.ModelProto` that the selective plan keeps in FP32:
+    depthwise ones and heads."""
     consumers: dict[str, list[str]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -114,6 +115,7 @@ def kept_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: str, method: str, plan: str) -> dict:
+    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -159,6 +161,7 @@ def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: st
 
 
 def quantize_openvino(fp32_xml: Path, dst: Path, data: np.ndarray, plan: str, onnx_file: Path) -> dict:
+    import onnx
     import nncf
     import openvino as ov
 

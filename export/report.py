@@ -9,7 +9,9 @@ from runtime.compare import describe_task
 from .benchmark import EAGER
 
 COLUMNS = ("artifact", "runtime", "parity", "max rel err", "bound", "min cosine", "task vs PyTorch",
-           "MB", "p50 ms", "p90 ms", "vs eager", "vs FP32")
+           "MB", "p50 ms", "p90 ms", "runs", "vs eager", "vs FP32")
+# p90 this far above p50 on any contender: the machine was busy while it was timed
+BUSY_SPREAD = 1.3
 
 
 def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -17,7 +19,7 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
     each artifact (largest error relative to its bound) stands for it."""
     eager = manifest["latency"][EAGER]
     table = [("PyTorch eager", "pytorch fp32", "reference", "-", "-", "-", "-", "-",
-              f"{eager['p50_ms']:.2f}", f"{eager['p90_ms']:.2f}", "1.00x", "-")]
+              f"{eager['p50_ms']:.2f}", f"{eager['p90_ms']:.2f}", str(eager["runs"]), "1.00x", "-")]
     for art in manifest["artifacts"]:
         parity, lat = art["parity"], manifest["latency"][art["key"]]
         twin = manifest["latency"].get(f"{art['backend']}/fp32")
@@ -26,10 +28,34 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
         table.append((art["file"], f"{art['backend']} {art['precision']}", "pass" if parity["passed"] else "FAIL",
                       f"{worst['max_rel']:.1e} ({worst['name']})", f"{worst['bound']:.1e}",
                       f"{min(o['cosine'] for o in outs):.6f}", describe_task(parity["task"]),
-                      f"{art['bytes'] / 1e6:.1f}", f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}",
+                      f"{art['bytes'] / 1e6:.1f}", f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", str(lat["runs"]),
                       f"{eager['p50_ms'] / lat['p50_ms']:.2f}x",
                       f"{twin['p50_ms'] / lat['p50_ms']:.2f}x" if twin else "-"))
     return table
+
+
+def busy_line(manifest: dict[str, Any]) -> str:
+    """A warning when the timings spread so widely that the machine was busy, else ''."""
+    spread = {key: lat["p90_ms"] / lat["p50_ms"] for key, lat in manifest["latency"].items()}
+    worst = max(spread, key=spread.get)
+    if spread[worst] < BUSY_SPREAD:
+        return ""
+    return (f"the timings spread widely (p90 is {spread[worst]:.2f}x p50 for {worst}): the machine was busy "
+            "while they ran, so the speed ratios are less certain; build again on an idle machine to confirm them")
+
+
+def bundle_summary(manifest: dict[str, Any]) -> dict[str, str]:
+    """What a bundle holds and was built with, in a few words per item (to tell two bundles apart)."""
+    checkpoint = manifest.get("checkpoint")
+    quantization = manifest.get("quantization")
+    return {
+        "artifacts": ", ".join(a["key"] for a in manifest["artifacts"]) or "none",
+        "checkpoint": f"{checkpoint['path']} (sha256 {checkpoint['sha256'][:12]})" if checkpoint else "none (random weights)",
+        "overrides": ", ".join(f"{k}={v}" for k, v in manifest.get("overrides", {}).items()) or "none",
+        "quantization": f"{quantization['precision']} ({quantization['calibration']['method']})" if quantization else "none",
+        "opset": str(manifest["export"]["opset"]),
+        "threads": str(manifest["benchmark"]["threads"]),
+    }
 
 
 def markdown_table(columns: tuple[str, ...], table: list[tuple[str, ...]]) -> str:
@@ -95,10 +121,11 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         f"Parity on {manifest['golden']['batch']} golden inputs (seed {manifest['golden']['seed']}) against PyTorch; "
         "max rel err is the max abs error over the reference output's range. "
         f"Latency at batch {bench['batch']}, {bench['threads']} threads, {bench['warmup']} warm-up runs, "
-        "timed runs interleaved across artifacts.",
+        "then the same number of timed runs for every row (`runs`), interleaved across them.",
         "",
         markdown_table(COLUMNS, rows(manifest)),
         "",
+        *([f"Warning: {busy_line(manifest)}.", ""] if busy_line(manifest) else []),
         recommended_line(manifest),
         "",
         *rejected_lines(manifest),

@@ -33,21 +33,22 @@ from models.train import evaluate, train
 from runtime import runners as rt
 from runtime.bench import bench_interleaved
 from runtime.bundle import Bundle
-from runtime.errors import UserError
+from runtime.errors import UserError, check_folder
 from runtime.machine import machine_info
 
 from . import openvino_convert
 from .benchmark import TorchRunner, matmul_peak
 from .manifest import tool_versions
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, export_onnx
-from .pipeline import _publish, check_out
+from .pipeline import _publish
+from .settings import check_threads
 from .simplify import simplify
 from .stats import model_stats
 
 BACKENDS = ("pytorch", "onnxruntime", "openvino")
 BACKEND_NAMES = {"pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
-# The articles' figures (ARCHITECTURES.md; seeds 001, 002, 004), shown beside ours.
+# The articles' and papers' figures, shown beside ours.
 ARTICLE_HOURGLASS = {"baseline": ("14.13 M", "989.31 M", 13.0184), "dsc": ("1.62 M", "120.30 M", 6.9928)}
 ARTICLE_NORMS = {"batch": (2048, 0.0407, 0.6520), "layer": (8192, 0.0366, 0.6376),
                  "instance": (2048, 0.0665, 1.0005), "group": (2048, 0.0461, 0.9654)}
@@ -475,13 +476,11 @@ def _fastest(section: Section) -> str:
 
 def run(s: StudySettings, say: Callable[[str], None] = lambda _: None) -> Path:
     """Run the study into `s.out` (written to a temporary folder first); returns the folder."""
-    if s.threads < 1:
-        raise UserError(f"--threads {s.threads} is not a positive number of threads")
+    check_threads(s.threads)
     if s.train_steps < 0:
         raise UserError(f"--train-steps {s.train_steps} must be 0 (no training) or more")
-    if s.out.exists() and not s.out.is_dir():
-        raise UserError(f"--out {str(s.out)!r} is a file; expected a folder for the study (replaced if it exists)")
-    check_out(s.out.parent)
+    check_folder(s.out, "--out", "expected a folder for the study (replaced if it exists)")
+    s.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
     tmp = Path(tempfile.mkdtemp(prefix=f".{s.out.name}.", suffix=f"-{os.getpid()}", dir=s.out.parent))
     try:

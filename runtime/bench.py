@@ -33,9 +33,10 @@ def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray
                       feeds_of: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                       settle: float = 0.05) -> dict[str, dict]:
     """Time each runner's `infer(feeds)`: `runs` timed calls each, spread over
-    `rounds` rounds that visit the runners in turn. A runner whose timed calls
-    pass `max_seconds` in total stops early (after at least 10); the number
-    actually timed is recorded. `feeds_of` gives runners that take other
+    `rounds` rounds that visit the runners in turn. Every runner is timed the
+    same number of times: with `max_seconds`, the timed calls of all runners
+    together stop near that budget (after at least 10 calls each), and the
+    number actually timed is recorded. `feeds_of` gives runners that take other
     inputs their own feeds. Before each runner's turn the timer waits `settle`
     seconds, so that the worker threads of the runner before (PyTorch's OpenMP
     pool, ONNX Runtime's spinning threads) are idle, as they would be on a
@@ -46,16 +47,18 @@ def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray
         for _ in range(warmup):
             r.infer(own[name])
     times: dict[str, list[float]] = {name: [] for name in runners}
-    spent = dict.fromkeys(runners, 0.0)
     per_round = max(1, -(-runs // rounds))
-    for _ in range(rounds):
+    target, done = runs, 0
+    while done < target:
+        n = min(per_round, target - done)
         for name, r in runners.items():
             time.sleep(settle)  # the previous runner's worker threads stop spinning before this one is timed
-            for _ in range(min(per_round, runs - len(times[name]))):
-                if max_seconds and spent[name] > max_seconds * 1e3 and len(times[name]) >= 10:
-                    break
-                times[name].append(_time_ms(r, own[name]))
-                spent[name] += times[name][-1]
+            times[name] += [_time_ms(r, own[name]) for _ in range(n)]
+        done += n
+        if max_seconds is not None:  # how many calls of every runner fit in what is left of the budget
+            spent = sum(map(sum, times.values())) / 1e3
+            fits = done + int(max(0.0, max_seconds - spent) / (spent / done))
+            target = min(runs, max(fits, min(10, runs)))
     return {name: {"first_ms": first[name], "warmup": warmup, "runs": len(times[name]),
                    **latency_stats(times[name]), "batch": int(next(iter(own[name].values())).shape[0]),
                    "settings": dict(getattr(runners[name], "settings", {}))}

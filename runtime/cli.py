@@ -12,7 +12,7 @@ import numpy as np
 
 from .bundle import BACKENDS, PRECISIONS
 from .compare import describe_task
-from .errors import Parser, UserError
+from .errors import Parser, UserError, check_folder
 
 # Outputs up to this many numbers go into infer's JSON as lists; all of them go into its .npz.
 RAW_JSON_LIMIT = 100_000
@@ -116,28 +116,37 @@ def cmd_bench(args) -> int:
 
 def cmd_infer(args) -> int:
     from .bundle import Bundle
-    from .images import open_image, preprocess, render
+    from .images import caption, open_image, preprocess, render
     from .runners import load
 
     bundle = Bundle.open(args.bundle)
     images = {path: open_image(path) for path in args.images}  # every file checked before any work
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; expected a folder (created if missing)")
+    out = check_folder(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    untrained = bundle.manifest.get("checkpoint") is None
     with load(bundle, args.backend, args.precision, args.threads) as runner:
         for path, image in images.items():
             outputs = runner.infer(preprocess(image, bundle.manifest["preprocess"]))
             picture, found = render(bundle.manifest["task"], image, outputs)
+            if untrained:
+                picture = caption(picture, "random weights (built without --checkpoint): this shows noise")
             stem = out / Path(path).stem
             picture.save(stem.with_suffix(".png"))
             raw = {name: {"shape": list(v.shape), "data": v.tolist()} for name, v in outputs.items()
                    if v.size <= RAW_JSON_LIMIT}
             stem.with_suffix(".json").write_text(json.dumps(
                 {"image": str(path), "size": list(image.size), "variant": bundle.manifest["variant"],
-                 "backend": runner.backend, "precision": runner.precision, **found, "outputs": raw}))
+                 "backend": runner.backend, "precision": runner.precision,
+                 "weights": "random" if untrained else "checkpoint", **found, "outputs": raw}))
             np.savez_compressed(stem.with_suffix(".npz"), **outputs)
             print(f"{path} -> {stem.with_suffix('.png')}, {stem.with_suffix('.json')}, {stem.with_suffix('.npz')}")
+    if untrained:
+        variant = bundle.manifest["variant"]
+        print(f"note: {variant} was built with random weights (no --checkpoint), so its pictures show noise. "
+              f"For a meaningful one, train it on its generated task and build from the checkpoint: "
+              f"python -m models train --variant {variant} --steps 200 --out {variant}.pt "
+              f"(about 3 min for dsc on 2 cores), then python -m export build --variant {variant} "
+              f"--checkpoint {variant}.pt")
     return 0
 
 

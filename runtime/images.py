@@ -2,8 +2,8 @@
 
 `preprocess` turns an image file into the model's input exactly as the build
 did (resize, channel order, scale, mean/std, layout); `render` draws what the
-model found on the original image: keypoints for detectors, a coloured class
-overlay for segmenters.
+model found on the original image: named keypoints for detectors, a coloured
+class overlay with its legend for segmenters, lettered at the picture's scale.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .errors import UserError
 
@@ -53,32 +53,106 @@ def keypoints_px(value: np.ndarray, width: int, height: int) -> np.ndarray:
     return (np.asarray(value, np.float64) + 1) / 2 * scale
 
 
-def draw_keypoints(image: Image.Image, value: np.ndarray) -> Image.Image:
+def _font(image: Image.Image) -> ImageFont.ImageFont:
+    """Pillow's bundled font at a size that reads at the picture's scale (at least 12 px)."""
+    return ImageFont.load_default(size=max(12, round(min(image.size) / 28)))
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    return tuple(int(c) for c in PALETTE[i % len(PALETTE)])
+
+
+def _label_box(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, text: str, font, size: tuple[int, int],
+               taken: list[tuple[float, float, float, float]]) -> tuple[float, float]:
+    """Where to write a point's label: beside it on the right or the left, level
+    with it or a few lines up or down, the first spot that neither overlaps a
+    label already placed (in `taken`) nor leaves the picture."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    w, h = right - left, bottom - top
+    rows = [0] + [d * k for k in range(1, 4) for d in (-1, 1)]
+    spots = [(sx, y - h / 2 + row * (h + 2)) for row in rows for sx in (x + r + 2, x - r - 2 - w)]
+    for sx, sy in spots:
+        box = (sx, sy, sx + w, sy + h)
+        inside = box[0] >= 0 and box[1] >= 0 and box[2] <= size[0] and box[3] <= size[1]
+        if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+            break
+    else:
+        sx, sy = spots[0]
+    taken.append((sx, sy, sx + w, sy + h))
+    return sx - left, sy - top
+
+
+def draw_keypoints(image: Image.Image, value: np.ndarray, names: list[str] | None = None) -> Image.Image:
+    """Each keypoint as a dot in its own colour, its name beside it (placed so that labels do not overlap)."""
     out = image.copy()
     draw = ImageDraw.Draw(out)
+    font = _font(out)
     radius = max(3, round(min(out.size) / 64))
-    for i, (x, y) in enumerate(keypoints_px(value, *out.size)):
-        colour = tuple(int(c) for c in PALETTE[i % len(PALETTE)])
-        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline=(0, 0, 0))
-        draw.text((x + radius + 1, y - radius - 1), str(i), fill=colour)
+    points = keypoints_px(value, *out.size)
+    for i, (x, y) in enumerate(points):
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=_colour(i), outline=(0, 0, 0))
+    taken: list[tuple[float, float, float, float]] = []
+    for i, (x, y) in enumerate(points):
+        text = names[i] if names and i < len(names) else str(i)
+        draw.text(_label_box(draw, x, y, radius, text, font, out.size, taken), text, fill=_colour(i), font=font,
+                  stroke_width=max(1, font.size // 10), stroke_fill=(0, 0, 0))
     return out
 
 
-def overlay_mask(image: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The class mask (H, W) in colours, blended over the image at its own size."""
+def upsampled_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The class of every pixel of a `size` (width, height) picture: each class's logits
+    resized bilinearly to it, then the argmax (smooth class borders, not the model's
+    pixels blown up). One class at a time, so a large photo needs two planes of memory."""
+    best = np.full((size[1], size[0]), -np.inf, np.float32)
+    mask = np.zeros((size[1], size[0]), np.int64)
+    for c, plane in enumerate(logits):
+        up = np.asarray(Image.fromarray(np.ascontiguousarray(plane, np.float32), mode="F").resize(size, Image.BILINEAR))
+        higher = up > best
+        best[higher], mask[higher] = up[higher], c
+    return mask
+
+
+def overlay_mask(image: Image.Image, mask: np.ndarray, names: list[str] | None = None,
+                 alpha: float = 0.5) -> Image.Image:
+    """The class mask in colours blended over the image (resized to it if it is
+    smaller), with a legend of the classes present: colour and name."""
     colours = Image.fromarray(PALETTE[mask % len(PALETTE)]).resize(image.size, Image.NEAREST)
-    return Image.blend(image, colours, alpha)
+    out = Image.blend(image, colours, alpha)
+    present = [int(c) for c in np.unique(mask)]
+    draw = ImageDraw.Draw(out)
+    font = _font(out)
+    line = font.size + 4
+    labels = [names[c] if names and c < len(names) else f"class {c}" for c in present]
+    width = max(draw.textlength(t, font=font) for t in labels) + line + 12
+    draw.rectangle((4, 4, 4 + width, 8 + line * len(present)), fill=(0, 0, 0))
+    for row, (c, text) in enumerate(zip(present, labels)):
+        y = 8 + row * line
+        draw.rectangle((10, y + 2, 10 + line - 6, y + line - 4), fill=_colour(c))
+        draw.text((10 + line, y), text, fill=(255, 255, 255), font=font)
+    return out
+
+
+def caption(image: Image.Image, text: str) -> Image.Image:
+    """`image` with a line of text on a dark band below it."""
+    font = _font(image)
+    band = font.size + 10
+    out = Image.new("RGB", (image.width, image.height + band), (0, 0, 0))
+    out.paste(image, (0, 0))
+    ImageDraw.Draw(out).text((6, image.height + 4), text, fill=(255, 210, 80), font=font)
+    return out
 
 
 def render(task: Mapping[str, Any], image: Image.Image, outputs: Mapping[str, np.ndarray]) -> tuple[Image.Image, dict]:
     """The picture to look at, and the findings in plain numbers (pixels of the original image)."""
     if task.get("kind") == "keypoints":
         value = outputs["value"][0]
-        found = {"keypoints_px": keypoints_px(value, *image.size).round(2).tolist()}
-        return draw_keypoints(image, value), found
+        names = task.get("names")
+        found = {"keypoints_px": keypoints_px(value, *image.size).round(2).tolist(), "keypoint_names": names}
+        return draw_keypoints(image, value, names), found
     if task.get("kind") == "segmentation":
-        mask = outputs["logits"][0].argmax(0)
+        logits = outputs["logits"][0]
+        mask = logits.argmax(0)
         counts = np.bincount(mask.ravel(), minlength=task["classes"]) / mask.size
-        found = {"mask": mask.tolist(), "class_fractions": counts.round(6).tolist()}
-        return overlay_mask(image, mask), found
+        found = {"mask": mask.tolist(), "class_names": task.get("names"), "class_fractions": counts.round(6).tolist()}
+        return overlay_mask(image, upsampled_mask(logits, image.size), task.get("names")), found
     raise UserError(f"task {task.get('kind')!r} has no picture; known: keypoints, segmentation")

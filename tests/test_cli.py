@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +15,16 @@ from runtime.bundle import sha256
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+def run(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
-    result = run("export", "build", "--variant", "dsc", "--out", str(tmp_path), "--threads", "2", "--pack")
+    result = run("export", "build", "--variant", "dsc", "--out", str(tmp_path), "--threads", "2", "--pack",
+                 env={"FORCE_COLOR": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "\x1b[" not in result.stdout + result.stderr  # a pipe gets no terminal styling
     assert "parity against PyTorch and latency" in result.stdout and "PyTorch eager" in result.stdout
     bundle = tmp_path / "dsc"
     names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
@@ -29,6 +33,7 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
     # no temporary folder left behind; the archive to copy to a device beside the bundle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dsc", "dsc.tar.gz", "dsc.tar.gz.sha256"]
     assert f"Packed: {tmp_path / 'dsc.tar.gz'}" in result.stdout
+    assert "pip wheel --no-deps -w dist ." in result.stdout and "pip install edge_export-" in result.stdout
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["files"] == {n: sha256(bundle / n) for n in names if n != "manifest.json"}
     assert [o["name"] for o in manifest["outputs"]] == ["value", "jacobian", "heatmap"]
@@ -39,10 +44,15 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
     assert {a["key"] for a in manifest["artifacts"]} == {"onnxruntime/fp32", "openvino/fp32", "openvino/fp16"}
     for key, lat in manifest["latency"].items():
         assert lat["p50_ms"] > 0 and lat["runs"] >= 10 and lat["settings"]["threads"] == 2, key
+    assert len({lat["runs"] for lat in manifest["latency"].values()}) == 1  # every row timed as often
     ov = manifest["latency"]["openvino/fp32"]["settings"]
     assert ov["precision_hint_requested"] == "f32" and ov["precision_hint"] == "f32"
     assert "| model.onnx | onnxruntime fp32 | pass |" in (bundle / "report.md").read_text()
-    assert manifest["task"] == {"kind": "keypoints", "image_size": 256}
+    assert manifest["task"] == {"kind": "keypoints", "image_size": 256,
+                                "names": ["head", "neck", "pelvis", "l_hand", "r_hand", "l_foot", "r_foot",
+                                          "l_elbow", "r_elbow", "l_knee"]}
+    report = (bundle / "report.md").read_text()
+    assert "| p50 ms | p90 ms | runs |" in report
 
     verify = run("runtime", "verify", str(bundle))
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -50,6 +60,17 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
 
     bench = run("runtime", "bench", str(bundle), "--runs", "5", "--json")
     assert bench.returncode == 0 and json.loads(bench.stdout)["p50_ms"] > 0
+
+    # random weights: the picture says so, and so does the command, with the way to a meaningful one
+    from PIL import Image
+
+    Image.new("RGB", (320, 200), (90, 140, 60)).save(tmp_path / "photo.png")
+    infer = run("runtime", "infer", str(bundle), str(tmp_path / "photo.png"), "--out", str(tmp_path / "pred"))
+    assert infer.returncode == 0, infer.stderr
+    assert "built with random weights" in infer.stdout and "python -m models train --variant dsc" in infer.stdout
+    picture = Image.open(tmp_path / "pred" / "photo.png")
+    assert picture.width == 320 and picture.height > 200  # the caption band below the image
+    assert json.loads((tmp_path / "pred" / "photo.json").read_text())["weights"] == "random"
 
 
 def test_verify_names_a_changed_file(built, tmp_path):

@@ -90,4 +90,4 @@ def test_load_runs_the_recommended_artifact_by_default(built):
 def test_unknown_variant_is_one_line():
     result = run_cli("compete", "--variants", "dsc,nope")
     assert result.returncode == 2
-    assert result.stdout.startswith("error: unknown variant 'nope'; valid: baseline, dsc,")
+    assert result.stderr.startswith("error: unknown variant 'nope'; valid: baseline, dsc,") and not result.stdout

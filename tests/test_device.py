@@ -112,7 +112,7 @@ def test_infer_writes_a_picture_and_the_outputs(built, variant, tmp_path):
     (["infer", "BUNDLE", "no-such.png"], "error: image 'no-such.png' does not exist"),
     (["infer", "BUNDLE", "pyproject.toml"], "error: image 'pyproject.toml' is not a readable image"),
     (["bench", "BUNDLE", "--backend", "onnxruntime", "--precision", "int8"], "error: bundle 'BUNDLE' has no 'int8' artifact for onnxruntime; it has: fp32"),
-    (["bench", "BUNDLE", "--precision", "fp64"], "error: unknown precision 'fp64'; valid: fp32, fp16, int8"),
+    (["bench", "BUNDLE", "--precision", "fp64"], "error: unknown precision 'fp64'; did you mean 'fp16'? valid: fp32, fp16, int8"),
     (["bench", "BUNDLE", "--backend", "tflite"], "error: unknown backend 'tflite'; valid: onnxruntime, openvino"),
     (["bench", "BUNDLE", "--runs", "0"], "error: argument --runs: '0' is not a positive whole number"),
     (["verify", "BUNDLE/manifest.json"], "error: bundle 'BUNDLE/manifest.json' is not a folder"),
@@ -153,5 +153,5 @@ def test_pack_refuses_a_bundle_that_does_not_match_its_manifest(built, tmp_path)
     shutil.copytree(built("dsc").bundle, bundle)
     (bundle / "golden.npz").unlink()
     result = run("export", "pack", str(bundle))
-    assert result.returncode == 2 and "golden.npz is missing" in result.stdout and "rebuild it" in result.stdout
+    assert result.returncode == 2 and "golden.npz is missing" in result.stderr and "rebuild it" in result.stderr
     assert not list(tmp_path.glob("*.tar.gz*"))

@@ -95,7 +95,7 @@ def test_counting_helpers():
 def test_bad_settings_are_one_line(tmp_path, args, message):
     result = run_cli("study", "--quick", "--out", str(tmp_path / "s"), *args)  # the last --out wins
     assert result.returncode == 2
-    assert result.stdout.strip() == f"error: {message}" and not result.stderr
+    assert result.stderr.strip() == f"error: {message}" and not result.stdout
     assert not (tmp_path / "s").exists()
 
 
