@@ -18,7 +18,6 @@ from runtime.errors import Parser, UserError
 from .pack import pack
 
 
-
 def _console(stream) -> Console:
     """Styled output on a terminal; plain text (no ANSI codes, whatever FORCE_COLOR
     says) and 200 columns (rich would assume 80) into a pipe or a file."""
