@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from .settings import DEFAULT_OPSET, check_opset
+from .settings import check_opset
 
 INPUT_NAME = "image"
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from runtime.errors import UserError
 
-from .settings import CALIB_METHODS
+from .settings import CALIB_METHODS  # noqa: F401  (the stage's methods, also named quantize.CALIB_METHODS)
 
 PLANS = ("full", "selective")
 ONNX_INT8 = "model.int8.onnx"

@@ -39,9 +39,9 @@ from runtime.machine import machine_info
 from . import openvino_convert
 from .benchmark import TorchRunner, matmul_peak
 from .manifest import tool_versions
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, export_onnx
+from .onnx_export import INPUT_NAME, export_onnx
 from .pipeline import _publish
-from .settings import check_threads
+from .settings import DEFAULT_OPSET, check_threads
 from .simplify import simplify
 from .stats import model_stats
 
