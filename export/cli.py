@@ -148,7 +148,7 @@ def cmd_build(args) -> int:
         return 1
     console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
     after = bundle_summary(result.manifest)
-    changed = {k: (before[k], after[k]) for k in after if before and before.get(k) != after[k]}
+    changed = {k: (before[k], new) for k, new in after.items() if before[k] != new} if before else {}
     if changed:
         console.print(f"[yellow]replaced[/] the earlier bundle at {result.bundle}: " + "; ".join(
             f"{k}: {old} -> {new}" for k, (old, new) in changed.items()), soft_wrap=True)
@@ -297,8 +297,9 @@ def cmd_list(args) -> int:
         from .stats import model_stats
 
         with console.status("counting with torchinfo ..."):
-            counts = {name: tuple(model_stats(models.create(name), models.get_variant(name).config.input_shape)
-                                  .values()) for name in models.list_variants()}
+            fresh = {name: model_stats(models.create(name), models.get_variant(name).config.input_shape)
+                     for name in models.list_variants()}
+            counts = {name: (st["params"], st["mult_adds"]) for name, st in fresh.items()}
     rows = []
     for name in models.list_variants():
         variant = models.get_variant(name)

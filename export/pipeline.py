@@ -31,7 +31,7 @@ from .benchmark import measure
 from .manifest import tool_versions, write_manifest
 from .onnx_export import INPUT_NAME, export_onnx
 from .report import report_markdown
-from .settings import CALIB_METHODS, BuildSettings, check_settings
+from .settings import BuildSettings, check_settings
 from .simplify import simplify
 from .stats import model_stats
 from .validate import validate
@@ -262,7 +262,7 @@ def _methods(backend: str, method: str) -> list[str]:
     """Calibration methods to try: ONNX Runtime's chosen one (or all three); NNCF has its own."""
     if backend == "openvino":
         return ["nncf"]
-    return list(CALIB_METHODS) if method == "all" else [method]
+    return list(quantize.CALIB_METHODS) if method == "all" else [method]
 
 
 def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, parity: dict, manifest: dict,

@@ -26,8 +26,7 @@ import numpy as np
 
 from runtime.errors import UserError
 
-from .settings import CALIB_METHODS  # noqa: F401  (the stage's methods, also named quantize.CALIB_METHODS)
-
+CALIB_METHODS = ("minmax", "entropy", "percentile")
 PLANS = ("full", "selective")
 ONNX_INT8 = "model.int8.onnx"
 OPENVINO_INT8 = "openvino/model.int8.xml"

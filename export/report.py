@@ -100,6 +100,7 @@ def recommended_line(manifest: dict[str, Any]) -> str:
 
 def report_markdown(manifest: dict[str, Any]) -> str:
     m, bench = manifest["model"], manifest["benchmark"]
+    busy = busy_line(manifest)
     machine = manifest["machine"]
     settings = ", ".join(f"{k}={v}" for k, v in manifest["settings"].items())
     lines = [
@@ -125,7 +126,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         "",
         markdown_table(COLUMNS, rows(manifest)),
         "",
-        *([f"Warning: {busy_line(manifest)}.", ""] if busy_line(manifest) else []),
+        *([f"Warning: {busy}.", ""] if busy else []),
         recommended_line(manifest),
         "",
         *rejected_lines(manifest),

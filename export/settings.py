@@ -14,11 +14,12 @@ import models
 from runtime.bundle import BACKENDS
 from runtime.errors import UserError, check_choice, check_folder
 
+from .quantize import CALIB_METHODS, check_calib_dir  # the stage imports no onnx or torch until it runs
+
 # The dynamo exporter emits opset 18 and up; both backends here run up to 21
 # (OpenVINO's ONNX frontend is the narrower of the two).
 OPSETS = range(18, 22)
 DEFAULT_OPSET = 20
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 def check_opset(opset: int) -> int:
@@ -28,9 +29,9 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def check_threads(threads: int, what: str = "--threads") -> int:
+def check_threads(threads: int) -> int:
     if threads < 1:
-        raise UserError(f"{what} {threads} is not a positive number of threads")
+        raise UserError(f"--threads {threads} is not a positive number of threads")
     return threads
 
 
@@ -68,8 +69,6 @@ def check_settings(s: BuildSettings) -> None:
         if s.calib_samples < 1:
             raise UserError(f"--calib-samples {s.calib_samples} must be at least 1")
         if s.calib_dir is not None:
-            from .quantize import check_calib_dir
-
             check_calib_dir(s.calib_dir)
     elif s.calib_dir is not None:
         raise UserError("--calib-dir is only used with --quantize int8")

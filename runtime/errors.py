@@ -67,8 +67,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         typos = self._unknown_options() if self._is_leaf() else []
         if typos:  # the real mistake, whatever argparse noticed first (often a "required" option)
-            message = "; ".join(f"unknown option {u}" + (f"; did you mean {hint}?" if (hint := closest(
-                u, [o for o in self._option_string_actions if o.startswith("--")])) else "") for u in typos)
+            options = [o for o in self._option_string_actions if o.startswith("--")]
+            parts = []
+            for typo in typos:
+                hint = closest(typo, options)
+                parts.append(f"unknown option {typo}" + (f"; did you mean {hint}?" if hint else ""))
+            message = "; ".join(parts)
         else:
             choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
             if choice:

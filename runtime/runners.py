@@ -20,8 +20,8 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from .bundle import BACKENDS, PRECISIONS, Bundle, check_choice
-from .errors import UserError
+from .bundle import BACKENDS, PRECISIONS, Bundle
+from .errors import UserError, check_choice
 
 # What OpenVINO is asked for, by artifact precision. A CPU without native f16
 # arithmetic computes an FP16 IR (compressed weights) in bf16 where it has

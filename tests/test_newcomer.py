@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import models
 from runtime.bench import bench_interleaved
@@ -143,7 +143,7 @@ def test_a_build_that_replaces_a_bundle_says_what_changed(built, tmp_path):
 
 def test_keypoint_labels_are_names_and_never_overlap():
     image = Image.new("RGB", (256, 256), (128, 128, 128))
-    draw = __import__("PIL.ImageDraw", fromlist=["ImageDraw"]).Draw(image)
+    draw = ImageDraw.Draw(image)
     font = _font(image)
     assert font.size >= 12
     taken: list = []
