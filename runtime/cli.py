@@ -143,10 +143,10 @@ def cmd_infer(args) -> int:
     if untrained:
         variant = bundle.manifest["variant"]
         print(f"note: {variant} was built with random weights (no --checkpoint), so its pictures show noise. "
-              f"For a meaningful one, train it on its generated task and build from the checkpoint: "
-              f"python -m models train --variant {variant} --steps 200 --out {variant}.pt "
-              f"(about 3 min for dsc on 2 cores), then python -m export build --variant {variant} "
-              f"--checkpoint {variant}.pt")
+              f"For a meaningful one, build from trained weights: python -m models train --variant {variant} "
+              f"--steps 200 --out {variant}.pt (the detectors and the pet segmenters train on generated tasks; "
+              f"about 3 min for dsc on 2 cores), then python -m export build --variant {variant} "
+              f"--checkpoint {variant}.pt (or your own checkpoint)")
     return 0
 
 
