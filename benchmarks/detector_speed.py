@@ -26,12 +26,12 @@ def main() -> None:
     args = parser.parse_args()
 
     bundle = runtime.Bundle.open(args.bundle)
-    variant = bundle.manifest["variant"]
+    variant = bundle.name
     inputs, _ = bundle.golden()
     feeds = {k: v[:1] for k, v in inputs.items()}
     checkpoint = (bundle.manifest["checkpoint"] or {}).get("path")
     contenders = {
-        f"eager {variant}": TorchRunner(models.create(variant, checkpoint=checkpoint), args.threads),
+        f"eager {variant}": TorchRunner(models.from_source(bundle.spec.source, checkpoint), args.threads),
         f"eager {args.against}": TorchRunner(models.create(args.against), args.threads),
     }
     for art in bundle.artifacts:

@@ -52,7 +52,7 @@ def main() -> None:
         contenders[f"{backend} bare"] = bare(runner)
     stats = bench_interleaved(contenders, feeds, warmup=20, runs=args.runs, rounds=20)
 
-    print(f"{bundle.manifest['variant']}, batch 1, {args.threads} threads, {args.runs} interleaved runs each")
+    print(f"{bundle.name}, batch 1, {args.threads} threads, {args.runs} interleaved runs each")
     print(f"{'backend':12s} {'bare p50 ms':>12s} {'Runner p50 ms':>14s} {'overhead':>9s}")
     for backend in ("onnxruntime", "openvino"):
         bare, runner = stats[f"{backend} bare"]["p50_ms"], stats[f"{backend} Runner.infer"]["p50_ms"]

@@ -25,9 +25,14 @@ class TorchRunner:
         self.settings = {"threads": threads, "mode": "eager, inference_mode", "torch": torch.__version__}
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        (x,) = feeds.values()
+        """Feeds in forward's order; outputs by name (a dict's keys, an `Exportable`'s spec, or output0...)."""
         with torch.inference_mode():
-            return {k: v.numpy() for k, v in self.model(torch.from_numpy(x)).items()}
+            out = self.model(*(torch.from_numpy(v) for v in feeds.values()))
+        if isinstance(out, Mapping):
+            return {k: v.numpy() for k, v in out.items()}
+        out = (out,) if isinstance(out, torch.Tensor) else out
+        names = getattr(getattr(self.model, "spec", None), "outputs", None) or [f"output{i}" for i in range(len(out))]
+        return {k: v.numpy() for k, v in zip(names, out)}
 
 
 def measure(runners: Mapping[str, Any], model: nn.Module, feeds: dict[str, np.ndarray], threads: int,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from runtime.bundle import BACKENDS
@@ -18,54 +19,48 @@ from runtime.errors import Parser, UserError
 from .pack import pack
 
 
-def _console(stream) -> Console:
+def _console(stderr: bool) -> Console:
     """Styled output on a terminal; plain text (no ANSI codes, whatever FORCE_COLOR
-    says) and 200 columns (rich would assume 80) into a pipe or a file."""
-    tty = stream.isatty()
-    return Console(file=stream, highlight=False, force_terminal=tty, no_color=not tty, width=None if tty else 200)
+    says) and 200 columns (rich would assume 80) into a pipe or a file. The stream
+    is looked up at each write, so a caller that swaps sys.stdout gets the output."""
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, highlight=False, force_terminal=tty, no_color=not tty, width=None if tty else 200)
 
 
-console = _console(sys.stdout)
-errors = _console(sys.stderr)
+console = _console(stderr=False)
+errors = _console(stderr=True)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from models.configs import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS
-
     from .settings import DEFAULT_OPSET
 
     parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    b = sub.add_parser("build", help="build, prove and benchmark a bundle for one variant")
-    b.add_argument("--variant", required=True, help="a name from `python -m export list`")
-    b.add_argument("--checkpoint", type=Path, help="a state_dict saved with torch.save (default: random init)")
+    b = sub.add_parser("build", help="build, prove and benchmark a bundle: a zoo variant or your own model")
+    _model_arguments(b, "the PyTorch weights (a state_dict saved with torch.save; default: random init)")
     b.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts root (default: artifacts/)")
     b.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     b.add_argument("--backends", default=",".join(BACKENDS),
                    help=f"comma-separated subset of {','.join(BACKENDS)} (default: both)")
     b.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
-    b.add_argument("--conv", help=f"override the conv kind: {', '.join(CONV_KINDS)}")
-    b.add_argument("--norm", help=f"override the norm kind: {', '.join(NORM_KINDS)}")
-    b.add_argument("--upsample", help=f"override the upsample kind: {', '.join(UPSAMPLE_KINDS)}")
-    b.add_argument("--pack", action="store_true", help="also write <out>/<variant>.tar.gz to copy to a device")
+    b.add_argument("--pack", action="store_true", help="also write <out>/<name>.tar.gz to copy to a device")
     b.add_argument("--quantize", metavar="int8", help="also build INT8 artifacts (calibrated)")
     b.add_argument("--calib-dir", type=Path, help="calibration images (PNG/JPEG; default: the generated task's)")
     b.add_argument("--calib-samples", type=int, default=32, help="calibration images used (default 32)")
     b.add_argument("--calib-method", default="minmax", help="ONNX Runtime calibration: minmax, entropy, percentile, or all (compare them, ship the best)")
+    b.add_argument("--keep-fp32", action="append", default=[], metavar="MODULE",
+                   help="a module path (as named_modules names it, e.g. head or decoder.3) that INT8 leaves in float")
 
     p = sub.add_parser("pack", help="one .tar.gz (and its .sha256) of a bundle, to copy to a device")
     p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
     p.add_argument("--out", type=Path, help="folder for the archive (default: beside the bundle)")
 
     d = sub.add_parser("diagnose", help="find the first layer where an artifact departs from PyTorch")
-    d.add_argument("--variant", required=True, help="a name from `python -m export list`")
-    d.add_argument("--checkpoint", type=Path, help="the PyTorch weights to compare with (default: random init)")
+    _model_arguments(d, "the PyTorch weights to compare with (default: random init)")
     d.add_argument("--bundle", type=Path, help="compare with this bundle's artifacts (default: a fresh export)")
     d.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     d.add_argument("--threads", type=int, default=2, help="inference threads (default: 2)")
-    for kind, kinds in (("conv", CONV_KINDS), ("norm", NORM_KINDS), ("upsample", UPSAMPLE_KINDS)):
-        d.add_argument(f"--{kind}", help=f"override the {kind} kind: {', '.join(kinds)}")
 
     st = sub.add_parser("study", help="the articles' experiments on this machine: report.md with the six tables, the peers and plots")
     st.add_argument("--out", type=Path, default=Path("artifacts/study"), help="folder for the report (default: artifacts/study)")
@@ -88,6 +83,94 @@ def _build_parser() -> argparse.ArgumentParser:
     li.add_argument("--counts", action="store_true",
                     help="count params and mult-adds afresh with torchinfo (builds every model; slower)")
     return parser
+
+
+def _model_arguments(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """The options that say which model: a zoo variant, or a user's module and its contract."""
+    from models.configs import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS
+    from runtime.tasks import TASKS
+
+    zoo = p.add_argument_group("a zoo variant")
+    zoo.add_argument("--variant", help="a name from `python -m export list`")
+    for kind, kinds in (("conv", CONV_KINDS), ("norm", NORM_KINDS), ("upsample", UPSAMPLE_KINDS)):
+        zoo.add_argument(f"--{kind}", help=f"override the {kind} kind: {', '.join(kinds)}")
+    own = p.add_argument_group("your own model")
+    own.add_argument("--model", metavar="FILE.py:NAME", help="a module class, a function returning a module, or a "
+                     "module, in a Python file (path/to/file.py:NAME) or an importable package (package.module:NAME)")
+    own.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="keyword argument for the class or function (repeat; values read as Python literals)")
+    own.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE",
+                     help="an input and its example shape, e.g. image:1x3x256x256 (one per forward parameter, in order)")
+    own.add_argument("--dynamic", action="append", default=[], metavar="NAME:AXES",
+                     help="axes of an input that take any size, e.g. image:0,2,3 (batch, height, width; "
+                          "the batch axis always does)")
+    own.add_argument("--multiple", type=int, default=1,
+                     help="dynamic heights and widths must be multiples of this (the model's total stride; default 1)")
+    own.add_argument("--output", action="append", default=[], metavar="NAME",
+                     help="names for a tensor or tuple output, in order (default: output, or output0, output1, ...)")
+    own.add_argument("--task", help=f"what the outputs mean: {', '.join(TASKS)} (default: none)")
+    own.add_argument("--task-output", metavar="NAME", help="the output the task reads (default: logits/value or the first)")
+    own.add_argument("--mean", help="per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406 (default 0)")
+    own.add_argument("--std", help="per-channel std divided by, e.g. 0.229,0.224,0.225 (default 1)")
+    own.add_argument("--scale", type=float, default=1 / 255, help="pixel values 0..255 times this (default 1/255)")
+    own.add_argument("--channels", default="RGB", help="channel order the model expects: RGB or BGR (default RGB)")
+    p.add_argument("--classes", type=int, help="segmentation classes (a zoo segmenter's output width; "
+                                               "your model's: default its output's channels)")
+    p.add_argument("--checkpoint", type=Path, help=checkpoint_help)
+    p.add_argument("--name", help="the bundle's name and folder (default: the variant, or your model's class)")
+
+
+OWN_MODEL_OPTIONS = ("model_arg", "input", "dynamic", "output", "task_output", "mean", "std")
+
+
+def _model_request(args) -> dict:
+    """BuildSettings' model fields from the command line (checked: no torch yet)."""
+    from runtime.spec import Preprocess, parse_dynamic, parse_shape
+
+    from .settings import UserModel
+
+    if args.variant is not None and args.model is not None:
+        raise UserError("give --variant or --model, not both")
+    if args.variant is None and args.model is None:
+        raise UserError("name the model: --variant NAME (from `python -m export list`) or --model FILE.py:NAME")
+    if args.variant is not None:
+        stray = [f"--{o.replace('_', '-')}" for o in OWN_MODEL_OPTIONS if getattr(args, o)] + (
+            ["--task"] if args.task is not None else [])
+        if stray:
+            raise UserError(f"{stray[0]} is for --model; a zoo variant's inputs, outputs and task are its own "
+                            "(python -m export list shows them)")
+        overrides = {k: getattr(args, k) for k in ("conv", "norm", "upsample") if getattr(args, k) is not None}
+        if args.classes is not None:
+            overrides["num_classes"] = args.classes
+        return {"variant": args.variant, "overrides": overrides, "name": args.name}
+    for kind in ("conv", "norm", "upsample"):
+        if getattr(args, kind) is not None:
+            raise UserError(f"--{kind} overrides a zoo variant's layers; it does not apply to --model")
+
+    def floats(text: str | None, what: str, default: float) -> tuple[float, ...]:
+        if text is None:
+            return (default,) * 3
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise UserError(f"--{what} {text!r} is not comma-separated numbers; expected e.g. "
+                            f"--{what} {'0.485,0.456,0.406' if what == 'mean' else '0.229,0.224,0.225'}") from None
+
+    from models.user import parse_args
+
+    inputs = tuple(parse_shape(t) for t in args.input)
+    dynamic = dict(parse_dynamic(t) for t in args.dynamic)
+    mean, std = floats(args.mean, "mean", 0.0), floats(args.std, "std", 1.0)
+    if inputs and len(inputs[0][1]) == 4 and inputs[0][1][1] == 1 and args.mean is None and args.std is None:
+        mean, std = (0.0,), (1.0,)  # one grey channel
+    task = {"kind": args.task or "none"}
+    if args.task_output:
+        task["output"] = args.task_output
+    if args.classes is not None:
+        task["classes"] = args.classes
+    model = UserModel(args.model, parse_args(args.model_arg), inputs, dynamic, tuple(args.output), task,
+                      Preprocess(None, args.channels, args.scale, mean, std), args.multiple)
+    return {"model": model, "name": args.name}
 
 
 @contextlib.contextmanager
@@ -114,23 +197,34 @@ def cmd_build(args) -> int:
 
     from .settings import BuildSettings, check_settings
 
-    overrides = {k: getattr(args, k) for k in ("conv", "norm", "upsample") if getattr(args, k) is not None}
     settings = BuildSettings(
-        variant=args.variant, checkpoint=args.checkpoint, out=args.out, opset=args.opset,
+        **_model_request(args), checkpoint=args.checkpoint, out=args.out, opset=args.opset,
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-        threads=args.threads if args.threads is not None else os.cpu_count() or 1, overrides=overrides,
+        threads=args.threads if args.threads is not None else os.cpu_count() or 1,
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
-        calib_method=args.calib_method,
+        calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32),
     )
     check_settings(settings)  # before torch and the exporters are imported: a typo costs no time
 
     from .pipeline import build
-    from .report import COLUMNS, busy_line, bundle_summary, recommended_line, rows
+    from .report import COLUMNS, busy_line, bundle_summary, recommended_line, rows, spec_line
 
-    before = _existing_summary(args.out / args.variant)
     start = time.perf_counter()
     result = build(settings, stage=_stage)
-    console.print(_table(f"{args.variant}: parity against PyTorch and latency "
+    name = result.manifest["name"]
+    if settings.model is not None:
+        console.print(f"model contract: {spec_line(result.manifest['spec'])}", markup=False, soft_wrap=True)
+    read = (result.manifest["checkpoint"] or {}).get("read")
+    if read:
+        console.print(f"checkpoint: read as published {read['layout']}, renamed to the zoo's names" + (
+            f"; skipped {len(read['unused'])} tensors its forward never uses: {', '.join(read['unused'])}"
+            if read["unused"] else ""), markup=False, soft_wrap=True)
+    failure = result.manifest["export"].get("dynamo_failure")
+    if failure:
+        console.print(f"[yellow]warning[/]: the dynamo exporter could not export {name} ({escape(failure)}); exported with "
+                      "the TorchScript exporter instead (check that the traced graph covers every branch your "
+                      "model takes)", soft_wrap=True)
+    console.print(_table(f"{name}: parity against PyTorch and latency "
                          f"(batch 1, {settings.threads} threads)", COLUMNS, rows(result.manifest)))
     busy = busy_line(result.manifest)
     if busy:
@@ -147,6 +241,7 @@ def cmd_build(args) -> int:
         console.print(f"The failing bundle is kept for inspection at {result.bundle}")
         return 1
     console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
+    before = _summary(result.replaced)
     after = bundle_summary(result.manifest)
     changed = {k: (before[k], new) for k, new in after.items() if before[k] != new} if before else {}
     if changed:
@@ -157,15 +252,13 @@ def cmd_build(args) -> int:
     return 0
 
 
-def _existing_summary(path: Path) -> dict[str, str] | None:
-    """What the bundle a build is about to replace holds, or None where there is none."""
-    from runtime.bundle import Bundle
-
+def _summary(manifest: dict | None) -> dict[str, str] | None:
+    """What the bundle a build replaced held, or None where there was none (or it was unreadable)."""
     from .report import bundle_summary
 
     try:
-        return bundle_summary(Bundle.open(path).manifest) if path.is_dir() else None
-    except (UserError, KeyError, TypeError):
+        return bundle_summary(manifest) if manifest else None
+    except (KeyError, TypeError):
         return None
 
 
@@ -185,19 +278,22 @@ def cmd_pack(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    import models
+    import dataclasses
 
-    from .settings import check_opset, check_threads
+    from .settings import BuildSettings, check_settings
 
-    check_opset(args.opset)
-    check_threads(args.threads)
-    overrides = {k: getattr(args, k) for k in ("conv", "norm", "upsample") if getattr(args, k) is not None}
-    models.resolve(args.variant, **overrides)  # a bad name is refused before torch is imported
+    settings = BuildSettings(**_model_request(args), checkpoint=args.checkpoint, opset=args.opset,
+                             threads=args.threads)
+    check_settings(settings)  # a bad name is refused before torch is imported
 
     from .diagnose import diagnose
+    from .pipeline import model_for
 
     with console.status("exporting and comparing every module's output ..."):
-        diagnoses = diagnose(args.variant, args.checkpoint, args.bundle, overrides, args.opset, args.threads)
+        module, spec, _ = model_for(settings)
+        if settings.name:
+            spec = dataclasses.replace(spec, name=settings.name)
+        diagnoses = diagnose(module, spec, args.bundle, args.opset, args.threads)
     by_module = {p.module: p for p in diagnoses[0].points}
     figures = {d.backend: {p.module: p for p in d.points} for d in diagnoses}
     rows = []
@@ -207,7 +303,7 @@ def cmd_diagnose(args) -> int:
             p = figures[d.backend].get(module)
             cells.append("-" if p is None else f"{p.max_rel:.1e}" if p.passed else f"FAIL {p.max_rel:.1e}")
         rows.append(cells)
-    console.print(_table(f"{args.variant}: max relative error of every module's output against PyTorch, in graph order",
+    console.print(_table(f"{spec.name}: max relative error of every module's output against PyTorch, in graph order",
                          ["module", "op", *(f"{d.backend} (bound {d.points[0].bound:.0e})" for d in diagnoses)], rows))
     for d in diagnoses:
         console.print(d.summary(), markup=False, soft_wrap=True)

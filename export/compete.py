@@ -32,6 +32,7 @@ from runtime.bundle import MANIFEST, Bundle
 from runtime.errors import UserError
 
 from .benchmark import TorchRunner, matmul_peak
+from .contract import Exportable
 from .pipeline import BuildSettings, build
 from .settings import check_threads
 from .study import flops
@@ -56,14 +57,14 @@ class ExecuTorchRunner:
 
     backend, precision = "executorch", "fp32"
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, threads: int):
+    def __init__(self, model: Exportable, example: torch.Tensor, threads: int):
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime
 
+        self.names = list(model.spec.outputs)
         with torch.no_grad():
-            self.names = list(model(example))
             program = to_edge_transform_and_lower(torch.export.export(model, (example,)),
                                                   partitioner=[XnnpackPartitioner()]).to_executorch()
         _unsafe_reset_threadpool(threads)
@@ -105,7 +106,7 @@ def executorch_available() -> str | None:
     return None
 
 
-def _peers(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[dict[str, Any], dict[str, dict]]:
+def _peers(model: Exportable, example: torch.Tensor, threads: int) -> tuple[dict[str, Any], dict[str, dict]]:
     """The peers that could be set up, each checked against eager; and for each, what happened."""
     made, notes = {}, {}
     candidates = {EAGER: lambda: TorchRunner(model, threads), COMPILE: lambda: CompiledRunner(model, threads)}
@@ -114,7 +115,7 @@ def _peers(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[dict[
         notes[EXECUTORCH] = {"status": missing}
     else:
         candidates[EXECUTORCH] = lambda: ExecuTorchRunner(model, example, threads)
-    feeds = {"image": example.numpy()}
+    feeds = {model.spec.image.name: example.numpy()}
     reference = TorchRunner(model, threads).infer(feeds)
     for name, make in candidates.items():
         start = time.perf_counter()
@@ -135,14 +136,14 @@ def _peers(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[dict[
 
 
 def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dict[str, Any]:
-    m = bundle.manifest
-    variant = m["variant"]
-    checkpoint = (m.get("checkpoint") or {}).get("path")
-    model = models.create(variant, checkpoint=checkpoint, **m.get("overrides", {}))
-    shape = tuple(m["inputs"][0]["shape"][1:])
+    spec = bundle.spec
+    variant = bundle.name
+    checkpoint = (bundle.manifest.get("checkpoint") or {}).get("path")
+    model = Exportable(models.from_source(spec.source, checkpoint), spec).eval()
+    shape = spec.image.example[1:]
     inputs, _ = bundle.golden()
     feeds = {k: v[:1] for k, v in inputs.items()}
-    example = torch.from_numpy(feeds["image"])
+    example = torch.from_numpy(feeds[spec.image.name])
     peers, notes = _peers(model, example, threads)
     contenders = dict(peers)
     with contextlib.ExitStack() as stack:

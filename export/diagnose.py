@@ -23,6 +23,9 @@ import torch
 
 from runtime.compare import output_parity
 from runtime.errors import UserError
+from runtime.spec import ModelSpec
+
+from .contract import Exportable, example_tensors
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def module_tensors(graph: onnx.ModelProto, scopes: Mapping[str, list[str]]) -> d
     return last
 
 
-def torch_activations(model: torch.nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
+def torch_activations(model: Exportable, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Module path -> its output tensor (modules returning one tensor), in the order they finished."""
     acts: dict[str, np.ndarray] = {}
     hooks = []
@@ -102,7 +105,7 @@ def torch_activations(model: torch.nn.Module, x: np.ndarray) -> dict[str, np.nda
         hooks.append(module.register_forward_hook(record))
     try:
         with torch.no_grad():
-            model(torch.from_numpy(x))
+            model(*example_tensors(model.spec, feeds))
     finally:
         for h in hooks:
             h.remove()
@@ -141,7 +144,7 @@ def _openvino_tensors(model_file: Path, names: list[str], feeds: dict[str, np.nd
     return {n: np.array(result[compiled.output(n)]) for n in wanted}
 
 
-def localise(model: torch.nn.Module, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
+def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
              bounds: Mapping[str, float], onnx_file: Path | None = None, openvino_file: Path | None = None,
              threads: int = 1) -> list[Diagnosis]:
     """Compare every module output of `model` with the matching tensor of the ONNX
@@ -151,7 +154,7 @@ def localise(model: torch.nn.Module, exported: onnx.ModelProto, feeds: dict[str,
     converter keep tensor names). `bounds` maps backend -> bound on the max
     relative error."""
     tensors = module_tensors(exported, module_scopes(exported))
-    acts = torch_activations(model, next(iter(feeds.values())))
+    acts = torch_activations(model, feeds)
     order = {t: i for i, node in enumerate(exported.graph.node) for t in node.output}
     # graph order; a module and its parent can end on the same tensor: name the innermost
     modules = sorted((m for m in tensors if m in acts), key=lambda m: (order[tensors[m][0]], -m.count(".")))
@@ -172,11 +175,16 @@ def localise(model: torch.nn.Module, exported: onnx.ModelProto, feeds: dict[str,
                 diagnosis.unmatched += 1
                 continue
             figures = output_parity(m, acts[m], got[tensor], bounds[backend])
-            diagnosis.points.append(Point(m, tensor, op_type, figures.max_rel, bounds[backend]))
+            diagnosis.points.append(Point(_shown(m), tensor, op_type, figures.max_rel, bounds[backend]))
         diagnosis.unmatched += len([m for m in acts if m not in tensors])
-        diagnosis.fused = _fused_before(diagnosis, list(acts), leaves)
+        diagnosis.fused = _fused_before(diagnosis, [_shown(m) for m in acts], {_shown(m) for m in leaves})
         diagnoses.append(diagnosis)
     return diagnoses
+
+
+def _shown(path: str) -> str:
+    """A module path as the user's module names it (without the export wrapper's `module.`)."""
+    return path.removeprefix("module.")
 
 
 def _fused_before(diagnosis: Diagnosis, executed: list[str], leaves: set[str]) -> list[str]:
@@ -189,8 +197,7 @@ def _fused_before(diagnosis: Diagnosis, executed: list[str], leaves: set[str]) -
     return [m for m in executed[start: executed.index(first.module)] if m in leaves and m not in matched]
 
 
-def export_for_diagnosis(model: torch.nn.Module, example: np.ndarray, output_names: tuple[str, ...],
-                         opset: int) -> onnx.ModelProto:
+def export_for_diagnosis(model: Exportable, feeds: Mapping[str, np.ndarray], opset: int) -> onnx.ModelProto:
     """A fresh export of `model` as traced (unoptimized: a fused node keeps the
     name of its last op's output, so an op that was fused away has no tensor
     left to be matched against), with the exporter's metadata (onnxsim drops it)."""
@@ -198,49 +205,46 @@ def export_for_diagnosis(model: torch.nn.Module, example: np.ndarray, output_nam
 
     with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as work:
         path = Path(work) / "exported.onnx"
-        export_onnx(model, torch.from_numpy(example), output_names, path, opset, optimize=False)
+        export_onnx(model, feeds, path, opset, optimize=False, fallback=False)
         return onnx.load(str(path))
 
 
-def diagnose(variant: str, checkpoint: Path | None = None, bundle: Path | None = None,
-             overrides: Mapping[str, str] | None = None, opset: int = 20, threads: int = 1) -> list[Diagnosis]:
-    """Localise the divergence of `variant` (with `checkpoint`) from the artifacts
+def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = None, opset: int = 20,
+             threads: int = 1) -> list[Diagnosis]:
+    """Localise the divergence of `module` (as `spec` describes it) from the artifacts
     of `bundle`, or, without a bundle, from a fresh export, simplification and
     OpenVINO conversion as a build makes them."""
-    import models
     from runtime.bundle import Bundle
 
     from . import golden, openvino_convert
-    from .onnx_export import INPUT_NAME, export_onnx
+    from .onnx_export import export_onnx
     from .simplify import simplify
 
-    config = models.resolve(variant, **(overrides or {}))
     opened = Bundle.open(bundle) if bundle is not None else None
-    if opened is not None and opened.manifest["variant"] != variant:
-        raise UserError(f"bundle {str(bundle)!r} holds variant {opened.manifest['variant']!r}, not {variant!r}; "
-                        "pass the bundle's variant")
-    model = models.create(variant, checkpoint=checkpoint, **(overrides or {}))
+    if opened is not None and opened.spec.input_names != spec.input_names:
+        raise UserError(f"bundle {str(bundle)!r} holds {opened.name!r}, whose inputs "
+                        f"({', '.join(opened.spec.input_names)}) are not this model's ({', '.join(spec.input_names)})")
+    model = Exportable(module, spec).eval()
     with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as work:
         work = Path(work)
         if opened is not None:
             feeds = {k: v[:1] for k, v in opened.golden()[0].items()}
             files = {a["backend"]: opened.path / a["file"] for a in opened.artifacts if a["precision"] == "fp32"}
         else:
-            feeds = {INPUT_NAME: golden.golden_inputs(config.input_shape, 1, 0)}
-            export_onnx(model, torch.from_numpy(feeds[INPUT_NAME]), config.output_names, work / "raw.onnx", opset)
-            io = ([{"name": INPUT_NAME, "shape": ["batch", *config.input_shape], "dtype": "float32"}],
-                  [{"name": n, "shape": [], "dtype": "float32"} for n in config.output_names])
-            simplify(work / "raw.onnx", work / "model.onnx", io, feeds)
+            feeds = golden.golden_inputs(spec, 2, 0)  # batch 2: the batch axis stays dynamic
+            export_onnx(model, feeds, work / "raw.onnx", opset)
+            simplify(work / "raw.onnx", work / "model.onnx", spec, feeds)
             openvino_convert.convert(work / "model.onnx", work)
             files = {"onnxruntime": work / "model.onnx", "openvino": work / openvino_convert.IR_FILES["fp32"]}
-        return localise_files(model, config.output_names, feeds, files, opset, threads)
+            feeds = {k: v[:1] for k, v in feeds.items()}
+        return localise_files(model, feeds, files, opset, threads)
 
 
-def localise_files(model: torch.nn.Module, output_names: tuple[str, ...], feeds: dict[str, np.ndarray],
-                   files: Mapping[str, Path], opset: int, threads: int) -> list[Diagnosis]:
+def localise_files(model: Exportable, feeds: dict[str, np.ndarray], files: Mapping[str, Path], opset: int,
+                   threads: int) -> list[Diagnosis]:
     """`localise` against FP32 artifacts by backend (`files`), at their nominal FP32 bounds."""
     from runtime.compare import BOUNDS
 
-    exported = export_for_diagnosis(model, next(iter(feeds.values())), output_names, opset)
+    exported = export_for_diagnosis(model, {k: np.concatenate([v, v]) for k, v in feeds.items()}, opset)
     bounds = {backend: BOUNDS[(backend, "fp32")] for backend in ("onnxruntime", "openvino")}
     return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), threads)

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import copy
+from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 from runtime.compare import output_parity
+from runtime.spec import ModelSpec
+
+from .contract import Exportable, example_tensors
 
 
-def golden_inputs(shape: tuple[int, ...], batch: int, seed: int) -> np.ndarray:
-    """Image-like inputs in [0, 1]: smooth random gradients and blobs plus fine
+def golden_inputs(spec: ModelSpec, batch: int, seed: int, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs for every input of `spec` at its example shape (with `batch`, and
+    the image at `size` if given): images for 4-D float inputs, spread over the
+    input's value range; uniform numbers in the range (or [0, 1)) for other floats;
+    small integers for integer inputs."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i, t in enumerate(spec.inputs):
+        shape = t.at(batch, *(size if size is not None and i == 0 else (None, None)))
+        lo, hi = t.range or (0.0, 1.0)
+        if t.dtype.startswith("float") and len(shape) == 4:
+            x = lo + (hi - lo) * image_batch(shape, rng)
+        elif t.dtype.startswith("float"):
+            x = rng.uniform(lo, hi, shape)
+        elif t.dtype == "bool":
+            x = rng.random(shape) < 0.5
+        else:
+            x = rng.integers(int(lo) if t.range else 0, int(hi) + 1 if t.range else 10, shape)
+        feeds[t.name] = np.ascontiguousarray(x.astype(t.dtype))
+    return feeds
+
+
+def image_batch(shape: tuple[int, int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """Image-like arrays in [0, 1]: smooth random gradients and blobs plus fine
     noise, so that both low and high frequencies reach the network (pure noise
     would be flattened by the anti-aliased resize)."""
-    rng = np.random.default_rng(seed)
-    c, h, w = shape
+    batch, c, h, w = shape
     yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     images = np.empty((batch, c, h, w), np.float32)
     for b in range(batch):
@@ -32,30 +55,41 @@ def golden_inputs(shape: tuple[int, ...], batch: int, seed: int) -> np.ndarray:
     return images
 
 
-def reference_outputs(model: nn.Module, inputs: np.ndarray) -> dict[str, np.ndarray]:
+def reference_outputs(model: Exportable, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """PyTorch's outputs, named as the spec names them."""
     with torch.no_grad():
-        out = model(torch.from_numpy(inputs))
-    return {k: v.numpy() for k, v in out.items()}
+        out = model(*example_tensors(model.spec, inputs))
+    return {k: v.detach().numpy().copy() for k, v in zip(model.spec.outputs, out)}
 
 
 NOISE_DRAWS = 8  # one-ulp input perturbations
 
 
-def reference_noise(model: nn.Module, inputs: np.ndarray, reference: dict[str, np.ndarray]) -> dict[str, float]:
+def reference_noise(model: Exportable, inputs: Mapping[str, np.ndarray], reference: dict[str, np.ndarray],
+                    float64: bool = True) -> dict[str, float]:
     """How precisely the reference itself is known: the largest relative move
-    of PyTorch's float32 outputs under float64 evaluation, or under a change of
-    the input by one float32 ulp (NOISE_DRAWS seeded draws). Networks that route
-    values through an argmax (max-unpool with indices) flip near-ties under any
-    rounding difference; one comparison alone samples only some of those flips."""
-    with torch.no_grad():
-        exact = copy.deepcopy(model).double()(torch.from_numpy(inputs).double())
-    noise = {k: output_parity(k, exact[k].numpy(), v, 0.0).max_rel for k, v in reference.items()}
+    of PyTorch's float32 outputs under float64 evaluation (unless `float64` is
+    False: at a second size only the tie flips below are new), or under a change
+    of the input by one float32 ulp (NOISE_DRAWS seeded draws). Networks that
+    route values through an argmax (max-unpool with indices) flip near-ties under
+    any rounding difference; one comparison alone samples only some of those flips."""
+    noise = dict.fromkeys(model.spec.outputs, 0.0)
+    if float64:
+        with torch.no_grad():
+            exact = copy.deepcopy(model).double()(*(x.double() if x.is_floating_point() else x
+                                                    for x in example_tensors(model.spec, inputs)))
+        noise = {k: output_parity(k, e.numpy(), reference[k], 0.0).max_rel for k, e in zip(model.spec.outputs, exact)}
     rng = np.random.default_rng(0)
     for _ in range(NOISE_DRAWS):
-        ulp = rng.choice(np.float32([-1, 1]), inputs.shape) * np.finfo(np.float32).eps
-        moved = reference_outputs(model, (inputs * (1 + ulp)).astype(np.float32))
+        moved = reference_outputs(model, {k: _one_ulp(v, rng) for k, v in inputs.items()})
         noise = {k: max(n, output_parity(k, reference[k], moved[k], 0.0).max_rel) for k, n in noise.items()}
     return noise
+
+
+def _one_ulp(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if x.dtype != np.float32:
+        return x
+    return (x * (1 + rng.choice(np.float32([-1, 1]), x.shape) * np.finfo(np.float32).eps)).astype(np.float32)
 
 
 def save_golden(path: Path, sets: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:

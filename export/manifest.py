@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.bundle import MANIFEST, sha256
+from runtime.bundle import FORMAT, MANIFEST, sha256
 
-FORMAT = 1
+
 TOOLS = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "openvino", "numpy")
 
 

@@ -1,19 +1,26 @@
-"""Stage: PyTorch -> ONNX with the dynamo exporter, then `onnx.checker`."""
+"""Stage: PyTorch -> ONNX with the dynamo exporter (the TorchScript one as a fallback), then `onnx.checker`."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+import re
 import warnings
 from pathlib import Path
+from typing import Any, Mapping
 
+import numpy as np
 import onnx
 import torch
-from torch import nn
 
+from runtime.errors import UserError
+
+from .contract import Exportable, example_tensors
 from .settings import check_opset
 
-INPUT_NAME = "image"
+MAX_SIDE = 8192  # the largest dynamic height or width an export allows
 
 
 @contextlib.contextmanager
@@ -34,18 +41,87 @@ def quiet_exporter():
             logger.setLevel(level)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, output_names: tuple[str, ...], path: Path,
-                opset: int, optimize: bool = True) -> dict:
-    """Export with a dynamic batch axis; returns the export options for the manifest.
+@contextlib.contextmanager
+def _stdout_silenced():
+    """The TorchScript exporter's C++ side prints the graph it failed on to the process's
+    stdout (its log switch is always on during an export); the build's output is ours."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def dynamic_shapes(model: Exportable) -> tuple[tuple[dict[int, Any], ...]]:
+    """torch.export dims for every named axis of the spec's inputs (one Dim per name,
+    so inputs that share an axis name share its size); a side that must be a
+    multiple of m is m times a dim."""
+    dims: dict[str, Any] = {}
+    per_input = []
+    for t in model.spec.inputs:
+        axes = {}
+        for axis, name in t.dynamic_axes.items():
+            if name not in dims:
+                if axis == 0:
+                    dims[name] = torch.export.Dim(name, min=1, max=1024)
+                elif t.multiple > 1:
+                    dims[name] = t.multiple * torch.export.Dim(f"{name}_over_{t.multiple}", min=1,
+                                                               max=MAX_SIDE // t.multiple)
+                else:
+                    dims[name] = torch.export.Dim(name, min=1, max=MAX_SIDE)
+            axes[axis] = dims[name]
+        per_input.append(axes)
+    return (tuple(per_input),)  # forward(*inputs): the dims of the one varargs tuple
+
+
+def export_onnx(model: Exportable, inputs: Mapping[str, np.ndarray], path: Path, opset: int,
+                optimize: bool = True, fallback: bool = True) -> dict:
+    """Export with the spec's dynamic axes; returns the export options for the manifest.
+    Where the dynamo exporter fails, the TorchScript exporter (`dynamo=False`) is tried
+    and recorded; where both fail, a UserError names where each stopped.
     `optimize=False` keeps the graph as traced, one node per PyTorch op (for diagnosis)."""
     check_opset(opset)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    with quiet_exporter(), torch.no_grad():
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
-            input_names=[INPUT_NAME], output_names=list(output_names),
-            dynamic_shapes={"x": {0: batch}}, verbose=False, optimize=optimize,
-        )
+    spec = model.spec
+    args = example_tensors(spec, inputs)
+    names = {"input_names": spec.input_names, "output_names": list(spec.outputs)}
+    axes = {t.name: {str(a): n for a, n in t.dynamic_axes.items()} for t in spec.inputs if t.dynamic_axes}
+    try:
+        with quiet_exporter(), torch.no_grad():
+            torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset, external_data=False,
+                              dynamic_shapes=dynamic_shapes(model), verbose=False, optimize=optimize, **names)
+        exporter = "torch.onnx.export(dynamo=True)"
+        why = None
+    except Exception as err:  # the exporter raises many kinds; each is summarised, none hidden
+        why = exporter_failure(err)
+        if not fallback:
+            raise UserError(f"the dynamo exporter cannot export {spec.name!r}: {why}") from None
+        try:
+            with quiet_exporter(), torch.no_grad(), _stdout_silenced():
+                torch.onnx.export(model, args, str(path), dynamo=False, opset_version=opset,
+                                  dynamic_axes={k: {int(a): n for a, n in v.items()} for k, v in axes.items()}, **names)
+        except Exception as err2:
+            raise UserError(f"{spec.name!r} cannot be exported to ONNX: the dynamo exporter stopped at {why}; "
+                            f"the TorchScript exporter (dynamo=False) at {exporter_failure(err2)}") from None
+        exporter = "torch.onnx.export(dynamo=False), the TorchScript exporter"
     onnx.checker.check_model(str(path), full_check=True)
-    return {"exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "dynamic_axes": {INPUT_NAME: {"0": "batch"}},
+    info = {"exporter": exporter, "opset": opset, "dynamic_axes": axes,
             "checker": "onnx.checker.check_model(full_check=True)"}
+    if why is not None:
+        info["dynamo_failure"] = why
+    return info
+
+
+def exporter_failure(err: BaseException) -> str:
+    """One line of what an exporter stopped at: the exception's summary, without the advice around it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    summary = text.split("## Exception summary", 1)[-1]
+    lines = [line.strip() for line in summary.splitlines() if line.strip()]
+    skip = ("For more information", "The error above", "(Refer to", "- ", "Failed to export")
+    useful = [line for line in lines if not line.startswith(skip)]
+    line = useful[0] if useful else type(err).__name__
+    line = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", line)
+    return line if len(line) <= 300 else line[:297] + "..."

@@ -1,8 +1,8 @@
-"""One file to copy to a device: `<variant>.tar.gz` and its `.sha256` beside it.
+"""One file to copy to a device: `<name>.tar.gz` and its `.sha256` beside it.
 
 Only a bundle whose files match its manifest is packed. The archive holds one
-folder, named after the variant, that `python -m runtime verify` accepts once
-unpacked; `sha256sum -c <variant>.tar.gz.sha256` checks the copy.
+folder, named after the bundle, that `python -m runtime verify` accepts once
+unpacked; `sha256sum -c <name>.tar.gz.sha256` checks the copy.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def pack(bundle_dir: str | Path, dest: str | Path | None = None) -> Path:
-    """Write `<dest>/<variant>.tar.gz` (default: beside the bundle) and its checksum file; return the archive."""
+    """Write `<dest>/<name>.tar.gz` (default: beside the bundle) and its checksum file; return the archive."""
     bundle = Bundle.open(bundle_dir)
     problems = bundle.check_files()
     if problems:

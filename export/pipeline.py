@@ -1,9 +1,11 @@
 """The build: sequences the stages and records what each one produced.
 
-A bundle is written to a temporary folder beside its destination and renamed
-into place only when every stage has passed, so `<out>/<variant>` is always a
-complete bundle or absent. A build whose parity fails is kept for inspection
-at `<out>/<variant>.failed` and never replaces a good bundle.
+Every model, a zoo variant or a user's own, comes as a module and its
+`ModelSpec`; the stages consume only those. A bundle is written to a temporary
+folder beside its destination and renamed into place only when every stage has
+passed, so `<out>/<name>` is always a complete bundle or absent. A build whose
+parity fails is kept for inspection at `<out>/<name>.failed` and never
+replaces a good bundle.
 """
 
 from __future__ import annotations
@@ -18,18 +20,23 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 import torch
+from torch import nn
 
 import models
 from runtime import runners as rt
 from runtime.bundle import GOLDEN, Bundle, sha256
 from runtime.bench import bench_interleaved
-from runtime.compare import BOUNDS, TASK_BOUNDS, effective_bounds
+from runtime.compare import BOUNDS, effective_bounds
+from runtime.errors import UserError
 from runtime.machine import machine_info
+from runtime.spec import ModelSpec
+from runtime.tasks import Task, task_of
 
 from . import golden, openvino_convert, quantize
 from .benchmark import measure
+from .contract import Exportable, check_modules, check_signature, example_tensors, infer_spec, module_nodes
 from .manifest import tool_versions, write_manifest
-from .onnx_export import INPUT_NAME, export_onnx
+from .onnx_export import export_onnx
 from .report import report_markdown
 from .settings import BuildSettings, check_settings
 from .simplify import simplify
@@ -46,6 +53,7 @@ class BuildResult:
     manifest: dict[str, Any]
     passed: bool
     failures: list[str]
+    replaced: dict[str, Any] | None = None  # the manifest of the bundle this one replaced
 
 
 Stage = Callable[[str], ContextManager[None]]
@@ -56,9 +64,9 @@ def _silent(name: str) -> Iterator[None]:
     yield
 
 
-def _clean_leftovers(out: Path, variant: str) -> None:
-    """Remove temporary folders of earlier builds of `variant` that were killed."""
-    for path in out.glob(f".{variant}.*-*"):
+def _clean_leftovers(out: Path, name: str) -> None:
+    """Remove temporary folders of earlier builds of bundle `name` that were killed."""
+    for path in out.glob(f".{name}.*-*"):
         pid = path.name.rsplit("-", 1)[-1]
         alive = False
         if pid.isdigit() and int(pid) != os.getpid():
@@ -83,7 +91,14 @@ def _publish(tmp: Path, dest: Path) -> None:
 INT8_FILES = {"onnxruntime": quantize.ONNX_INT8, "openvino": quantize.OPENVINO_INT8}
 
 
-def artifact_entries(backends: tuple[str, ...], int8: bool = False) -> list[dict[str, Any]]:
+def _manifest_of(path: Path) -> dict[str, Any] | None:
+    try:
+        return Bundle.open(path).manifest if path.is_dir() else None
+    except UserError:
+        return None
+
+
+def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = False) -> list[dict[str, Any]]:
     entries = []
     if "onnxruntime" in backends:
         entries.append({"file": ONNX_FILE, "backend": "onnxruntime", "precision": "fp32"})
@@ -92,64 +107,129 @@ def artifact_entries(backends: tuple[str, ...], int8: bool = False) -> list[dict
             entries.append({"file": name, "backend": "openvino", "precision": precision})
     if int8:
         entries += [{"file": INT8_FILES[b], "backend": b, "precision": "int8"} for b in backends]
+    task = task_of(spec)
     for e in entries:
         e["key"] = f"{e['backend']}/{e['precision']}"
-        e["bound"] = BOUNDS[(e["backend"], e["precision"])]
+        e["bound"] = spec.bound(e["backend"], e["precision"], BOUNDS[(e["backend"], e["precision"])])
         e["bound_metric"] = "max_rel"
-        if e["precision"] in TASK_BOUNDS:
-            e["task_bounds"] = TASK_BOUNDS[e["precision"]]
+        if e["precision"] == "int8" and task.int8_bounds:
+            e["task_bounds"] = dict(task.int8_bounds)
     return entries
 
 
-def build(s: BuildSettings, stage: Stage = _silent) -> BuildResult:
-    check_settings(s)
-    config = models.resolve(s.variant, **s.overrides)
-    with stage("model"):
-        model = models.create(s.variant, checkpoint=s.checkpoint, **s.overrides)
-        stats = model_stats(model, config.input_shape)
+def model_for(s: BuildSettings) -> tuple[nn.Module, ModelSpec, dict | None]:
+    """The module and its spec that `s` asks for (a zoo variant, or a user's model made
+    from its code, its spec inferred from the example inputs), and how its checkpoint
+    was read: None, or the published layout a zoo variant's checkpoint was renamed from."""
+    if s.variant is not None:
+        module, read = models.load(s.variant, s.checkpoint, **s.overrides)
+        return module, models.spec(s.variant, **s.overrides), read
+    from models.checkpoint import load_into
+    from models.user import make_module
 
+    m = s.model
+    module = make_module(m.ref, m.args)
+    if s.checkpoint is not None:
+        load_into(module, s.checkpoint)
+    example = {name: torch.rand(shape) for name, shape in m.inputs}
+    spec = infer_spec(module, example, s.name or type(module).__name__, dynamic=m.dynamic, task=m.task,
+                      preprocess=m.preprocess, output_names=m.outputs, multiple=m.multiple,
+                      source={"model": m.ref, "args": dict(m.args)}, summary=f"{type(module).__name__} from {m.ref}")
+    return module, spec, None
+
+
+def build(s: BuildSettings, stage: Stage = _silent) -> BuildResult:
+    """Build the bundle that `s` asks for (a zoo variant or a user's model)."""
+    check_settings(s)
+    with stage("model"):
+        module, spec, read = model_for(s)
+    if s.name is not None:
+        spec = dataclasses.replace(spec, name=s.name)
+    if s.keep_fp32:
+        spec = dataclasses.replace(spec, keep_fp32=tuple(dict.fromkeys(spec.keep_fp32 + s.keep_fp32)))
+    return build_model(module, spec, s, stage, read)
+
+
+def build_model(module: nn.Module, spec: ModelSpec, s: BuildSettings, stage: Stage = _silent,
+                checkpoint_read: dict | None = None) -> BuildResult:
+    """Build the bundle of `module` as `spec` describes it, into `s.out / spec.name`
+    (`checkpoint_read`: how `s.checkpoint` was read into it, for the manifest)."""
+    check_signature(module, spec.input_names)
+    check_modules(module, spec.keep_fp32)
+    model = Exportable(module, spec).eval()
+    with stage("model statistics"):
+        stats = model_stats(model, input_data=example_tensors(spec, golden.golden_inputs(spec, 1, s.seed)))
+    name = spec.name
     out = s.out
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused build leaves no folder behind
-    _clean_leftovers(out, s.variant)
-    tmp = out / f".{s.variant}.partial-{os.getpid()}"
+    _clean_leftovers(out, name)
+    tmp = out / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        result = _build_into(tmp, s, config, model, stats, stage)
+        result = _build_into(tmp, s, spec, model, stats, stage, checkpoint_read)
         if result.passed:
-            _publish(tmp, out / s.variant)
-            result.bundle = out / s.variant
+            result.replaced = _manifest_of(out / name)
+            _publish(tmp, out / name)
+            result.bundle = out / name
         else:
-            failed = out / f"{s.variant}.failed"
+            failed = out / f"{name}.failed"
             shutil.rmtree(failed, ignore_errors=True)
             tmp.rename(failed)
             result.bundle = failed
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(out.iterdir()):  # a build that stopped early leaves no empty folder either
+            out.rmdir()
 
 
-def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Module, stats: dict,
-                stage: Stage) -> BuildResult:
+def _golden_sets(model: Exportable, s: BuildSettings) -> dict[str, tuple[dict, dict]]:
+    """The golden inputs and PyTorch's outputs: at the example size ("golden"), at a
+    second size where the sides are dynamic ("size.HxW"), and held-out task
+    images where INT8 is built and the model has a generated task ("task")."""
+    spec = model.spec
+    inputs = golden.golden_inputs(spec, s.golden_batch, s.seed)
+    sets = {"golden": (inputs, golden.reference_outputs(model, inputs))}
+    other = spec.image.other_size()
+    if other is not None:
+        moved = golden.golden_inputs(spec, 1, s.seed + 1, size=other)
+        sets[f"size.{other[0]}x{other[1]}"] = (moved, golden.reference_outputs(model, moved))
+    if s.quantize:  # INT8 is judged on what the model was trained for, where a task exists
+        task_images = quantize.task_images(spec, TASK_SAMPLES)
+        if task_images is not None:
+            feeds = {spec.image.name: task_images}
+            sets["task"] = (feeds, golden.reference_outputs(model, feeds))
+    return sets
+
+
+def _noise(model: Exportable, sets: dict[str, tuple[dict, dict]]) -> dict[str, float]:
+    """The reference's own float32 noise per output, the largest over the golden set and every other size."""
+    noise: dict[str, float] = {}
+    for name, (inputs, reference) in sets.items():
+        if name == "golden" or name.startswith("size."):
+            for k, v in golden.reference_noise(model, inputs, reference, float64=name == "golden").items():
+                noise[k] = max(noise.get(k, 0.0), v)
+    return noise
+
+
+def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportable, stats: dict,
+                stage: Stage, checkpoint_read: dict | None) -> BuildResult:
     with stage("golden vectors"):
-        inputs = {INPUT_NAME: golden.golden_inputs(config.input_shape, s.golden_batch, s.seed)}
-        reference = golden.reference_outputs(model, inputs[INPUT_NAME])
-        noise = golden.reference_noise(model, inputs[INPUT_NAME], reference)
-        sets = {"golden": (inputs, reference)}
-        if s.quantize:  # INT8 is judged on what the model was trained for, where a task exists
-            task_images = quantize.task_images(config, TASK_SAMPLES)
-            if task_images is not None:
-                sets["task"] = ({INPUT_NAME: task_images}, golden.reference_outputs(model, task_images))
+        sets = _golden_sets(model, s)
+        inputs, reference = sets["golden"]
+        noise = _noise(model, sets)
         golden.save_golden(bundle / GOLDEN, sets)
-    io = ([{"name": INPUT_NAME, "shape": ["batch", *config.input_shape], "dtype": "float32", "range": [0.0, 1.0]}],
-          [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in reference.items()])
+    outputs = [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in reference.items()]
 
-    with tempfile.TemporaryDirectory(dir=bundle.parent, prefix=f".{s.variant}.work-") as work:
+    with tempfile.TemporaryDirectory(dir=bundle.parent, prefix=f".{spec.name}.work-") as work:
         raw = Path(work) / "exported.onnx"
         with stage("ONNX export + checker"):
-            export_info = export_onnx(model, torch.from_numpy(inputs[INPUT_NAME]), config.output_names, raw, s.opset)
+            export_info = export_onnx(model, inputs, raw, s.opset)
+            keep = module_nodes(raw, spec.keep_fp32) if spec.keep_fp32 else []
         with stage("onnxsim + numeric check"):
-            simplify_info = simplify(raw, bundle / ONNX_FILE, io, inputs)
+            simplify_info = simplify(raw, bundle / ONNX_FILE, spec, inputs)
     if not simplify_info["check"]["passed"]:
         raise RuntimeError(f"simplification changed the model's outputs: {simplify_info['check']}")
     if "openvino" in s.backends:
@@ -158,31 +238,27 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
     calibration = None
     if s.quantize:
         with stage("INT8 calibration + quantization"):
-            preprocess = _preprocess(config)
-            calib, calibration = quantize.calibration_set(config, preprocess, s.calib_dir, s.calib_samples)
-            plans = {b: _quantize(bundle, b, calib, _methods("onnxruntime", s.calib_method)[0], "full")
+            calib, calibration = quantize.calibration_set(spec, s.calib_dir, s.calib_samples)
+            plans = {b: _quantize(bundle, b, calib, _methods("onnxruntime", s.calib_method)[0], "full", keep)
                      for b in s.backends}
 
-    artifacts = artifact_entries(s.backends, int8=bool(s.quantize))
+    artifacts = artifact_entries(spec, s.backends, int8=bool(s.quantize))
     for a in artifacts:
         if a["precision"] == "int8" and "task" in sets:
             a["judged_on"] = "task"
     for a in artifacts:
         a["bounds"] = effective_bounds(a["bound"], noise)
     manifest: dict[str, Any] = {
-        "variant": s.variant,
-        "family": config.family,
-        "settings": dataclasses.asdict(config),
-        "overrides": dict(s.overrides),
-        "model": {"summary": models.get_variant(s.variant).summary, **stats},
-        "inputs": io[0],
-        "outputs": io[1],
-        "preprocess": _preprocess(config),
-        "task": config.task,
-        "checkpoint": ({"path": str(s.checkpoint), "sha256": sha256(Path(s.checkpoint))} if s.checkpoint else None),
+        "name": spec.name,
+        "spec": spec.to_dict(),
+        "model": {"summary": spec.summary, **stats},
+        "outputs": outputs,
+        "checkpoint": ({"path": str(s.checkpoint), "sha256": sha256(Path(s.checkpoint)), "read": checkpoint_read}
+                       if s.checkpoint else None),
         "export": export_info,
         "quantization": ({"precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
-                          "plans": plans} if s.quantize else None),
+                          "plans": plans, "keep_fp32": {"modules": list(spec.keep_fp32), "nodes": keep}}
+                         if s.quantize else None),
         "simplify": simplify_info,
         "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch,
                    "sets": {name: len(next(iter(x.values()))) for name, (x, _) in sets.items()}},
@@ -196,13 +272,15 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
     write_manifest(bundle, manifest)  # the runtime loads artifacts through it
 
     loaded = Bundle.open(bundle)
+    task = task_of(spec)
     with contextlib.ExitStack() as stack:
         with stage("load artifacts"):
             runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], s.threads,
                                                                     cache=False))
                        for a in artifacts}
-        with stage("parity against PyTorch"):
-            parity = validate(runners, {a["key"]: a for a in artifacts}, sets, manifest["task"])
+        with stage("parity against PyTorch" + (f" at {len([k for k in sets if k.startswith('size.')]) + 1} sizes"
+                                               if spec.image.other_size() else "")):
+            parity = validate(runners, {a["key"]: a for a in artifacts}, sets, task)
         failures, rejected = [], []
         for a in list(artifacts):
             a["parity"] = parity[a["key"]].to_dict()
@@ -212,13 +290,13 @@ def _build_into(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Mod
             failures += [] if a["precision"] != "fp32" else problems
         if failures:
             with stage("localising the divergence"):
-                manifest["diagnosis"] = [d.summary() for d in _localise(bundle, s, config, model, inputs, artifacts)]
+                manifest["diagnosis"] = [d.summary() for d in _localise(bundle, s, model, inputs, artifacts)]
         with stage("latency"):
             one = {k: v[:1] for k, v in inputs.items()}
             manifest["latency"] = measure(runners, model, one, s.threads, s.warmup, s.runs)
         for a in [a for a in artifacts if a["precision"] == "int8"]:
             with stage(f"INT8 on {a['backend']}: faster and accurate?"):
-                reason = _settle_int8(a, bundle, s, calib, runners, parity, manifest, sets, stack)
+                reason = _settle_int8(a, bundle, s, calib, runners, parity, manifest, sets, stack, task)
             if reason:
                 manifest["latency"].pop(a["key"])
                 _reject(a, reason, bundle, artifacts, runners, rejected)
@@ -245,17 +323,12 @@ def recommend(latency: dict[str, dict], artifacts: list[dict]) -> dict[str, Any]
             "p50_ms": latency[best]["p50_ms"], "why": "the fastest shipped artifact in this build's interleaved run"}
 
 
-def _preprocess(config: Any) -> dict[str, Any]:
-    return {"size": list(config.input_shape[1:]), "layout": "NCHW", "channels": "RGB",
-            "scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3}
-
-
-def _quantize(bundle: Path, backend: str, calib, method: str, plan: str) -> dict[str, Any]:
+def _quantize(bundle: Path, backend: str, calib, method: str, plan: str, keep: list[str]) -> dict[str, Any]:
     if backend == "onnxruntime":
-        return quantize.quantize_onnxruntime(bundle / ONNX_FILE, bundle / quantize.ONNX_INT8, calib, INPUT_NAME,
-                                             method, plan)
+        return quantize.quantize_onnxruntime(bundle / ONNX_FILE, bundle / quantize.ONNX_INT8, calib, method, plan,
+                                             keep)
     return quantize.quantize_openvino(bundle / openvino_convert.IR_FILES["fp32"], bundle / quantize.OPENVINO_INT8,
-                                      calib, plan, bundle / ONNX_FILE)
+                                      calib, plan, bundle / ONNX_FILE, keep)
 
 
 def _methods(backend: str, method: str) -> list[str]:
@@ -266,7 +339,7 @@ def _methods(backend: str, method: str) -> list[str]:
 
 
 def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, parity: dict, manifest: dict,
-                 sets: dict, stack: contextlib.ExitStack) -> str:
+                 sets: dict, stack: contextlib.ExitStack, task: Task) -> str:
     """Keep an INT8 artifact only if it is accurate and no slower than its FP32 twin.
     Plans are tried in order (full, then selective); within a plan every
     calibration method asked for is measured and the fastest that passes is
@@ -279,10 +352,11 @@ def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, 
     def requantize(method: str, plan: str) -> None:
         nonlocal current
         runners.pop(a["key"]).close()
-        info = _quantize(bundle, a["backend"], calib, method if method != "nncf" else "minmax", plan)
+        info = _quantize(bundle, a["backend"], calib, method if method != "nncf" else "minmax", plan,
+                         manifest["quantization"]["keep_fp32"]["nodes"])
         manifest["quantization"]["plans"][a["backend"]] = info
         runners[a["key"]] = stack.enter_context(rt.load(bundle, a["backend"], "int8", s.threads, cache=False))
-        parity[a["key"]] = validate({a["key"]: runners[a["key"]]}, {a["key"]: a}, sets, manifest["task"])[a["key"]]
+        parity[a["key"]] = validate({a["key"]: runners[a["key"]]}, {a["key"]: a}, sets, task)[a["key"]]
         current = (method, plan)
 
     for plan in quantize.PLANS:
@@ -316,13 +390,12 @@ def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, 
     return "; ".join(f"{x['plan']} plan ({x['method']}): {', '.join(x['problems'])}" for x in attempts)
 
 
-def _localise(bundle: Path, s: BuildSettings, config: Any, model: torch.nn.Module, inputs: dict,
-              artifacts: list[dict]) -> list:
+def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, artifacts: list[dict]) -> list:
     from .diagnose import localise_files
 
     files = {a["backend"]: bundle / a["file"] for a in artifacts if a["precision"] == "fp32"}
     feeds = {k: v[:1] for k, v in inputs.items()}
-    return localise_files(model, config.output_names, feeds, files, s.opset, s.threads)
+    return localise_files(model, feeds, files, s.opset, s.threads)
 
 
 def _reject(a: dict, reason: str, bundle: Path, artifacts: list, runners: dict, rejected: list) -> None:

@@ -20,11 +20,12 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from runtime.errors import UserError
+from runtime.spec import ModelSpec
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 PLANS = ("full", "selective")
@@ -58,38 +59,44 @@ def check_calib_dir(path: Path) -> list[Path]:
     return readable
 
 
-def calibration_set(config: Any, preprocess: dict, calib_dir: Path | None, samples: int) -> tuple[np.ndarray, dict]:
-    """(N, C, H, W) float32 calibration inputs and their description for the manifest."""
+def calibration_set(spec: ModelSpec, calib_dir: Path | None, samples: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Calibration feeds (name -> (N, ...) float32) and their description for the manifest:
+    the images of `calib_dir` preprocessed as the spec says (at the example size), else
+    the model's generated task's training images, else seeded synthetic images."""
+    from .golden import golden_inputs
+
+    feeds = golden_inputs(spec, samples, seed=1)  # every input but the image stays synthetic
+    image = spec.image.name
     if calib_dir is not None:
         from runtime.images import open_image
         from runtime.images import preprocess as prep
 
         files = check_calib_dir(calib_dir)[:samples]
-        data = np.stack([prep(open_image(f), preprocess)[0] for f in files])
+        feeds = {k: v[:len(files)] for k, v in feeds.items()}
+        feeds[image] = np.stack([prep(open_image(f), spec, size=spec.image.example[2:])[0] for f in files])
         source = f"{len(files)} images from {calib_dir}"
     else:
         from models.tasks import task_for
 
         try:
-            task = task_for(config)
-            data = task.batch(range(samples), "train", config.input_shape[1])[0]
+            task = task_for(spec)
+            feeds[image] = task.batch(range(samples), "train", spec.image.example[2])[0]
             source = f"{samples} generated {task.kind} training images"
         except UserError:
-            from .golden import golden_inputs
-
-            data = golden_inputs(config.input_shape, samples, seed=1)
-            source = f"{samples} synthetic smooth images (no generated task for this variant)"
-    digest = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
-    return data.astype(np.float32), {"source": source, "samples": len(data), "sha256": digest}
+            source = f"{samples} synthetic smooth images (no generated task for this model)"
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in feeds.values())).hexdigest()
+    return feeds, {"source": source, "samples": len(feeds[image]), "sha256": digest}
 
 
-def task_images(config: Any, samples: int) -> np.ndarray | None:
-    """Held-out images of the variant's generated task (never used for calibration), or None."""
+def task_images(spec: ModelSpec, samples: int) -> np.ndarray | None:
+    """Held-out images of the model's generated task (never used for calibration), or None."""
     from models.tasks import task_for
     from models.train import heldout
 
+    if len(spec.inputs) > 1:
+        return None
     try:
-        return heldout(task_for(config), config.input_shape[1], samples)[0]
+        return heldout(task_for(spec), spec.image.example[2], samples)[0]
     except UserError:
         return None
 
@@ -113,7 +120,13 @@ def kept_convs(model) -> list[str]:
     return kept
 
 
-def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: str, method: str, plan: str) -> dict:
+def _one_at_a_time(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    return [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(len(next(iter(feeds.values()))))]
+
+
+def quantize_onnxruntime(fp32: Path, dst: Path, data: dict[str, np.ndarray], method: str, plan: str,
+                         keep: Sequence[str] = ()) -> dict:
+    """`keep`: ONNX node names left in FP32 whatever the plan (the model contract's `keep_fp32` modules)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -122,11 +135,10 @@ def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: st
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter(data[i:i + 1] for i in range(len(data)))
+            self.items = iter(_one_at_a_time(data))
 
         def get_next(self):
-            item = next(self.items, None)
-            return None if item is None else {input_name: item}
+            return next(self.items, None)
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -134,7 +146,8 @@ def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: st
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
-        exclude = kept_convs(model) if plan == "selective" else []
+        present = {n.name for n in model.graph.node}
+        exclude = (kept_convs(model) if plan == "selective" else []) + [n for n in keep if n in present]
         op_types = sorted({n.op_type for n in model.graph.node} - (set(KEEP_FP32) if plan == "selective" else set()))
         logging.getLogger().setLevel(logging.ERROR)
         cache = None
@@ -159,25 +172,23 @@ def quantize_onnxruntime(fp32: Path, dst: Path, data: np.ndarray, input_name: st
                                                           "op_types": list(KEEP_FP32) if plan == "selective" else []}}
 
 
-def quantize_openvino(fp32_xml: Path, dst: Path, data: np.ndarray, plan: str, onnx_file: Path) -> dict:
+def quantize_openvino(fp32_xml: Path, dst: Path, data: dict[str, np.ndarray], plan: str, onnx_file: Path,
+                      keep: Sequence[str] = ()) -> dict:
     import onnx
     import nncf
     import openvino as ov
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     model = ov.Core().read_model(str(fp32_xml))
-    ignored = None
-    kept: dict[str, list[str]] = {"nodes": [], "op_types": []}
-    if plan == "selective":
-        # the converter names a Conv node's convolution "<node>/WithoutBiases" and its bias "<node>"
-        heads = kept_convs(onnx.load(str(onnx_file)))
-        names = [op.get_friendly_name() for op in model.get_ops()
-                 if op.get_friendly_name().removesuffix("/WithoutBiases") in heads]
-        types = ["Softmax", "MatMul"]
-        ignored = nncf.IgnoredScope(names=names, types=types, validate=False)
-        kept = {"nodes": heads, "op_types": types}
-    quantized = nncf.quantize(model, nncf.Dataset([data[i:i + 1] for i in range(len(data))]),
-                              subset_size=len(data), ignored_scope=ignored)
+    heads = (kept_convs(onnx.load(str(onnx_file))) if plan == "selective" else []) + list(keep)
+    types = ["Softmax", "MatMul"] if plan == "selective" else []
+    # the converter names a Conv node's convolution "<node>/WithoutBiases" and its bias "<node>"
+    names = [op.get_friendly_name() for op in model.get_ops()
+             if op.get_friendly_name().removesuffix("/WithoutBiases") in heads]
+    ignored = nncf.IgnoredScope(names=names, types=types, validate=False) if names or types else None
+    kept = {"nodes": heads, "op_types": types}
+    items = _one_at_a_time(data)
+    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), ignored_scope=ignored)
     dst.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(dst))
     return {"tool": f"nncf {nncf.__version__} quantize (default preset)", "method": "nncf", "plan": plan,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.compare import describe_task
+from runtime.tasks import task_of
 
 from .benchmark import EAGER
 
@@ -18,6 +18,7 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row for PyTorch eager, then one per artifact; the worst output of
     each artifact (largest error relative to its bound) stands for it."""
     eager = manifest["latency"][EAGER]
+    describe = task_of(manifest["spec"]).describe
     table = [("PyTorch eager", "pytorch fp32", "reference", "-", "-", "-", "-", "-",
               f"{eager['p50_ms']:.2f}", f"{eager['p90_ms']:.2f}", str(eager["runs"]), "1.00x", "-")]
     for art in manifest["artifacts"]:
@@ -27,7 +28,7 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
         worst = max(outs, key=lambda o: o["max_rel"] / o["bound"])
         table.append((art["file"], f"{art['backend']} {art['precision']}", "pass" if parity["passed"] else "FAIL",
                       f"{worst['max_rel']:.1e} ({worst['name']})", f"{worst['bound']:.1e}",
-                      f"{min(o['cosine'] for o in outs):.6f}", describe_task(parity["task"]),
+                      f"{min(o['cosine'] for o in outs):.6f}", describe(parity["task"]),
                       f"{art['bytes'] / 1e6:.1f}", f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", str(lat["runs"]),
                       f"{eager['p50_ms'] / lat['p50_ms']:.2f}x",
                       f"{twin['p50_ms'] / lat['p50_ms']:.2f}x" if twin else "-"))
@@ -51,11 +52,34 @@ def bundle_summary(manifest: dict[str, Any]) -> dict[str, str]:
     return {
         "artifacts": ", ".join(a["key"] for a in manifest["artifacts"]) or "none",
         "checkpoint": f"{checkpoint['path']} (sha256 {checkpoint['sha256'][:12]})" if checkpoint else "none (random weights)",
-        "overrides": ", ".join(f"{k}={v}" for k, v in manifest.get("overrides", {}).items()) or "none",
+        "model": source_line(manifest["spec"]["source"]),
         "quantization": f"{quantization['precision']} ({quantization['calibration']['method']})" if quantization else "none",
         "opset": str(manifest["export"]["opset"]),
         "threads": str(manifest["benchmark"]["threads"]),
     }
+
+
+def source_line(source: dict[str, Any]) -> str:
+    """Where a bundle's module came from: a zoo variant and its overrides, or a user's code and its arguments."""
+    if "variant" in source:
+        extra = ", ".join(f"{k}={v}" for k, v in source.get("overrides", {}).items())
+        return f"zoo variant {source['variant']}" + (f" ({extra})" if extra else "")
+    if "model" in source:
+        extra = ", ".join(f"{k}={v!r}" for k, v in source.get("args", {}).items())
+        return f"{source['model']}" + (f"({extra})" if extra else "")
+    return "a module passed to export.build"
+
+
+def spec_line(spec: dict[str, Any]) -> str:
+    """The model contract in one line: inputs, outputs, task, preprocessing."""
+    inputs = ", ".join(f"{i['name']} ({', '.join(map(str, i['shape']))}) {i['dtype']}"
+                       + (f" multiple of {i['multiple']}" if i["multiple"] > 1 else "") for i in spec["inputs"])
+    task = {k: v for k, v in spec["task"].items() if k != "names"}
+    pre = spec.get("preprocess")
+    prep = (f"; image {'at its own size' if pre['size'] is None else 'resized to ' + 'x'.join(map(str, pre['size']))}"
+            f", {pre['channels']}, x{pre['scale']:.6g}, mean {list(pre['mean'])}, std {list(pre['std'])}") if pre else ""
+    return (f"inputs {inputs}; outputs {', '.join(spec['outputs'])} (forward returns a {spec['returns']}); "
+            f"task {', '.join(f'{k}={v}' for k, v in task.items())}{prep}")
 
 
 def markdown_table(columns: tuple[str, ...], table: list[tuple[str, ...]]) -> str:
@@ -78,6 +102,7 @@ def quantization_lines(manifest: dict[str, Any]) -> list[str]:
     if not q:
         return []
     c = q["calibration"]
+    describe = task_of(manifest["spec"]).describe
     lines = [f"INT8: calibrated on {c['source']} ({c['method']} for ONNX Runtime; sha256 {c['sha256'][:12]}), "
              f"judged on {manifest['golden']['sets'].get('task', 0) or manifest['golden']['batch']} "
              f"{'held-out task' if 'task' in manifest['golden']['sets'] else 'golden'} images; "
@@ -85,7 +110,7 @@ def quantization_lines(manifest: dict[str, Any]) -> list[str]:
              markdown_table(("backend", "plan", "calibration", "INT8 p50 ms", "FP32 p50 ms", "speed-up",
                              "task vs PyTorch", "verdict"),
                             [(backend, a["plan"], a["method"], f"{a['p50_ms']:.2f}", f"{a['fp32_p50_ms']:.2f}",
-                              f"{a['speedup']:.2f}x", describe_task(a["task"]),
+                              f"{a['speedup']:.2f}x", describe(a["task"]),
                               "shipped" if a.get("shipped") else "passes, slower than another" if a["passed"]
                               else "; ".join(a["problems"]))
                              for backend, attempts in q.get("attempts", {}).items() for a in attempts]), ""]
@@ -102,16 +127,16 @@ def report_markdown(manifest: dict[str, Any]) -> str:
     m, bench = manifest["model"], manifest["benchmark"]
     busy = busy_line(manifest)
     machine = manifest["machine"]
-    settings = ", ".join(f"{k}={v}" for k, v in manifest["settings"].items())
+    sizes = [k.removeprefix("size.") for k in manifest["golden"]["sets"] if k.startswith("size.")]
     lines = [
-        f"# edge-export bundle: `{manifest['variant']}`",
+        f"# edge-export bundle: `{manifest['name']}`",
         "",
         f"{m['summary']}.",
         "",
+        f"- Model: {source_line(manifest['spec']['source'])}",
         f"- Parameters: {m['params']:,}; mult-adds at batch 1: {m['mult_adds']:,} (torchinfo)",
-        f"- Input `{manifest['inputs'][0]['name']}` {manifest['inputs'][0]['shape']} {manifest['inputs'][0]['dtype']}; "
-        f"outputs: {', '.join(o['name'] + ' ' + str(o['shape']) for o in manifest['outputs'])}",
-        f"- Settings: {settings}",
+        f"- Contract: {spec_line(manifest['spec'])}",
+        f"- Outputs at the example size: {', '.join(o['name'] + ' ' + str(o['shape']) for o in manifest['outputs'])}",
         f"- Checkpoint: {manifest['checkpoint']['path'] + ' (sha256 ' + manifest['checkpoint']['sha256'][:12] + ')' if manifest['checkpoint'] else 'none (random initialisation)'}",
         f"- Export: {manifest['export']['exporter']}, opset {manifest['export']['opset']}; onnxsim "
         f"{manifest['simplify']['nodes_before']} -> {manifest['simplify']['nodes_after']} nodes, simplified vs original "
@@ -119,7 +144,8 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         "",
         "## Parity and latency",
         "",
-        f"Parity on {manifest['golden']['batch']} golden inputs (seed {manifest['golden']['seed']}) against PyTorch; "
+        f"Parity on {manifest['golden']['batch']} golden inputs (seed {manifest['golden']['seed']})"
+        + (f" and at {', '.join(sizes)} (dynamic height and width)" if sizes else "") + " against PyTorch; "
         "max rel err is the max abs error over the reference output's range. "
         f"Latency at batch {bench['batch']}, {bench['threads']} threads, {bench['warmup']} warm-up runs, "
         "then the same number of timed runs for every row (`runs`), interleaved across them.",

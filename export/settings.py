@@ -7,12 +7,16 @@ typo is refused in a fraction of a second and nothing is written.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import models
 from runtime.bundle import BACKENDS
 from runtime.errors import UserError, check_choice, check_folder
+from runtime.spec import Preprocess
+from runtime.tasks import TASKS
 
 from .quantize import CALIB_METHODS, check_calib_dir  # the stage imports no onnx or torch until it runs
 
@@ -36,8 +40,40 @@ def check_threads(threads: int) -> int:
 
 
 @dataclass(frozen=True)
+class UserModel:
+    """A user's own model, as the command line describes it: where its code is
+    (`file.py:attr` or `package.module:attr`) and the arguments to make it, its
+    inputs (name and example shape, in forward's order) and which of their axes
+    are dynamic, its output names (default: a dict's keys, else output0...), its
+    task settings, image preprocessing and the multiple its dynamic sides need."""
+
+    ref: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    inputs: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    dynamic: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+    task: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
+    preprocess: Preprocess = Preprocess(None)
+    multiple: int = 1
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise UserError(f"--name {name!r} cannot name a bundle folder; use letters, digits, '.', '_' and '-'")
+    return name
+
+
+@dataclass(frozen=True)
 class BuildSettings:
-    variant: str
+    """What a build is asked for: a zoo `variant` (with `overrides`) or a user's
+    `model`; `name` names the bundle folder (default: the variant, or the model's class)."""
+
+    variant: str | None = None
+    model: UserModel | None = None
+    name: str | None = None
     checkpoint: Path | None = None
     out: Path = Path("artifacts")
     opset: int = DEFAULT_OPSET
@@ -48,15 +84,51 @@ class BuildSettings:
     calib_dir: Path | None = None
     calib_samples: int = 32
     calib_method: str = "minmax"
+    keep_fp32: tuple[str, ...] = ()  # module paths INT8 leaves in float (added to the model contract's)
     seed: int = 0
     golden_batch: int = 2
     warmup: int = 10
     runs: int = 100
 
 
+def check_user_model(m: UserModel) -> None:
+    from models.user import is_file_ref, parse_ref
+
+    where, _ = parse_ref(m.ref)
+    if is_file_ref(where) and not Path(where).expanduser().is_file():
+        raise UserError(f"--model file {where!r} does not exist; expected a Python file (FILE.py:NAME) "
+                        "or an importable module (package.module:NAME)")
+    if not m.inputs:
+        raise UserError("--model needs its inputs: one --input NAME:SHAPE per forward parameter, "
+                        "e.g. --input image:1x3x256x256")
+    names = [n for n, _ in m.inputs]
+    for name, axes in m.dynamic.items():
+        if name not in names:
+            raise UserError(f"--dynamic names input {name!r}; the inputs are {', '.join(names)}")
+        shape = dict(m.inputs)[name]
+        if any(a >= len(shape) for a in axes):
+            raise UserError(f"--dynamic {name}:{','.join(map(str, axes))}: {name} has {len(shape)} axes "
+                            f"{'x'.join(map(str, shape))} (0 to {len(shape) - 1})")
+    check_choice("--task", m.task.get("kind", "none"), tuple(TASKS))
+    if m.multiple < 1:
+        raise UserError(f"--multiple {m.multiple} must be at least 1")
+
+
 def check_settings(s: BuildSettings) -> None:
     """Every user input, checked before any work starts (and before torch is imported)."""
-    models.resolve(s.variant, **s.overrides)
+    if (s.variant is None) == (s.model is None):
+        raise UserError("name one model: --variant NAME (from `python -m export list`) or --model FILE.py:NAME")
+    if s.variant is not None:
+        models.resolve(s.variant, **s.overrides)
+    else:
+        check_user_model(s.model)
+    check_options(s)
+
+
+def check_options(s: BuildSettings) -> None:
+    """Everything but the model: the name, backends, opset, threads, quantization and output folder."""
+    if s.name is not None:
+        check_name(s.name)
     if not s.backends:
         raise UserError(f"--backends is empty; valid: {', '.join(BACKENDS)}")
     for backend in s.backends:
@@ -72,4 +144,6 @@ def check_settings(s: BuildSettings) -> None:
             check_calib_dir(s.calib_dir)
     elif s.calib_dir is not None:
         raise UserError("--calib-dir is only used with --quantize int8")
+    elif s.keep_fp32:
+        raise UserError("--keep-fp32 is only used with --quantize int8")
     check_folder(s.out, "--out", "expected a folder (created if missing) for the bundles")

@@ -38,8 +38,9 @@ from runtime.machine import machine_info
 
 from . import openvino_convert
 from .benchmark import TorchRunner, matmul_peak
+from .contract import Exportable, infer_spec
 from .manifest import tool_versions
-from .onnx_export import INPUT_NAME, export_onnx
+from .onnx_export import export_onnx
 from .pipeline import _publish
 from .settings import DEFAULT_OPSET, check_threads
 from .simplify import simplify
@@ -122,6 +123,9 @@ def transposed_overcount(module: nn.Module, shape: tuple[int, ...]) -> int:
     return sum(extra)
 
 
+INPUT_NAME = "image"
+
+
 class Study:
     """Exports, converts and times modules; holds the runners of one table at a time."""
 
@@ -133,19 +137,21 @@ class Study:
         """`module` in eager PyTorch, and as the build would ship it for ONNX Runtime and OpenVINO (FP32)."""
         module = module.eval()
         slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-        example = torch.rand(2, *shape)  # batch 2: the batch axis stays dynamic
-        with torch.no_grad():
-            names = tuple(module(example))
+        example = {INPUT_NAME: torch.rand(2, *shape)}  # batch 2: the batch axis stays dynamic
+        spec = infer_spec(module, example, slug)
+        model = Exportable(module, spec)
+        feeds = {k: v.numpy() for k, v in example.items()}
         raw, onnx_path = self.work / f"{slug}.raw.onnx", self.work / f"{slug}.onnx"
-        export_onnx(module, example, names, raw, self.s.opset)
-        io = ([{"name": INPUT_NAME, "shape": ["batch", *shape], "dtype": "float32"}], [{"name": n} for n in names])
-        simplify(raw, onnx_path, io, {INPUT_NAME: example.numpy()})
+        export_onnx(model, feeds, raw, self.s.opset)
+        simplify(raw, onnx_path, spec, feeds)
         ir = self.work / slug
         openvino_convert.convert(onnx_path, ir, ("fp32",))
         threads = self.s.threads
-        return {(label, "pytorch"): TorchRunner(module, threads),
-                (label, "onnxruntime"): rt.OnnxRuntimeRunner(onnx_path, *io, "fp32", threads),
-                (label, "openvino"): rt.OpenVINORunner(ir / openvino_convert.IR_FILES["fp32"], *io, "fp32", threads)}
+        outputs = [{"name": n} for n in spec.outputs]
+        return {(label, "pytorch"): TorchRunner(model, threads),
+                (label, "onnxruntime"): rt.OnnxRuntimeRunner(onnx_path, spec.inputs, outputs, "fp32", threads),
+                (label, "openvino"): rt.OpenVINORunner(ir / openvino_convert.IR_FILES["fp32"], spec.inputs, outputs,
+                                                       "fp32", threads)}
 
     def feeds(self, shape: tuple[int, ...], batch: int = 1, normal: bool = False) -> dict[str, np.ndarray]:
         x = self.rng.standard_normal((batch, *shape)) if normal else self.rng.random((batch, *shape))

@@ -6,17 +6,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime.compare import Parity, compare
+from runtime.compare import Parity, check_artifact
+from runtime.tasks import Task
 
 
 def validate(runners: Mapping[str, Any], artifacts: Mapping[str, Mapping[str, Any]],
-             sets: Mapping[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
-             task: Mapping[str, Any]) -> dict[str, Parity]:
-    """Parity per artifact (keyed like `runners`) on its set of inputs (`judged_on`:
-    "golden" unless said otherwise), against its `bounds` and `task_bounds`."""
-    parity = {}
-    for key, runner in runners.items():
-        inputs, reference = sets[artifacts[key].get("judged_on", "golden")]
-        parity[key] = compare(reference, runner.infer(inputs), artifacts[key]["bounds"], task,
-                              artifacts[key].get("task_bounds"))
-    return parity
+             sets: Mapping[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], task: Task) -> dict[str, Parity]:
+    """Parity per artifact (keyed like `runners`), as `runtime.compare.check_artifact` judges it."""
+    return {key: check_artifact(runner, artifacts[key], sets, task) for key, runner in runners.items()}

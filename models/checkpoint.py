@@ -55,3 +55,13 @@ def mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
         if state[key].shape != value.shape:
             return f"{key} has shape {tuple(state[key].shape)}, the variant expects {tuple(value.shape)}"
     return None
+
+
+def load_into(model: nn.Module, path: str | Path) -> nn.Module:
+    """`model` with the weights of the state dict at `path`, or a UserError saying why they do not fit."""
+    state = read_state_dict(path)
+    problem = mismatch(model, state)
+    if problem:
+        raise UserError(f"checkpoint {str(path)!r} does not fit {type(model).__name__}: {problem}")
+    model.load_state_dict(state)
+    return model

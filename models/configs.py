@@ -1,8 +1,8 @@
 """The settings of every family: frozen dataclasses that import no torch.
 
-A config names its family, input shape, outputs and task, and checks its own
-values; `build()` imports the family's PyTorch module only when a model is
-made. So the registry, `python -m export list` and every check of a user's
+A config checks its own values, says what its model takes and gives as a
+`ModelSpec` (`spec()`), and imports the family's PyTorch module only when
+`build()` makes a model. So the registry, `python -m export list` and every check of a user's
 command line run before (and without) importing torch.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.errors import UserError, check_choice
+from runtime.spec import ModelSpec, Preprocess, TensorSpec
 
 from .tasks import KEYPOINT_NAMES, PET_CLASSES
 
@@ -53,7 +54,6 @@ class DetectorConfig:
     pad: int = 0
 
     family = "detector"
-    output_names = ("value", "jacobian", "heatmap")
 
     def __post_init__(self):
         check_kind("conv", self.conv, CONV_KINDS)
@@ -64,10 +64,17 @@ class DetectorConfig:
         if self.depth < 1:
             raise UserError(f"depth {self.depth} must be at least 1 conv per block")
 
-    @property
-    def task(self) -> dict:
+    def spec(self, name: str, summary: str = "", source: dict | None = None) -> ModelSpec:
+        """A fixed-size image in [0, 1] (the keypoint grid is built for it); keypoints,
+        their Jacobians and heatmaps out."""
         names = list(KEYPOINT_NAMES) if self.num_kp == len(KEYPOINT_NAMES) else [str(i) for i in range(self.num_kp)]
-        return {"kind": "keypoints", "image_size": self.image_size, "names": names}
+        side = self.image_size
+        image = TensorSpec("image", ("batch", self.channels, side, side), range=(0.0, 1.0),
+                           example=(1, self.channels, side, side))
+        return ModelSpec(name, (image,), ("value", "jacobian", "heatmap"), "dict",
+                         {"kind": "keypoints", "output": "value", "image_size": side, "names": names},
+                         Preprocess((side, side), mean=(0.0,) * self.channels, std=(1.0,) * self.channels),
+                         summary=summary, source=source or {})
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -94,17 +101,24 @@ class DetectorConfig:
 
 
 class SegmentationTask:
-    """What every segmenter config shares: one `logits` output and its task."""
+    """What every segmenter config shares: any image size that is a multiple of
+    `multiple` (fully convolutional), one `logits` output at the input's size."""
 
     family = "segmenter"
-    output_names = ("logits",)
     num_classes: int
     class_names: tuple[str, ...] = ()
+    multiple: int = 8
 
-    @property
-    def task(self) -> dict:
+    input_shape: tuple[int, int, int]
+
+    def spec(self, name: str, summary: str = "", source: dict | None = None) -> ModelSpec:
         names = self.class_names if len(self.class_names) == self.num_classes else range(self.num_classes)
-        return {"kind": "segmentation", "classes": self.num_classes, "names": [str(n) for n in names]}
+        image = TensorSpec("image", ("batch", 3, "height", "width"), range=(0.0, 1.0), multiple=self.multiple,
+                           example=(1, *self.input_shape))
+        return ModelSpec(name, (image,), ("logits",), "dict",
+                         {"kind": "segmentation", "output": "logits", "classes": self.num_classes,
+                          "names": [str(n) for n in names]},
+                         Preprocess(None), summary=summary, source=source or {})
 
 
 @dataclass(frozen=True)
@@ -121,8 +135,15 @@ class EncDecConfig(SegmentationTask):
 
     def __post_init__(self):
         check_choice("encoder-decoder", self.arch, ENCDEC_ARCHS)
-        if self.height % 8 or self.width % 8:
-            raise UserError(f"input {self.height}x{self.width} must be a multiple of 8 on both sides")
+        if self.height % self.multiple or self.width % self.multiple:
+            raise UserError(f"input {self.height}x{self.width} must be a multiple of {self.multiple} on both sides")
+        if self.num_classes < 2:
+            raise UserError(f"--classes {self.num_classes} must be at least 2")
+
+    @property
+    def multiple(self) -> int:
+        """Three stride-2 downsamplings; LEDNet's attention pyramid halves its input thrice more, to a quarter."""
+        return 32 if self.arch == "lednet" else 8
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -143,12 +164,15 @@ class PetConfig(SegmentationTask):
     base: int = 64  # U-Net's first width
 
     class_names = PET_CLASSES
+    multiple = 16
 
     def __post_init__(self):
         check_choice("pet network", self.arch, PET_ARCHS)
         check_kind("conv", self.conv, ("standard", "dsc"))
         if self.size % 16:
             raise UserError(f"input size {self.size} must be a multiple of 16 (four 2x2 poolings)")
+        if self.num_classes < 2:
+            raise UserError(f"--classes {self.num_classes} must be at least 2")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -1,9 +1,11 @@
 """Variants are data: a frozen dataclass per variant, registered here by name.
 
 `create(name, checkpoint=None, **overrides)` builds one in eval mode;
-`list_variants()` lists the names; `resolve(name, **overrides)` gives the
-settings without building anything. Nothing here imports torch until a model
-is created, so names and settings are checked in a fraction of a second.
+`spec(name, **overrides)` gives its model contract (`runtime.spec.ModelSpec`),
+the same kind a user's own model is described by; `list_variants()` lists the
+names; `resolve(name, **overrides)` gives the settings without building
+anything. Nothing here imports torch until a model is created, so names and
+settings are checked in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.errors import UserError, unknown
+from runtime.spec import ModelSpec
 
 from .configs import DetectorConfig, EncDecConfig, PetConfig
 
@@ -20,7 +23,7 @@ from .configs import DetectorConfig, EncDecConfig, PetConfig
 @dataclass(frozen=True)
 class Variant:
     name: str
-    config: Any  # a frozen settings dataclass of models.configs, with .build(), .family, .input_shape
+    config: Any  # a frozen settings dataclass of models.configs, with .build(), .spec(), .family, .input_shape
     summary: str
     # Figures published for the architecture (articles, papers), shown by `export list`;
     # the tests assert the exact counts against them.
@@ -59,27 +62,69 @@ def resolve(name: str, **overrides: Any) -> Any:
     return dataclasses.replace(config, **overrides)
 
 
+def spec(name: str, **overrides: Any) -> ModelSpec:
+    """The model contract of variant `name` with `overrides` (no torch)."""
+    config = resolve(name, **overrides)
+    used = {k: v for k, v in overrides.items() if v is not None}
+    return config.spec(name, get_variant(name).summary, {"variant": name, "overrides": used})
+
+
 def create(name: str, checkpoint: str | None = None, seed: int = 0, **overrides: Any):
     """Build variant `name` in eval mode, with the weights of `checkpoint` if
     given, else a random initialisation drawn from `seed` (the same every time)."""
+    return load(name, checkpoint, seed, **overrides)[0]
+
+
+def load(name: str, checkpoint: str | None = None, seed: int = 0, **overrides: Any) -> tuple[Any, dict | None]:
+    """`create`, and what reading the checkpoint took: None for the zoo's own names, or the
+    published layout it was saved in (renamed to the zoo's) and the unused tensors skipped."""
     import torch
 
     from .checkpoint import mismatch, read_state_dict
+    from .published import layout_of
 
     config = resolve(name, **overrides)
     state = read_state_dict(checkpoint) if checkpoint is not None else None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = config.build()
-    if state is not None:
-        problem = mismatch(model, state)
-        if problem:
-            fits = [v for v in variants_fitting(state) if v != name]
-            raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this variant: {problem}" + (
-                f"; it fits the variant{'s' if len(fits) > 1 else ''} {', '.join(fits)} (--variant {fits[0]})"
-                if fits else "; it fits no registered variant"))
-        model.load_state_dict(state)
-    return model.eval()
+    if state is None:
+        return model.eval(), None
+    note = None
+    problem = mismatch(model, state)
+    layout = layout_of(getattr(config, "arch", ""), state) if problem and config.family == "segmenter" else None
+    if layout is not None:
+        renamed, unused = layout.translate(state)
+        problem = mismatch(model, renamed)
+        saved = layout.classes(state)
+        if problem and saved is not None and saved != config.num_classes:
+            problem = (f"it was saved by the published {layout.name} code with {saved} classes, the variant has "
+                       f"{config.num_classes}: build with --classes {saved}")
+        state, note = renamed, {"layout": layout.name, "renamed": len(renamed), "unused": unused}
+    if problem:
+        fits = [v for v in variants_fitting(state) if v != name] if layout is None else []
+        raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this variant: {problem}" + (
+            f"; it fits the variant{'s' if len(fits) > 1 else ''} {', '.join(fits)} (--variant {fits[0]})"
+            if fits else "; it fits no registered variant" if layout is None else ""))
+    model.load_state_dict(state)
+    return model.eval(), note
+
+
+def from_source(source: dict[str, Any], checkpoint: str | None = None):
+    """The module a bundle's spec says it was made from (`spec.source`): a zoo variant
+    with its overrides, or a user's code with its arguments; with `checkpoint`'s weights."""
+    if "variant" in source:
+        return create(source["variant"], checkpoint=checkpoint, **source.get("overrides", {}))
+    if "model" in source:
+        from .checkpoint import load_into
+        from .user import make_module
+
+        module = make_module(source["model"], source.get("args", {}))
+        if checkpoint is not None:
+            load_into(module, checkpoint)
+        return module
+    raise UserError("this bundle's model was passed to export.build as a module; its code is not recorded, "
+                    "so no PyTorch module can be made again from the bundle")
 
 
 def variants_fitting(state) -> list[str]:

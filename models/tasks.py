@@ -17,11 +17,13 @@ stream during training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from runtime.errors import UserError
+from runtime.spec import ModelSpec
 
 SPLITS = {"train": 0, "heldout": 1}
 PET_CLASSES = ("pet", "background", "border")  # the trimap's values 0, 1, 2
@@ -178,26 +180,57 @@ def pet_sample(index: int, split: str = "train", size: int = 128) -> tuple[np.nd
     return x.astype(np.float32), trimap
 
 
-@dataclass(frozen=True)
-class Task:
-    """A generated task: how to draw sample `i` of a split at the model's input size."""
+def _keypoint_loss(outputs, targets):
+    """L1 on the keypoint coordinates (through the detector's soft-argmax)."""
+    import torch.nn.functional as F
 
-    kind: str  # "keypoints" | "segmentation"
+    return F.l1_loss(outputs, targets)
+
+
+def _trimap_loss(outputs, targets):
+    """Cross-entropy on the trimap's classes."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(outputs, targets)
+
+
+@dataclass(frozen=True)
+class GeneratedTask:
+    """The PyTorch half of a task (`runtime.tasks` is the device half): seeded
+    samples drawn at the model's input size, and the loss to train on them."""
+
+    kind: str  # the runtime task it trains
+    output: str  # the model output the loss reads
+    draw: Callable[[int, str, int], tuple[np.ndarray, np.ndarray]]
+    criterion: Callable
 
     def sample(self, index: int, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-        return (keypoint_sample if self.kind == "keypoints" else pet_sample)(index, split, size)
+        return self.draw(index, split, size)
 
     def batch(self, indices, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         images, targets = zip(*(self.sample(int(i), split, size) for i in indices))
         return np.stack(images), np.stack(targets)
 
+    def loss(self, outputs, targets):
+        return self.criterion(outputs[self.output], targets)
 
-def task_for(config) -> Task:
-    """The generated task a variant's config can learn, or a UserError saying which can."""
-    task = config.task
-    if task["kind"] == "keypoints":
-        return Task("keypoints")
-    if task["kind"] == "segmentation" and task["classes"] == 3:
-        return Task("segmentation")
-    raise UserError(f"no generated task for a {task['classes']}-class segmenter; the generated tasks are "
-                    "keypoints (every detector variant) and 3-class pets (segnet, segnet-dsc, unet, unet-dsc)")
+
+# what a model's task must say for a generated task to teach it: kind -> (settings it must have, task)
+GENERATED = {
+    "keypoints": (lambda t: len(t.get("names", ())) == len(KEYPOINT_NAMES),
+                  lambda t: GeneratedTask("keypoints", t.get("output", "value"), keypoint_sample, _keypoint_loss)),
+    "segmentation": (lambda t: t.get("classes") == len(PET_CLASSES),
+                     lambda t: GeneratedTask("segmentation", t.get("output", "logits"), pet_sample, _trimap_loss)),
+}
+
+
+def task_for(spec: ModelSpec) -> GeneratedTask:
+    """The generated task a model's spec can learn, or a UserError saying which models can."""
+    task = spec.task
+    fits, make = GENERATED.get(task.get("kind"), (lambda t: False, None))
+    if fits(task):
+        return make(task)
+    what = (f"a {len(task.get('names', ()))}-keypoint detector" if "image_size" in task else
+            f"a {task.get('classes')}-class segmenter" if "classes" in task else "a model with task none")
+    raise UserError(f"no generated task for {what}; the generated tasks are 10 keypoints (every detector "
+                    "variant) and 3-class pets (segnet, segnet-dsc, unet, unet-dsc)")

@@ -11,34 +11,24 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from runtime.compare import keypoint_error_px, miou
 from runtime.errors import UserError
+from runtime.spec import ModelSpec
+from runtime.tasks import task_of
 
-from .registry import create, resolve
-from .tasks import Task, task_for
+from .registry import create, spec as variant_spec
+from .tasks import GeneratedTask, task_for
 
 HELDOUT_SAMPLES = 64
 
 
-def task_metrics(kind: str, targets: np.ndarray, outputs: Mapping[str, np.ndarray], image_size: int,
-                 classes: int = 3) -> dict[str, float]:
-    """Keypoint error in pixels of the input image; pixel accuracy and mIoU of the trimap."""
-    if kind == "keypoints":
-        return {"keypoint_error_px": keypoint_error_px(targets, outputs["value"], image_size)}
-    mask = outputs["logits"].argmax(1)
-    return {"pixel_accuracy": float((mask == targets).mean()), "miou": miou(targets, mask, classes)}
-
-
-def _loss(kind: str, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    if kind == "keypoints":
-        return F.l1_loss(outputs["value"], targets)
-    return F.cross_entropy(outputs["logits"], targets)
+def _side(spec: ModelSpec) -> int:
+    """The side of the square images a generated task is drawn at: the model's example size."""
+    return spec.image.example[2]
 
 
 def _check_positive(**values: float) -> None:
@@ -54,9 +44,9 @@ def train(variant: str, steps: int = 200, batch: int = 8, lr: float = 2e-3, seed
     for `steps` Adam steps on its generated task; save the state_dict to `out`.
     The same seed gives the same weights (samples are drawn by index from seeds)."""
     _check_positive(steps=steps, batch=batch, lr=lr)
-    config = resolve(variant)
-    task = task_for(config)
-    size = config.input_shape[1]
+    spec = variant_spec(variant)
+    task = task_for(spec)
+    size = _side(spec)
     if out is not None and Path(out).is_dir():
         raise UserError(f"--out {str(out)!r} is a folder; expected a file name for the checkpoint, e.g. {variant}.pt")
     model = create(variant, checkpoint=checkpoint, seed=seed).train()
@@ -69,7 +59,7 @@ def train(variant: str, steps: int = 200, batch: int = 8, lr: float = 2e-3, seed
         torch.manual_seed(seed)
         for step in range(steps):
             images, targets = task.batch(order[step * batch:(step + 1) * batch], "train", size)
-            loss = _loss(task.kind, model(torch.from_numpy(images)), torch.from_numpy(targets))
+            loss = task.loss(model(torch.from_numpy(images)), torch.from_numpy(targets))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -90,7 +80,7 @@ def train(variant: str, steps: int = 200, batch: int = 8, lr: float = 2e-3, seed
             "threads": torch.get_num_threads(), "out": str(out) if out else None, "model": model}
 
 
-def heldout(task: Task, size: int, samples: int = HELDOUT_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+def heldout(task: GeneratedTask, size: int, samples: int = HELDOUT_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
     """The held-out split: the same samples every time, from seeds training never uses."""
     return task.batch(range(samples), "heldout", size)
 
@@ -99,10 +89,8 @@ def evaluate(variant: str, checkpoint: Path | None = None, samples: int = HELDOU
              model: torch.nn.Module | None = None) -> dict[str, Any]:
     """Task metrics of `variant` (PyTorch) on the held-out split."""
     _check_positive(samples=samples, batch=batch)
-    config = resolve(variant)
-    task = task_for(config)
-    size = config.input_shape[1]
-    images, targets = heldout(task, size, samples)
+    spec = variant_spec(variant)
+    images, targets = heldout(task_for(spec), _side(spec), samples)
     model = (model or create(variant, checkpoint=checkpoint)).eval()
     outputs: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
@@ -111,7 +99,7 @@ def evaluate(variant: str, checkpoint: Path | None = None, samples: int = HELDOU
                 outputs.setdefault(name, []).append(value.numpy())
     joined = {name: np.concatenate(parts) for name, parts in outputs.items()}
     return {"variant": variant, "checkpoint": str(checkpoint) if checkpoint else None, "samples": samples,
-            "runtime": "pytorch", **task_metrics(task.kind, targets, joined, size)}
+            "runtime": "pytorch", **task_of(spec).metrics(targets, joined)}
 
 
 def evaluate_bundle(bundle: Path, backend: str = "onnxruntime", precision: str = "fp32",
@@ -120,13 +108,10 @@ def evaluate_bundle(bundle: Path, backend: str = "onnxruntime", precision: str =
     import runtime
 
     opened = runtime.Bundle.open(bundle)
-    variant = opened.manifest["variant"]
-    config = resolve(variant, **opened.manifest.get("overrides", {}))
-    task = task_for(config)
-    size = config.input_shape[1]
-    images, targets = heldout(task, size, samples)
+    spec = opened.spec
+    images, targets = heldout(task_for(spec), _side(spec), samples)
     with runtime.load(opened, backend, precision, threads) as runner:
         outputs = [runner.infer(images[i:i + 1]) for i in range(samples)]
     joined = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
-    return {"variant": variant, "bundle": str(opened.path), "samples": samples, "runtime": f"{backend} {precision}",
-            **task_metrics(task.kind, targets, joined, size)}
+    return {"model": opened.name, "bundle": str(opened.path), "samples": samples, "runtime": f"{backend} {precision}",
+            **task_of(spec).metrics(targets, joined)}

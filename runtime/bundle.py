@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, check_choice
+from .spec import ModelSpec
 
 MANIFEST = "manifest.json"
+FORMAT = 2  # 2: the model's spec recorded whole; the name, inputs, preprocessing and task read from it
 GOLDEN = "golden.npz"
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -45,11 +47,23 @@ class Bundle:
             raise UserError(f"bundle {str(path)!r} has no {MANIFEST}; is it a build output folder?") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise UserError(f"bundle {str(path)!r}: {MANIFEST} is unreadable or truncated ({err})") from None
-        for key in ("variant", "inputs", "outputs", "artifacts", "files"):
-            if not isinstance(manifest, dict) or key not in manifest:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise UserError(f"bundle {str(path)!r} has manifest format {found}, this runtime reads format {FORMAT}; "
+                            "rebuild it with this version of edge-export")
+        for key in ("name", "spec", "outputs", "artifacts", "files"):
+            if key not in manifest:
                 raise UserError(f"bundle {str(path)!r}: {MANIFEST} lacks the {key!r} entry; "
                                 "it was not written by this version of edge-export")
         return cls(path, manifest)
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.manifest["spec"])
 
     @property
     def artifacts(self) -> list[dict[str, Any]]:
@@ -75,13 +89,17 @@ class Bundle:
                 problems.append(f"{name} has changed (sha256 differs from the manifest)")
         return problems
 
+    def golden_sets(self) -> list[str]:
+        """The sets of golden.npz: "golden"; "task" (held-out task samples INT8 is
+        judged on); "size.HxW" (the golden inputs at another size, for dynamic sides)."""
+        return list(self.manifest.get("golden", {}).get("sets", {"golden": 0}))
+
     def golden(self, name: str = "golden") -> tuple[dict[str, Any], dict[str, Any]]:
-        """(inputs, reference outputs) stored at build time: the golden set, or
-        another set by name ("task": held-out task samples that INT8 is judged on)."""
+        """(inputs, reference outputs) of one set of golden.npz, stored at build time."""
         import numpy as np
 
         prefix = "" if name == "golden" else f"{name}."
         with np.load(self.path / GOLDEN) as data:
-            inputs = {i["name"]: data[f"{prefix}input.{i['name']}"] for i in self.manifest["inputs"]}
+            inputs = {i: data[f"{prefix}input.{i}"] for i in self.spec.input_names}
             outputs = {o["name"]: data[f"{prefix}output.{o['name']}"] for o in self.manifest["outputs"]}
         return inputs, outputs

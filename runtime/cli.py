@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import BACKENDS, PRECISIONS
-from .compare import describe_task
 from .errors import Parser, UserError, check_folder
 
 # Outputs up to this many numbers go into infer's JSON as lists; all of them go into its .npz.
@@ -42,9 +41,13 @@ def format_table(columns: list[str], rows: list[list[str]]) -> str:
 
 
 def cmd_verify(args) -> int:
+    from .bundle import Bundle
+    from .tasks import task_of
     from .verify import verify
 
-    result = verify(args.bundle, threads=args.threads)
+    bundle = Bundle.open(args.bundle)
+    task = task_of(bundle.spec)
+    result = verify(bundle, threads=args.threads)
     for problem in result.file_problems:
         print(f"FAIL  {problem}")
     if not result.file_problems:
@@ -57,7 +60,7 @@ def cmd_verify(args) -> int:
             continue
         worst = c.parity.worst
         rows.append([a["file"], a["backend"], a["precision"], "pass" if c.passed else "FAIL",
-                     f"{worst.max_rel:.1e} ({worst.name})", f"{worst.bound:.1e}", describe_task(c.parity.task)])
+                     f"{worst.max_rel:.1e} ({worst.name})", f"{worst.bound:.1e}", task.describe(c.parity.task)])
     print(format_table(["artifact", "backend", "precision", "parity", "max rel err", "bound", "task vs PyTorch"], rows))
     for c in result.checks:
         for failure in c.parity.failures() if c.parity else []:
@@ -94,7 +97,7 @@ def cmd_bench(args) -> int:
     recommended = stats["recommended"] or {}
     mark = (" (the build's recommendation)" if (recommended.get("backend"), recommended.get("precision"))
             == (args.backend, args.precision) else "")
-    print(f"{bundle.manifest['variant']} {args.backend} {args.precision}{mark}, batch {stats['batch']}, "
+    print(f"{bundle.name} {args.backend} {args.precision}{mark}, batch {stats['batch']}, "
           f"threads {stats['settings']['threads']}: load {load_ms:.0f} ms, first inference {stats['first_ms']:.2f} ms; "
           f"latency over {stats['runs']} runs after {stats['warmup']} warm-up: p50 {stats['p50_ms']:.2f} ms, "
           f"p90 {stats['p90_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, mean {stats['mean_ms']:.2f} "
@@ -116,37 +119,60 @@ def cmd_bench(args) -> int:
 
 def cmd_infer(args) -> int:
     from .bundle import Bundle
-    from .images import caption, open_image, preprocess, render
+    from .images import caption, open_image, preprocess
     from .runners import load
+    from .tasks import task_of
 
     bundle = Bundle.open(args.bundle)
+    spec = bundle.spec
+    task = task_of(spec)
     images = {path: open_image(path) for path in args.images}  # every file checked before any work
+    if len(spec.inputs) > 1:
+        raise UserError(f"model {bundle.name!r} takes {len(spec.inputs)} inputs ({', '.join(spec.input_names)}); "
+                        "infer feeds one image: run it from Python with runtime.load(bundle).infer({name: array})")
+    if spec.preprocess is None:
+        preprocess(next(iter(images.values())), spec)  # refused: the model takes no image
     out = check_folder(args.out)
     out.mkdir(parents=True, exist_ok=True)
     untrained = bundle.manifest.get("checkpoint") is None
+    pictures = 0
     with load(bundle, args.backend, args.precision, args.threads) as runner:
         for path, image in images.items():
-            outputs = runner.infer(preprocess(image, bundle.manifest["preprocess"]))
-            picture, found = render(bundle.manifest["task"], image, outputs)
-            if untrained:
-                picture = caption(picture, "random weights (built without --checkpoint): this shows noise")
+            x = preprocess(image, spec)
+            outputs = runner.infer(x)
+            picture, found = task.render(image, outputs)
             stem = out / Path(path).stem
-            picture.save(stem.with_suffix(".png"))
+            written = []
+            if picture is not None:
+                if untrained:
+                    picture = caption(picture, "random weights (built without a checkpoint): this shows noise")
+                picture.save(stem.with_suffix(".png"))
+                written.append(stem.with_suffix(".png"))
+                pictures += 1
             raw = {name: {"shape": list(v.shape), "data": v.tolist()} for name, v in outputs.items()
                    if v.size <= RAW_JSON_LIMIT}
             stem.with_suffix(".json").write_text(json.dumps(
-                {"image": str(path), "size": list(image.size), "variant": bundle.manifest["variant"],
-                 "backend": runner.backend, "precision": runner.precision,
+                {"image": str(path), "size": list(image.size), "input_size": list(x.shape[:1:-1]),
+                 "model": bundle.name, "task": task.kind, "backend": runner.backend, "precision": runner.precision,
                  "weights": "random" if untrained else "checkpoint", **found, "outputs": raw}))
             np.savez_compressed(stem.with_suffix(".npz"), **outputs)
-            print(f"{path} -> {stem.with_suffix('.png')}, {stem.with_suffix('.json')}, {stem.with_suffix('.npz')}")
+            written += [stem.with_suffix(".json"), stem.with_suffix(".npz")]
+            print(f"{path} -> {', '.join(map(str, written))}")
+    if not pictures:
+        print(f"note: {bundle.name} has no task edge-export draws (its task is {task.kind}), so infer draws no "
+              "picture; the outputs are in the .json (up to 100,000 numbers each) and all of them in the .npz")
     if untrained:
-        variant = bundle.manifest["variant"]
-        print(f"note: {variant} was built with random weights (no --checkpoint), so its pictures show noise. "
-              f"For a meaningful one, build from trained weights: python -m models train --variant {variant} "
-              f"--steps 200 --out {variant}.pt (the detectors and the pet segmenters train on generated tasks; "
-              f"about 3 min for dsc on 2 cores), then python -m export build --variant {variant} "
-              f"--checkpoint {variant}.pt (or your own checkpoint)")
+        source = spec.source
+        if "variant" in source:
+            variant = source["variant"]
+            print(f"note: {variant} was built with random weights (no --checkpoint), so its pictures show noise. "
+                  f"For a meaningful one, build from trained weights: python -m models train --variant {variant} "
+                  f"--steps 200 --out {variant}.pt (the detectors and the pet segmenters train on generated tasks; "
+                  f"about 3 min for dsc on 2 cores), then python -m export build --variant {variant} "
+                  f"--checkpoint {variant}.pt (or your own checkpoint)")
+        else:
+            print(f"note: {bundle.name} was built with random weights (no --checkpoint); build it with "
+                  "--checkpoint YOUR_WEIGHTS.pt for meaningful outputs")
     return 0
 
 

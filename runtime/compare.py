@@ -3,16 +3,18 @@
 Works on dicts of numpy arrays and imports no backend (Polygraphy's
 runner/comparator split). Figures per output: max abs, mean abs, max relative
 (max abs over the reference's range, so a bound means the same for a heatmap
-in [0, 0.01] and a Jacobian around 1), cosine similarity; and for detectors
-the keypoint error in pixels of the input image.
+in [0, 0.01] and a Jacobian around 1), cosine similarity; and the task's own figures (`runtime.tasks`), such as the
+keypoint error in pixels of the input image.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
+
+from .tasks import Task
 
 # Bounds on max relative error, by backend and precision (recorded in the manifest).
 BOUNDS: dict[tuple[str, str], float] = {
@@ -23,13 +25,6 @@ BOUNDS: dict[tuple[str, str], float] = {
     ("onnxruntime", "int8"): 1.0,
     ("openvino", "int8"): 1.0,
 }
-
-# Task-level bounds against PyTorch FP32, by precision: (kind, limit) with kind
-# "max" (the figure may not exceed the limit) or "min" (may not fall below it).
-TASK_BOUNDS: dict[str, dict[str, tuple[str, float]]] = {
-    "int8": {"keypoint_error_px": ("max", 0.5), "miou": ("min", 0.99)},
-}
-
 
 @dataclass(frozen=True)
 class OutputParity:
@@ -93,48 +88,6 @@ def output_parity(name: str, ref: np.ndarray, out: np.ndarray, bound: float) -> 
     return OutputParity(name, float(diff.max()), float(diff.mean()), float(diff.max() / span), cosine, bound)
 
 
-def keypoint_error_px(ref_value: np.ndarray, value: np.ndarray, image_size: int) -> float:
-    """Mean Euclidean distance between keypoints in [-1, 1], in pixels of the input image."""
-    return float(np.linalg.norm((np.asarray(ref_value) - np.asarray(value)) * image_size / 2, axis=-1).mean())
-
-
-def confusion(ref_mask: np.ndarray, mask: np.ndarray, classes: int) -> np.ndarray:
-    """(classes, classes) pixel counts, rows = reference class."""
-    return np.bincount(ref_mask.ravel().astype(np.int64) * classes + mask.ravel(),
-                       minlength=classes * classes).reshape(classes, classes)
-
-
-def miou(ref_mask: np.ndarray, mask: np.ndarray, classes: int) -> float:
-    """Mean intersection over union over the classes present in either mask."""
-    c = confusion(ref_mask, mask, classes)
-    inter = np.diag(c).astype(np.float64)
-    union = c.sum(0) + c.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if present.any() else 1.0
-
-
-def task_agreement(task: Mapping[str, Any], ref: Mapping[str, np.ndarray],
-                   out: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Task-level agreement of an artifact with the reference: keypoint error in
-    pixels for detectors; mask agreement and mIoU against the reference's mask
-    for segmenters."""
-    if task.get("kind") == "keypoints" and "value" in out:
-        return {"keypoint_error_px": keypoint_error_px(ref["value"], out["value"], task["image_size"])}
-    if task.get("kind") == "segmentation" and "logits" in out and out["logits"].shape == ref["logits"].shape:
-        ref_mask, mask = ref["logits"].argmax(1), out["logits"].argmax(1)
-        return {"mask_agreement": float((ref_mask == mask).mean()), "miou": miou(ref_mask, mask, task["classes"])}
-    return {}
-
-
-def describe_task(task: Mapping[str, float]) -> str:
-    """The task figures in a few characters, for tables."""
-    if "keypoint_error_px" in task:
-        return f"kp {task['keypoint_error_px']:.4f} px"
-    if "mask_agreement" in task:
-        return f"mask {100 * task['mask_agreement']:.3f}%"
-    return "-"
-
-
 def effective_bounds(bound: float, noise: Mapping[str, float]) -> dict[str, float]:
     """Per-output bounds: the nominal `bound`, raised to twice the output's own
     float32 noise (PyTorch fp32 vs fp64) where that is larger. An artifact as
@@ -143,12 +96,30 @@ def effective_bounds(bound: float, noise: Mapping[str, float]) -> dict[str, floa
 
 
 def compare(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], bound: float | Mapping[str, float],
-            task: Mapping[str, Any] | None = None, task_bounds: Mapping[str, Any] | None = None) -> Parity:
+            task: Task | None = None, task_bounds: Mapping[str, Any] | None = None) -> Parity:
     """Figures for every output of `ref` (bound: one for all, or one per output);
-    an output missing from `out` fails. `task_bounds` (see TASK_BOUNDS) gate the task figures too."""
+    an output missing from `out` fails. The task's figures are gated by
+    `task_bounds` (figure -> ("max" | "min", limit), e.g. `Task.int8_bounds`)."""
     bounds = bound if isinstance(bound, Mapping) else dict.fromkeys(ref, bound)
+    bounds = {name: bounds.get(name, bounds.get(name.split("@")[0])) for name in ref}  # logits@192x320: logits' bound
     outputs = [output_parity(name, r, out[name], bounds[name]) if name in out
                else OutputParity(name, float("inf"), float("inf"), float("inf"), 0.0, bounds[name])
                for name, r in ref.items()]
     limits = {name: (kind, float(limit)) for name, (kind, limit) in (task_bounds or {}).items()}
-    return Parity(outputs, task_agreement(task or {}, ref, out), limits)
+    return Parity(outputs, task.agreement(ref, out) if task is not None else {}, limits)
+
+
+def check_artifact(runner: Any, artifact: Mapping[str, Any], sets: Mapping[str, tuple[dict, dict]],
+                   task: Task | None) -> Parity:
+    """An artifact's parity on its set of inputs (`judged_on`: "golden" unless said
+    otherwise) and, for a model with dynamic sides, on every other size stored
+    (sets named "size.HxW"; their outputs reported as "logits@HxW")."""
+    inputs, reference = sets[artifact.get("judged_on", "golden")]
+    parity = compare(reference, runner.infer(inputs), artifact["bounds"], task, artifact.get("task_bounds"))
+    for name, (inputs, reference) in sets.items():
+        if name.startswith("size."):
+            other = compare(reference, runner.infer(inputs), artifact["bounds"])
+            size = name.removeprefix("size.")
+            parity = replace(parity, outputs=parity.outputs + [replace(o, name=f"{o.name}@{size}")
+                                                               for o in other.outputs])
+    return parity

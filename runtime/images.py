@@ -1,9 +1,10 @@
 """Images in and pictures out, as the manifest describes them (Pillow and numpy only).
 
 `preprocess` turns an image file into the model's input exactly as the build
-did (resize, channel order, scale, mean/std, layout); `render` draws what the
-model found on the original image: named keypoints for detectors, a coloured
-class overlay with its legend for segmenters, lettered at the picture's scale.
+did (resize, channel order, scale, mean/std, layout); the drawing helpers put
+what a model found on the original image (the tasks of `runtime.tasks` call
+them): named keypoints, a coloured class overlay with its legend, lettered at
+the picture's scale.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .errors import UserError
+from .spec import ModelSpec
 
 # Distinct colours for keypoints and classes (class 0 first), cycling if there are more.
 PALETTE = np.array([
@@ -38,13 +40,23 @@ def open_image(path: str | Path) -> Image.Image:
                         "pass PNG, JPEG, BMP or another format Pillow reads") from None
 
 
-def preprocess(image: Image.Image, spec: Mapping[str, Any]) -> np.ndarray:
-    """(1, C, H, W) float32 input from an RGB image, per the manifest's `preprocess`."""
-    height, width = spec["size"]
-    resized = image.resize((width, height), Image.BILINEAR)
-    x = np.asarray(resized, np.float32) * np.float32(spec["scale"])
-    x = (x - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])  # the build's layout: NCHW, RGB
+def preprocess(image: Image.Image, spec: ModelSpec, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(1, C, H, W) float32 input from an RGB image, as the spec's preprocessing says:
+    resized to its size (a model with dynamic sides: the image's own size, rounded to
+    the multiple it needs; or to `size`, height and width, if given), channel order,
+    scale, mean and std."""
+    p = spec.preprocess
+    if p is None:
+        raise UserError(f"model {spec.name!r} takes no image (its spec has no preprocessing); "
+                        "feed it arrays through runtime.load(...).infer")
+    height, width = size or spec.input_size_for(image.height, image.width)
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.BILINEAR)
+    gray = spec.image.example[1] == 1
+    x = np.asarray(image.convert("L") if gray else image, np.float32)
+    x = x[..., None] if gray else x[..., ::-1] if p.channels == "BGR" else x
+    x = (x * np.float32(p.scale) - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)
 
 
 def keypoints_px(value: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -140,19 +152,3 @@ def caption(image: Image.Image, text: str) -> Image.Image:
     out.paste(image, (0, 0))
     ImageDraw.Draw(out).text((6, image.height + 4), text, fill=(255, 210, 80), font=font)
     return out
-
-
-def render(task: Mapping[str, Any], image: Image.Image, outputs: Mapping[str, np.ndarray]) -> tuple[Image.Image, dict]:
-    """The picture to look at, and the findings in plain numbers (pixels of the original image)."""
-    if task.get("kind") == "keypoints":
-        value = outputs["value"][0]
-        names = task.get("names")
-        found = {"keypoints_px": keypoints_px(value, *image.size).round(2).tolist(), "keypoint_names": names}
-        return draw_keypoints(image, value, names), found
-    if task.get("kind") == "segmentation":
-        logits = outputs["logits"][0]
-        mask = logits.argmax(0)
-        counts = np.bincount(mask.ravel(), minlength=task["classes"]) / mask.size
-        found = {"mask": mask.tolist(), "class_names": task.get("names"), "class_fractions": counts.round(6).tolist()}
-        return overlay_mask(image, upsampled_mask(logits, image.size), task.get("names")), found
-    raise UserError(f"task {task.get('kind')!r} has no picture; known: keypoints, segmentation")

@@ -22,6 +22,7 @@ import numpy as np
 
 from .bundle import BACKENDS, PRECISIONS, Bundle
 from .errors import UserError, check_choice
+from .spec import TensorSpec
 
 # What OpenVINO is asked for, by artifact precision. A CPU without native f16
 # arithmetic computes an FP16 IR (compressed weights) in bf16 where it has
@@ -44,9 +45,9 @@ class Runner(Protocol):
 
 
 class _Base:
-    def __init__(self, inputs: list[dict], outputs: list[dict], backend: str, precision: str):
+    def __init__(self, inputs: tuple[TensorSpec, ...], outputs: list[dict], backend: str, precision: str):
         self.inputs = inputs
-        self.input_names = [i["name"] for i in inputs]
+        self.input_names = [i.name for i in inputs]
         self.output_names = [o["name"] for o in outputs]
         self.backend, self.precision = backend, precision
         self.settings: dict[str, Any] = {}
@@ -63,29 +64,7 @@ class _Base:
             raise ValueError(f"inputs expected: {', '.join(self.input_names)}; "
                              f"missing: {', '.join(missing) or 'none'}; unknown: {', '.join(map(str, unknown)) or 'none'}")
         for spec in self.inputs:
-            name, value = spec["name"], feeds[spec["name"]]
-            expected = "(" + ", ".join(str(d) for d in spec["shape"]) + ")"
-            if not isinstance(value, np.ndarray):
-                raise ValueError(f"input {name!r}: expected a numpy array of {spec['dtype']} {expected}, "
-                                 f"got {type(value).__name__}")
-            if value.dtype != np.dtype(spec["dtype"]):
-                raise ValueError(f"input {name!r}: expected dtype {spec['dtype']}, got {value.dtype}")
-            if value.ndim != len(spec["shape"]):
-                raise ValueError(f"input {name!r}: expected rank {len(spec['shape'])} {expected}, "
-                                 f"got rank {value.ndim} {tuple(value.shape)}")
-            for want, got in zip(spec["shape"], value.shape):
-                if (isinstance(want, int) and want != got) or got < 1:
-                    raise ValueError(f"input {name!r}: expected shape {expected}, got {tuple(value.shape)}")
-            low, high = value.min(), value.max()  # NaN propagates into both and inf shows in one
-            if value.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
-                raise ValueError(f"input {name!r}: holds NaN or infinite values; expected finite numbers")
-            if "range" in spec:
-                lo, hi = spec["range"]
-                slack = 1e-3 * (hi - lo)
-                if low < lo - slack or high > hi + slack:
-                    raise ValueError(f"input {name!r}: values span [{low:.4g}, {high:.4g}]; "
-                                     f"expected [{lo:g}, {hi:g}] as the build's preprocessing gives (an image scaled "
-                                     "by 1/255, not 0..255)")
+            spec.check(feeds[spec.name])
         return dict(feeds)
 
     def infer(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -337,7 +316,7 @@ def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str
     entry = bundle.artifact(backend, precision)
     try:
         runner_cls = RUNNERS[backend]
-        return runner_cls(bundle.path / entry["file"], bundle.manifest["inputs"],
+        return runner_cls(bundle.path / entry["file"], bundle.spec.inputs,
                           bundle.manifest["outputs"], precision, threads, mode, profile, cache)
     except ImportError:
         raise UserError(f"backend {backend!r} is not installed here; pip install {backend}") from None

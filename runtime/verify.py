@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import Bundle
-from .compare import Parity, compare
+from .compare import Parity, check_artifact
 from .runners import installed_backends, load
+from .tasks import task_of
 
 
 @dataclass
@@ -42,9 +43,10 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
     broken = {p.split(" ", 1)[0] for p in result.file_problems}
     sets = {}
     if "golden.npz" not in broken:
-        for name in {a.get("judged_on", "golden") for a in bundle.artifacts}:
+        for name in bundle.golden_sets():
             sets[name] = bundle.golden(name)
     have = installed_backends()
+    task = task_of(bundle.spec)
     for art in bundle.artifacts:
         check = ArtifactCheck(art)
         result.checks.append(check)
@@ -56,8 +58,6 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
         elif broken & set(files):
             check.skipped = "its file is missing or changed"
         else:
-            inputs, reference = sets[art.get("judged_on", "golden")]
             with load(bundle, art["backend"], art["precision"], threads) as runner:
-                check.parity = compare(reference, runner.infer(inputs), art["bounds"], bundle.manifest.get("task"),
-                                       art.get("task_bounds"))
+                check.parity = check_artifact(runner, art, sets, task)
     return result

@@ -37,8 +37,8 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["files"] == {n: sha256(bundle / n) for n in names if n != "manifest.json"}
     assert [o["name"] for o in manifest["outputs"]] == ["value", "jacobian", "heatmap"]
-    assert manifest["inputs"] == [{"name": "image", "shape": ["batch", 3, 256, 256], "dtype": "float32",
-                                   "range": [0.0, 1.0]}]
+    assert manifest["spec"]["inputs"] == [{"name": "image", "shape": ["batch", 3, 256, 256], "dtype": "float32",
+                                           "range": [0.0, 1.0], "multiple": 1, "example": [1, 3, 256, 256]}]
     assert manifest["model"]["params"] == 1_702_758
     assert manifest["export"]["opset"] == 20 and manifest["versions"]["torch"].startswith("2.")
     assert {a["key"] for a in manifest["artifacts"]} == {"onnxruntime/fp32", "openvino/fp32", "openvino/fp16"}
@@ -48,7 +48,7 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
     ov = manifest["latency"]["openvino/fp32"]["settings"]
     assert ov["precision_hint_requested"] == "f32" and ov["precision_hint"] == "f32"
     assert "| model.onnx | onnxruntime fp32 | pass |" in (bundle / "report.md").read_text()
-    assert manifest["task"] == {"kind": "keypoints", "image_size": 256,
+    assert manifest["spec"]["task"] == {"kind": "keypoints", "output": "value", "image_size": 256,
                                 "names": ["head", "neck", "pelvis", "l_hand", "r_hand", "l_foot", "r_foot",
                                           "l_elbow", "r_elbow", "l_knee"]}
     report = (bundle / "report.md").read_text()

@@ -24,7 +24,7 @@ def figures(built, tmp_path_factory):
     root = tmp_path_factory.mktemp("compete")
     (root / "dsc").symlink_to(built("dsc").bundle)
     (root / "baseline").mkdir()
-    (root / "baseline" / "manifest.json").write_text('{"variant": "baseline"}')
+    (root / "baseline" / "manifest.json").write_text('{"format": 2, "name": "baseline"}')
     result = run_cli("compete", "--variants", "dsc,baseline", "--artifacts", str(root), "--runs", "10",
                      "--threads", "2", "--json")
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
@@ -35,7 +35,7 @@ def test_a_variant_that_cannot_be_loaded_is_reported_and_the_rest_still_run(figu
     dsc, baseline = figures["variants"]
     assert dsc["variant"] == "dsc" and "error" not in dsc
     assert baseline["variant"] == "baseline"
-    assert "manifest.json lacks the 'inputs' entry" in baseline["error"]
+    assert "manifest.json lacks the 'spec' entry" in baseline["error"]
 
 
 def test_every_contender_in_one_run(figures, built):

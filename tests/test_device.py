@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ from PIL import Image
 import runtime
 from export.pack import pack
 from runtime.bundle import sha256
-from runtime.images import keypoints_px, preprocess
+from runtime.images import keypoints_px, preprocess, upsampled_mask
+from runtime.spec import ModelSpec, Preprocess, TensorSpec
 from tests.test_cli import run
 
 
@@ -71,11 +73,19 @@ def test_profile_needs_a_profiling_runner(built):
             runner.profile(x, 1)
 
 
-def test_preprocess_follows_the_manifest():
+def test_preprocess_follows_the_spec():
     image = Image.fromarray(np.full((10, 20, 3), (255, 0, 51), np.uint8))
-    x = preprocess(image, {"size": [4, 6], "scale": 1 / 255, "mean": [0.5, 0, 0], "std": [0.5, 1, 1]})
+    fixed = ModelSpec("m", (TensorSpec("x", ("batch", 3, 4, 6)),), ("y",), "tensor",
+                      preprocess=Preprocess((4, 6), mean=(0.5, 0, 0), std=(0.5, 1, 1)))
+    x = preprocess(image, fixed)
     assert x.shape == (1, 3, 4, 6) and x.dtype == np.float32
     np.testing.assert_allclose(x[0, :, 0, 0], [1.0, 0.0, 0.2], atol=1e-6)
+    bgr = dataclasses.replace(fixed, preprocess=Preprocess((4, 6), channels="BGR"))
+    np.testing.assert_allclose(preprocess(image, bgr)[0, :, 0, 0], [0.2, 0.0, 1.0], atol=1e-6)
+    # dynamic sides: the image's own size, rounded to the nearest multiple
+    dynamic = ModelSpec("m", (TensorSpec("x", ("batch", 3, "height", "width"), multiple=8),), ("y",), "tensor",
+                        preprocess=Preprocess(None))
+    assert preprocess(image, dynamic).shape == (1, 3, 8, 16)
 
 
 def test_keypoint_coordinates_map_to_the_edge_pixels():
@@ -83,8 +93,9 @@ def test_keypoint_coordinates_map_to_the_edge_pixels():
                                [[0, 0], [399, 299], [199.5, 149.5]])
 
 
-@pytest.mark.parametrize("variant", ["dsc", "segnet-dsc"])
-def test_infer_writes_a_picture_and_the_outputs(built, variant, tmp_path):
+def infer_cat(built, variant: str, tmp_path) -> tuple[dict, dict]:
+    """`runtime infer` on a 120x90 photo: (what it wrote in the .json, the outputs the bundle gives
+    for the photo preprocessed as its spec says), after checking the picture and the .npz."""
     rng = np.random.default_rng(1)
     Image.fromarray((rng.random((90, 120, 3)) * 255).astype(np.uint8)).save(tmp_path / "cat.jpg")
     bundle = runtime.Bundle.open(built(variant).bundle)
@@ -96,16 +107,24 @@ def test_infer_writes_a_picture_and_the_outputs(built, variant, tmp_path):
     raw = np.load(tmp_path / "pred" / "cat.npz")
     with runtime.load(bundle) as runner:
         with Image.open(tmp_path / "cat.jpg") as image:
-            expected = runner.infer(preprocess(image.convert("RGB"), bundle.manifest["preprocess"]))
+            expected = runner.infer(preprocess(image.convert("RGB"), bundle.spec))
     for name, value in expected.items():
         np.testing.assert_array_equal(raw[name], value)
-    if variant == "dsc":
-        assert np.asarray(found["keypoints_px"]).shape == (10, 2)
-        assert np.asarray(found["outputs"]["value"]["data"]).shape == (1, 10, 2)
-    else:
-        assert np.asarray(found["mask"]).shape == (128, 128)
-        assert sum(found["class_fractions"]) == pytest.approx(1.0)
-        np.testing.assert_array_equal(found["mask"], expected["logits"][0].argmax(0))
+    return found, expected
+
+
+def test_infer_finds_named_keypoints(built, tmp_path):
+    found, _ = infer_cat(built, "dsc", tmp_path)
+    assert np.asarray(found["keypoints_px"]).shape == (10, 2) and found["keypoint_names"][0] == "head"
+    assert np.asarray(found["outputs"]["value"]["data"]).shape == (1, 10, 2)
+
+
+def test_infer_segments_a_photo_at_its_own_size(built, tmp_path):
+    found, expected = infer_cat(built, "segnet-dsc", tmp_path)
+    assert expected["logits"].shape == (1, 3, 96, 128)  # run at the photo's size, rounded to multiples of 16
+    assert np.asarray(found["mask"]).shape == (90, 120)  # the mask at the photo's own size
+    assert sum(found["class_fractions"]) == pytest.approx(1.0)
+    np.testing.assert_array_equal(found["mask"], upsampled_mask(expected["logits"][0], (120, 90)))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -133,9 +133,9 @@ def test_a_build_whose_parity_fails_says_where(checkpoint_for, tmp_path, monkeyp
 
     def export_a_changed_model(model, *args, **kwargs):
         with torch.no_grad():
-            model.kp.weight.mul_(1.1)
+            model.module.kp.weight.mul_(1.1)
             info = real_export(model, *args, **kwargs)
-            model.kp.weight.div_(1.1)
+            model.module.kp.weight.div_(1.1)
         return info
 
     monkeypatch.setattr(pipeline, "export_onnx", export_a_changed_model)

@@ -108,10 +108,11 @@ def test_untrained_outputs_have_a_real_range(variant):
     would compare noise (SegNet-DSC's logits were ~1e-20 before its depthwise
     convs got their proper He initialisation). An output's typical scale is 1,
     or 1/(h*w) for a probability map (a heatmap sums to 1 over its positions)."""
+    from export.contract import Exportable
     from export.golden import golden_inputs, reference_outputs
 
-    config = models.get_variant(variant).config
-    outputs = reference_outputs(models.create(variant), golden_inputs(config.input_shape, 1, seed=0))
+    spec = models.spec(variant)
+    outputs = reference_outputs(Exportable(models.create(variant), spec), golden_inputs(spec, 1, seed=0))
     for name, value in outputs.items():
         per_map = value.shape[-1] * value.shape[-2]
         probability_map = value.ndim == 4 and np.allclose(value.sum(axis=(-1, -2)), 1, atol=1e-4)

@@ -10,10 +10,12 @@ import runtime
 from export import golden
 from export.pipeline import artifact_entries
 from runtime.bundle import BACKENDS
-from runtime.compare import BOUNDS
+from export.contract import Exportable
+from runtime.compare import BOUNDS, check_artifact
+from runtime.tasks import task_of
 
 # what a build makes without --quantize (INT8 has its own tests)
-ARTIFACTS = [(a["backend"], a["precision"]) for a in artifact_entries(BACKENDS)]
+ARTIFACTS = [(a["backend"], a["precision"]) for a in artifact_entries(models.spec("dsc"), BACKENDS)]
 
 
 @pytest.mark.parametrize("backend, precision", ARTIFACTS, ids=[f"{b}-{p}" for b, p in ARTIFACTS])
@@ -32,9 +34,9 @@ def test_artifact_matches_pytorch(built, variant, backend, precision):
     assert entry["parity"]["passed"], entry["parity"]
     # and the same, replayed on the device side from the bundle alone
     bundle = runtime.Bundle.open(result.bundle)
-    inputs, reference = bundle.golden()
+    sets = {name: bundle.golden(name) for name in bundle.golden_sets()}
     with runtime.load(bundle, backend, precision, threads=2) as runner:
-        parity = runtime.compare(reference, runner.infer(inputs), entry["bounds"], bundle.manifest["task"])
+        parity = check_artifact(runner, entry, sets, task_of(bundle.spec))
     assert parity.passed, parity.failures()
     if precision == "fp32" and "keypoint_error_px" in parity.task:
         assert parity.task["keypoint_error_px"] < 0.01
@@ -46,7 +48,8 @@ def test_artifact_matches_pytorch(built, variant, backend, precision):
 def test_reference_noise_is_float32_rounding_unless_an_argmax_routes_values(checkpoint_for, variant, low, high):
     """The bound is raised only where PyTorch's own float32 result is that uncertain:
     SegNet's max-unpool flips near-ties under a one-ulp change of its input."""
-    model = models.create(variant, checkpoint=checkpoint_for(variant)).eval()
-    inputs = golden.golden_inputs(models.get_variant(variant).config.input_shape, 2, seed=0)
+    spec = models.spec(variant)
+    model = Exportable(models.create(variant, checkpoint=checkpoint_for(variant)), spec).eval()
+    inputs = golden.golden_inputs(spec, 2, seed=0)
     noise = golden.reference_noise(model, inputs, golden.reference_outputs(model, inputs))
     assert all(low <= n <= high for n in noise.values()), noise

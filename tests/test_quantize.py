@@ -49,21 +49,20 @@ def test_quantization_settings_are_checked_before_any_work(calib_dirs, args, mes
 
 
 def test_calibration_from_a_folder_is_preprocessed_as_the_manifest_says(calib_dirs):
-    config = models.resolve("dsc")
-    preprocess = {"size": [256, 256], "scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]}
-    data, info = quantize.calibration_set(config, preprocess, calib_dirs / "good", samples=2)
+    spec = models.spec("dsc")
+    feeds, info = quantize.calibration_set(spec, calib_dirs / "good", samples=2)
+    data = feeds["image"]
     assert data.shape == (2, 3, 256, 256) and data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
     assert info["samples"] == 2 and info["source"].startswith("2 images from") and len(info["sha256"]) == 64
-    again, _ = quantize.calibration_set(config, preprocess, None, samples=4)
-    assert again.shape == (4, 3, 256, 256)
+    again, _ = quantize.calibration_set(spec, None, samples=4)
+    assert again["image"].shape == (4, 3, 256, 256)
 
 
 def test_the_selective_plan_keeps_depthwise_convs_and_heads_in_fp32(built, tmp_path):
     bundle = built("dsc").bundle
-    data, _ = quantize.calibration_set(models.resolve("dsc"), {}, None, samples=4)
-    quantize.quantize_onnxruntime(bundle / "model.onnx", tmp_path / "full.onnx", data, "image", "minmax", "full")
-    info = quantize.quantize_onnxruntime(bundle / "model.onnx", tmp_path / "sel.onnx", data, "image", "minmax",
-                                         "selective")
+    data, _ = quantize.calibration_set(models.spec("dsc"), None, samples=4)
+    quantize.quantize_onnxruntime(bundle / "model.onnx", tmp_path / "full.onnx", data, "minmax", "full")
+    info = quantize.quantize_onnxruntime(bundle / "model.onnx", tmp_path / "sel.onnx", data, "minmax", "selective")
     kept = info["kept_fp32"]["nodes"]
     source = onnx.load(str(bundle / "model.onnx"))
     depthwise = [n.name for n in source.graph.node if n.op_type == "Conv" and any(
@@ -111,11 +110,11 @@ def test_each_calibration_method_gives_its_own_ranges(built, tmp_path):
     """quantize_static's own entropy calibrator has as many histogram bins as
     quantized bins, which makes it min-max; the build calibrates entropy with 2048 bins."""
     bundle = built("dsc").bundle
-    data, _ = quantize.calibration_set(models.resolve("dsc"), {}, None, samples=4)
+    data, _ = quantize.calibration_set(models.spec("dsc"), None, samples=4)
     scales = {}
     for method in quantize.CALIB_METHODS:
         dst = tmp_path / f"{method}.onnx"
-        quantize.quantize_onnxruntime(bundle / "model.onnx", dst, data, "image", method, "full")
+        quantize.quantize_onnxruntime(bundle / "model.onnx", dst, data, method, "full")
         scales[method] = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer
                           if i.name.endswith("_scale")}
     for a, b in (("minmax", "entropy"), ("minmax", "percentile"), ("entropy", "percentile")):

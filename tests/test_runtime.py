@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from runtime.bench import latency_stats
-from runtime.compare import compare, keypoint_error_px
+from runtime.compare import compare
+from runtime.tasks import Keypoints
 
 
 def test_runtime_does_not_import_torch():
@@ -44,7 +45,8 @@ def test_compare_fails_missing_or_misshapen_outputs():
 def test_keypoint_error_in_pixels():
     ref = np.zeros((1, 2, 2))
     out = np.array([[[3 / 128, 4 / 128], [0.0, 0.0]]])  # 5 px off in a 256 image, 0 px
-    assert keypoint_error_px(ref, out, 256) == pytest.approx(2.5)
+    task = Keypoints({"image_size": 256}, ("value",))
+    assert task.error_px(ref, out) == pytest.approx(2.5)
 
 
 def test_latency_stats():

@@ -10,7 +10,8 @@ import torch
 
 import models
 from models.tasks import keypoint_sample, pet_sample, task_for
-from models.train import evaluate, evaluate_bundle, task_metrics, train
+from models.train import evaluate, evaluate_bundle, train
+from runtime.tasks import task_of
 from runtime.errors import UserError
 from tests.test_cli import run
 
@@ -44,19 +45,20 @@ def test_pet_trimaps_have_pet_background_and_a_thin_border():
 
 
 def test_only_variants_with_a_generated_task_train():
-    assert task_for(models.resolve("kp-lednet")).kind == "keypoints"
-    assert task_for(models.resolve("unet-dsc")).kind == "segmentation"
+    assert task_for(models.spec("kp-lednet")).kind == "keypoints"
+    assert task_for(models.spec("unet-dsc")).kind == "segmentation"
     with pytest.raises(UserError, match="no generated task for a 19-class segmenter"):
-        task_for(models.resolve("erfnet"))
+        task_for(models.spec("erfnet"))
 
 
 def test_task_metrics():
     targets = np.zeros((1, 10, 2), np.float32)
-    assert task_metrics("keypoints", targets, {"value": targets + [0.03, 0.04]}, 256)["keypoint_error_px"] == \
+    keypoints = task_of(models.spec("dsc"))
+    assert keypoints.metrics(targets, {"value": targets + [0.03, 0.04]})["keypoint_error_px"] == \
         pytest.approx(6.4)  # 0.05 of the half-width 128
     trimap = np.array([[[0, 0, 1, 2]]])
     logits = np.eye(3)[[[[0, 1, 1, 2]]]].transpose(0, 3, 1, 2)
-    m = task_metrics("segmentation", trimap, {"logits": logits}, 4)
+    m = task_of(models.spec("unet-dsc")).metrics(trimap, {"logits": logits})
     assert m["pixel_accuracy"] == 0.75 and m["miou"] == pytest.approx((0.5 + 0.5 + 1) / 3)
 
 

@@ -1,0 +1,183 @@
+"""Tasks as small plugins: what a model's outputs mean, on the device side.
+
+A task knows which output it reads, how to score an artifact's outputs against
+PyTorch's (`agreement`) and against the truth (`metrics`), the bounds INT8 is
+held to, how to say its figures in a table cell, and what picture `infer`
+draws. `keypoints` and `segmentation` are the zoo's; `none` is any other model:
+every stage but task figures and pictures. The PyTorch half (generated data,
+loss) is `models.tasks`. numpy and Pillow only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from .errors import UserError, check_choice
+
+
+class Task:
+    """A model with no task of ours: outputs are compared as tensors only."""
+
+    kind: ClassVar[str] = "none"
+    # task-level bounds on INT8 against PyTorch FP32: figure -> ("max" | "min", limit)
+    int8_bounds: ClassVar[dict[str, tuple[str, float]]] = {}
+
+    def __init__(self, settings: Mapping[str, Any], outputs: tuple[str, ...]):
+        self.settings = dict(settings)
+        self.output = self.settings.get("output", self.default_output(outputs))
+        if self.output is not None and self.output not in outputs:
+            raise UserError(f"task {self.kind!r} reads output {self.output!r}, which the model does not have; "
+                            f"its outputs: {', '.join(outputs)} (name one with the task's output)")
+        self.names = [str(n) for n in self.settings.get("names", [])]
+
+    def default_output(self, outputs: tuple[str, ...]) -> str | None:
+        return None
+
+    @classmethod
+    def complete(cls, settings: dict[str, Any], output_shapes: Mapping[str, tuple[int, ...]], image) -> dict[str, Any]:
+        """The task's settings with what the model's shapes tell filled in (`image`: the first input's spec)."""
+        return settings
+
+    def agreement(self, ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Task figures of an artifact's outputs against the reference outputs."""
+        return {}
+
+    def metrics(self, targets: np.ndarray, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Task figures of outputs against ground truth."""
+        return {}
+
+    def describe(self, figures: Mapping[str, float]) -> str:
+        """The figures in a few characters, for tables."""
+        return "-"
+
+    def render(self, image, outputs: Mapping[str, np.ndarray]):
+        """(picture, findings): what `infer` draws on the image, or (None, {}) where the task has no picture."""
+        return None, {}
+
+
+class Keypoints(Task):
+    """Keypoints (B, K, 2) in [-1, 1] as (x, y); `image_size` the input's side in pixels."""
+
+    kind = "keypoints"
+    int8_bounds = {"keypoint_error_px": ("max", 0.5)}
+
+    def __init__(self, settings, outputs):
+        super().__init__(settings, outputs)
+        if int(self.settings.get("image_size", 0)) < 2:
+            raise UserError("the keypoints task needs the input's image_size (its side in pixels), at least 2")
+        self.image_size = int(self.settings["image_size"])
+
+    def default_output(self, outputs):
+        return "value" if "value" in outputs else outputs[0]
+
+    @classmethod
+    def complete(cls, settings, output_shapes, image):
+        """The image size keypoints are measured in: the input's width."""
+        if len(image.example) == 4:
+            settings.setdefault("image_size", int(image.example[3]))
+        return settings
+
+    def error_px(self, ref_value: np.ndarray, value: np.ndarray) -> float:
+        """Mean Euclidean distance between keypoints in [-1, 1], in pixels of the input image."""
+        diff = (np.asarray(ref_value, np.float64) - np.asarray(value, np.float64)) * self.image_size / 2
+        return float(np.linalg.norm(diff, axis=-1).mean())
+
+    def agreement(self, ref, out):
+        if self.output not in out or out[self.output].shape != ref[self.output].shape:
+            return {}
+        return {"keypoint_error_px": self.error_px(ref[self.output], out[self.output])}
+
+    def metrics(self, targets, outputs):
+        return {"keypoint_error_px": self.error_px(targets, outputs[self.output])}
+
+    def describe(self, figures):
+        return f"kp {figures['keypoint_error_px']:.4f} px" if "keypoint_error_px" in figures else "-"
+
+    def render(self, image, outputs):
+        from .images import draw_keypoints, keypoints_px
+
+        value = outputs[self.output][0]
+        found = {"keypoints_px": keypoints_px(value, *image.size).round(2).tolist(), "keypoint_names": self.names}
+        return draw_keypoints(image, value, self.names), found
+
+
+class Segmentation(Task):
+    """Per-pixel class logits (B, classes, H, W)."""
+
+    kind = "segmentation"
+    int8_bounds = {"miou": ("min", 0.99)}
+
+    def __init__(self, settings, outputs):
+        super().__init__(settings, outputs)
+        if int(self.settings.get("classes", 0)) < 2:
+            raise UserError("the segmentation task needs its number of classes, at least 2")
+        self.classes = int(self.settings["classes"])
+
+    def default_output(self, outputs):
+        return "logits" if "logits" in outputs else outputs[0]
+
+    @classmethod
+    def complete(cls, settings, output_shapes, image):
+        """The class count: the channels of the output the task reads."""
+        name = settings.get("output", "logits" if "logits" in output_shapes else next(iter(output_shapes)))
+        shape = output_shapes.get(name, ())
+        if len(shape) == 4:
+            settings.setdefault("classes", int(shape[1]))
+            if settings["classes"] != shape[1]:
+                raise UserError(f"--classes {settings['classes']}, but the segmentation output {name!r} has "
+                                f"{shape[1]} channels {shape}")
+        return settings
+
+    def agreement(self, ref, out):
+        if self.output not in out or out[self.output].shape != ref[self.output].shape:
+            return {}
+        ref_mask, mask = ref[self.output].argmax(1), out[self.output].argmax(1)
+        return {"mask_agreement": float((ref_mask == mask).mean()), "miou": miou(ref_mask, mask, self.classes)}
+
+    def metrics(self, targets, outputs):
+        mask = outputs[self.output].argmax(1)
+        return {"pixel_accuracy": float((mask == targets).mean()), "miou": miou(targets, mask, self.classes)}
+
+    def describe(self, figures):
+        return f"mask {100 * figures['mask_agreement']:.3f}%" if "mask_agreement" in figures else "-"
+
+    def render(self, image, outputs):
+        from .images import overlay_mask, upsampled_mask
+
+        mask = upsampled_mask(outputs[self.output][0], image.size)  # the photo's own size
+        counts = np.bincount(mask.ravel(), minlength=self.classes) / mask.size
+        found = {"mask": mask.tolist(), "mask_size": list(mask.shape[::-1]), "class_names": self.names,
+                 "class_fractions": counts.round(6).tolist()}
+        return overlay_mask(image, mask, self.names), found
+
+
+TASKS: dict[str, type[Task]] = {"none": Task, "keypoints": Keypoints, "segmentation": Segmentation}
+
+
+def task_class(settings: Mapping[str, Any]) -> type[Task]:
+    """The plugin class for task settings ({"kind": ..., ...})."""
+    return TASKS[check_choice("task", settings.get("kind", "none"), tuple(TASKS))]
+
+
+def task_of(spec) -> Task:
+    """The task plugin of a `ModelSpec` (or of a manifest's spec dict)."""
+    task = spec.task if hasattr(spec, "task") else spec["task"]
+    outputs = tuple(spec.outputs if hasattr(spec, "outputs") else spec["outputs"])
+    return task_class(task)(task, outputs)
+
+
+def confusion(ref_mask: np.ndarray, mask: np.ndarray, classes: int) -> np.ndarray:
+    """(classes, classes) pixel counts, rows = reference class."""
+    return np.bincount(ref_mask.ravel().astype(np.int64) * classes + mask.ravel(),
+                       minlength=classes * classes).reshape(classes, classes)
+
+
+def miou(ref_mask: np.ndarray, mask: np.ndarray, classes: int) -> float:
+    """Mean intersection over union over the classes present in either mask."""
+    c = confusion(ref_mask, mask, classes)
+    inter = np.diag(c).astype(np.float64)
+    union = c.sum(0) + c.sum(1) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else 1.0
