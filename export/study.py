@@ -191,7 +191,7 @@ def _int8_runners(s: StudySettings, variant: str) -> dict[tuple, Any]:
 
 
 def convolution(st: Study) -> list[Section]:
-    hourglass_rows = ("baseline", "dsc", "asym", "dsc-deep")
+    hourglass_rows = st.quick_or_full(("baseline", "dsc"), ("baseline", "dsc", "asym", "dsc-deep"))
     runners, feeds, counts = {}, {}, {}
     for name in hourglass_rows:
         st.say(f"convolution: hourglass of {name}")
@@ -321,7 +321,7 @@ def upsampling(st: Study) -> list[Section]:
 
 
 def encoder_decoders(st: Study) -> list[Section]:
-    archs = tuple(ARTICLE_ENCDEC)
+    archs = st.quick_or_full(("erfnet", "edanet"), tuple(ARTICLE_ENCDEC))
     groups = [("", (3, 256, 512))] if not st.s.quick else []
     groups.append(("kp-", (3, 256, 256)))
     sections = []

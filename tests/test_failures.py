@@ -83,14 +83,14 @@ def test_diagnose_checks_its_input(tmp_path):
 
 
 def test_killed_builds_leave_the_previous_bundle_or_none(built, tmp_path):
-    """kill -9 after each of several stages (and once while the bundle is published)."""
+    """kill -9 before the bundle's folder exists, in the middle of the work, and late (after the latency stage)."""
     out = tmp_path / "out"
     out.mkdir()
     shutil.copytree(built("dsc").bundle, out / "dsc")
     command = [sys.executable, "-m", "export", "build", "--variant", "dsc", "--out", str(out), "--threads", "2",
                "--backends", "onnxruntime"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for after in ("model", "golden vectors", "ONNX export", "parity against PyTorch", "latency"):
+    for after in ("model", "ONNX export", "latency"):
         proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 env=env)
         for line in proc.stdout:
