@@ -13,7 +13,8 @@ from runtime.errors import UserError
 from runtime.spec import ModelSpec, Preprocess
 
 from .contract import infer_spec
-from .pipeline import BuildResult, Stage, _silent, build_model
+from .artifacts import Stage, silent
+from .pipeline import BuildResult, build_model
 from .report import spec_line
 from .settings import BuildSettings, check_options
 
@@ -22,7 +23,7 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
           | Mapping[str, torch.Tensor], out: str | Path = "artifacts", *, name: str | None = None,
           checkpoint: str | Path | None = None, task: Mapping[str, Any] | None = None,
           preprocess: Preprocess | None = None, dynamic: Mapping[str, Sequence[int]] | None = None,
-          outputs: Sequence[str] = (), multiple: int = 1, stage: Stage = _silent, verbose: bool = True,
+          outputs: Sequence[str] = (), multiple: int = 1, stage: Stage = silent, verbose: bool = True,
           **options: Any) -> BuildResult:
     """Build, prove and benchmark a bundle of `module` at `out/<name>`.
 

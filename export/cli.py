@@ -79,6 +79,15 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--runs", type=int, default=50, help="timed calls per contender (default 50)")
     c.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
 
+    ev = sub.add_parser("evaluate", help="a bundle's task metrics on the generated held-out split, "
+                                         "through the device runtime")
+    ev.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
+    ev.add_argument("--backend", help=f"one of {', '.join(BACKENDS)} (default: the build's recommendation)")
+    ev.add_argument("--precision", help="fp32, fp16 or int8 (those the bundle has; default: the recommended one)")
+    ev.add_argument("--samples", type=int, default=64, help="held-out samples (default 64)")
+    ev.add_argument("--threads", type=int, help="inference threads (default: the backend's choice)")
+    ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     li = sub.add_parser("list", help="the registered variants with params and mult-adds")
     li.add_argument("--counts", action="store_true",
                     help="count params and mult-adds afresh with torchinfo (builds every model; slower)")
@@ -87,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _model_arguments(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     """The options that say which model: a zoo variant, or a user's module and its contract."""
-    from models.configs import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS
+    from models.kinds import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS
     from runtime.tasks import TASKS
 
     zoo = p.add_argument_group("a zoo variant")
@@ -313,7 +322,7 @@ def cmd_diagnose(args) -> int:
 def cmd_study(args) -> int:
     import os
 
-    from .study import StudySettings, run
+    from .lab.study import StudySettings, run
 
     threads = args.threads if args.threads is not None else os.cpu_count() or 1
     settings = StudySettings(out=args.out, quick=args.quick, threads=threads, train_steps=args.train_steps,
@@ -343,7 +352,7 @@ def cmd_compete(args) -> int:
     if args.threads is not None:
         check_threads(args.threads)
 
-    from .compete import SUMMARY_COLUMNS, built_variants, compete, summary_row  # torch: after the checks
+    from .lab.compete import SUMMARY_COLUMNS, built_variants, compete, summary_row  # torch: after the checks
 
     variants = models.list_variants() if args.variants == "all" else names or built_variants(args.artifacts) or ["dsc"]
     start = time.perf_counter()
@@ -384,6 +393,21 @@ def cmd_compete(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+
+    from .evaluate import evaluate_bundle
+
+    result = evaluate_bundle(args.bundle, args.backend, args.precision, args.samples, args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    figures = {k: v for k, v in result.items() if k not in ("model", "bundle", "samples", "runtime")}
+    console.print(f"{result['model']} ({result['runtime']}, {result['samples']} held-out samples): " + ", ".join(
+        f"{k.replace('_', ' ')} {v:.4f}" for k, v in figures.items()), markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_list(args) -> int:
     import models
     from models.counts import COUNTS
@@ -412,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "diagnose": cmd_diagnose,
-                "study": cmd_study, "compete": cmd_compete}[args.command](args)
+                "study": cmd_study, "compete": cmd_compete, "evaluate": cmd_evaluate}[args.command](args)
     except UserError as err:
         errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2

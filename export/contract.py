@@ -61,7 +61,7 @@ def check_modules(module: nn.Module, paths: Sequence[str]) -> None:
             raise UserError(unknown(f"module of {type(module).__name__} in --keep-fp32:", path, have))
 
 
-def module_nodes(exported: "Path | Any", paths: Sequence[str]) -> list[str]:
+def module_nodes(exported: Any, paths: Sequence[str]) -> list[str]:
     """Names of the nodes of an exported ONNX graph (with the exporter's scope metadata)
     computed inside any module of `paths` (paths of the user's module: the export
     wrapper's `module.` prefixed)."""

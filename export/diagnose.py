@@ -2,8 +2,8 @@
 
 Every PyTorch module's output is recorded with forward hooks; the exported
 graph is run with its intermediate tensors exposed (extra graph outputs in
-ONNX Runtime, `add_outputs` in OpenVINO). The exporter records, for each ONNX
-node, the module scopes it came from (`pkg.torch.onnx.name_scopes`); a
+ONNX Runtime, `add_outputs` in OpenVINO) through the device runtime's runners.
+The exporter records, for each ONNX node, the module scopes it came from (`pkg.torch.onnx.name_scopes`); a
 module's output is the last tensor produced inside its scope. Walking the
 graph in order, the first module whose tensor crosses the bound is where the
 artifact diverges; everything before it agrees.
@@ -112,36 +112,39 @@ def torch_activations(model: Exportable, feeds: Mapping[str, np.ndarray]) -> dic
     return acts
 
 
-def _onnxruntime_tensors(graph: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray],
-                         threads: int) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
+def _exposed_onnx(graph: onnx.ModelProto, names: list[str], folder: Path) -> tuple[Path, list[str]]:
+    """The graph with the tensors `names` (those it still holds) as extra outputs, written to `folder`."""
     inferred = onnx.shape_inference.infer_shapes(graph)
     known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(inferred)
-    have = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(known[n] for n in names if n in known and n not in have)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    wanted = [o.name for o in session.get_outputs() if o.name in names]
-    return dict(zip(wanted, session.run(wanted, feeds)))
+    have = {o.name for o in inferred.graph.output}
+    inferred.graph.output.extend(known[n] for n in names if n in known and n not in have)
+    path = folder / "exposed.onnx"
+    onnx.save(inferred, str(path))
+    return path, [o.name for o in inferred.graph.output if o.name in names]
 
 
-def _openvino_tensors(model_file: Path, names: list[str], feeds: dict[str, np.ndarray],
-                      threads: int) -> dict[str, np.ndarray]:
+def _exposed_ir(model_file: Path, names: list[str], folder: Path) -> tuple[Path, list[str]]:
+    """The IR with the tensors `names` (those it still holds) as extra outputs, written to `folder`."""
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(model_file))
+    model = ov.Core().read_model(str(model_file))
     present = {n for op in model.get_ops() for out in op.outputs() for n in out.get_names()}
     wanted = [n for n in names if n in present]
     model.add_outputs(wanted)
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
-    result = compiled.create_infer_request().infer(feeds)
-    return {n: np.array(result[compiled.output(n)]) for n in wanted}
+    path = folder / "exposed.xml"
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path, wanted
+
+
+def _tensors(backend: str, exposed: tuple[Path, list[str]], model: Exportable, feeds: dict[str, np.ndarray],
+             threads: int) -> dict[str, np.ndarray]:
+    """The exposed tensors, computed through the device runtime's own runner for `backend` (FP32)."""
+    from runtime.runners import RUNNERS
+
+    path, wanted = exposed
+    with RUNNERS[backend](path, model.spec.inputs, [{"name": n} for n in wanted], "fp32", threads,
+                          cache=False) as runner:
+        return runner.infer(feeds)
 
 
 def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
@@ -162,12 +165,13 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
     leaves = {name for name, module in model.named_modules() if not any(module.children())}
     runs = {}
     if onnx_file is not None:
-        runs["onnxruntime"] = lambda: _onnxruntime_tensors(onnx.load(str(onnx_file)), names, feeds, threads)
+        runs["onnxruntime"] = lambda folder: _exposed_onnx(onnx.load(str(onnx_file)), names, folder)
     if openvino_file is not None:
-        runs["openvino"] = lambda: _openvino_tensors(openvino_file, names, feeds, threads)
+        runs["openvino"] = lambda folder: _exposed_ir(openvino_file, names, folder)
     diagnoses = []
-    for backend, run in runs.items():
-        got = run()
+    for backend, expose in runs.items():
+        with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as folder:
+            got = _tensors(backend, expose(Path(folder)), model, feeds, threads)
         diagnosis = Diagnosis(backend)
         for m in modules:
             tensor, op_type = tensors[m]
@@ -216,9 +220,8 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
     OpenVINO conversion as a build makes them."""
     from runtime.bundle import Bundle
 
-    from . import golden, openvino_convert
-    from .onnx_export import export_onnx
-    from .simplify import simplify
+    from . import golden
+    from .artifacts import make_fp32_artifacts
 
     opened = Bundle.open(bundle) if bundle is not None else None
     if opened is not None and opened.spec.input_names != spec.input_names:
@@ -232,10 +235,8 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
             files = {a["backend"]: opened.path / a["file"] for a in opened.artifacts if a["precision"] == "fp32"}
         else:
             feeds = golden.golden_inputs(spec, 2, 0)  # batch 2: the batch axis stays dynamic
-            export_onnx(model, feeds, work / "raw.onnx", opset)
-            simplify(work / "raw.onnx", work / "model.onnx", spec, feeds)
-            openvino_convert.convert(work / "model.onnx", work)
-            files = {"onnxruntime": work / "model.onnx", "openvino": work / openvino_convert.IR_FILES["fp32"]}
+            made = make_fp32_artifacts(model, feeds, work, opset, ("fp32",))
+            files = {"onnxruntime": made.onnx, "openvino": made.irs["fp32"]}
             feeds = {k: v[:1] for k, v in feeds.items()}
         return localise_files(model, feeds, files, opset, threads)
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,27 +16,17 @@ import torch
 from runtime.errors import UserError
 
 from .contract import Exportable, example_tensors
+from .quiet import quiet
 from .settings import check_opset
 
 MAX_SIDE = 8192  # the largest dynamic height or width an export allows
 
 
-@contextlib.contextmanager
 def quiet_exporter():
     """The exporter logs about optional packages (torchvision), its IR library
     about empty attribute lists (SegNet's max-unpool), and prints its progress;
     none of it helps the user of a build."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    return quiet("torch.onnx", "onnx_ir")
 
 
 @contextlib.contextmanager

@@ -7,12 +7,12 @@ unpacked; `sha256sum -c <name>.tar.gz.sha256` checks the copy.
 
 from __future__ import annotations
 
-import os
 import tarfile
 from pathlib import Path
 
 from runtime.bundle import MANIFEST, Bundle, sha256
 from runtime.errors import UserError, check_folder
+from runtime.files import atomic_file
 
 
 def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -33,13 +33,9 @@ def pack(bundle_dir: str | Path, dest: str | Path | None = None) -> Path:
     check_folder(dest, "--out", "expected a folder for the archive (created if missing)")
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / f"{name}.tar.gz"
-    partial = dest / f".{archive.name}.partial-{os.getpid()}"
-    try:
-        with tarfile.open(partial, "w:gz") as tar:
-            for file in sorted([*bundle.manifest["files"], MANIFEST]):
-                tar.add(bundle.path / file, arcname=f"{name}/{file}", filter=_normalise)
-        partial.rename(archive)
-    finally:
-        partial.unlink(missing_ok=True)
-    archive.with_name(archive.name + ".sha256").write_text(f"{sha256(archive)}  {archive.name}\n")
+    with atomic_file(archive) as partial, tarfile.open(partial, "w:gz") as tar:
+        for file in sorted([*bundle.manifest["files"], MANIFEST]):
+            tar.add(bundle.path / file, arcname=f"{name}/{file}", filter=_normalise)
+    with atomic_file(archive.with_name(archive.name + ".sha256")) as partial:
+        partial.write_text(f"{sha256(archive)}  {archive.name}\n")
     return archive

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,22 +26,21 @@ from runtime.bundle import GOLDEN, Bundle, sha256
 from runtime.bench import bench_interleaved
 from runtime.compare import BOUNDS, effective_bounds
 from runtime.errors import UserError
+from runtime.files import clean_leftovers, publish, temporary_name
 from runtime.machine import machine_info
 from runtime.spec import ModelSpec
 from runtime.tasks import Task, task_of
 
 from . import golden, openvino_convert, quantize
 from .benchmark import measure
-from .contract import Exportable, check_modules, check_signature, example_tensors, infer_spec, module_nodes
+from .artifacts import ONNX_FILE, Stage, make_fp32_artifacts, silent
+from .contract import Exportable, check_modules, check_signature, example_tensors, infer_spec
 from .manifest import tool_versions, write_manifest
-from .onnx_export import export_onnx
 from .report import report_markdown
 from .settings import BuildSettings, check_settings
-from .simplify import simplify
 from .stats import model_stats
 from .validate import validate
 
-ONNX_FILE = "model.onnx"
 TASK_SAMPLES = 16  # held-out task images that INT8 is judged on
 
 
@@ -56,36 +53,6 @@ class BuildResult:
     replaced: dict[str, Any] | None = None  # the manifest of the bundle this one replaced
 
 
-Stage = Callable[[str], ContextManager[None]]
-
-
-@contextlib.contextmanager
-def _silent(name: str) -> Iterator[None]:
-    yield
-
-
-def _clean_leftovers(out: Path, name: str) -> None:
-    """Remove temporary folders of earlier builds of bundle `name` that were killed."""
-    for path in out.glob(f".{name}.*-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        alive = False
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-                alive = True
-            except OSError:
-                pass
-        if not alive:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _publish(tmp: Path, dest: Path) -> None:
-    """Rename `tmp` to `dest`, replacing an older bundle without ever exposing a partial one."""
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 INT8_FILES = {"onnxruntime": quantize.ONNX_INT8, "openvino": quantize.OPENVINO_INT8}
@@ -138,7 +105,7 @@ def model_for(s: BuildSettings) -> tuple[nn.Module, ModelSpec, dict | None]:
     return module, spec, None
 
 
-def build(s: BuildSettings, stage: Stage = _silent) -> BuildResult:
+def build(s: BuildSettings, stage: Stage = silent) -> BuildResult:
     """Build the bundle that `s` asks for (a zoo variant or a user's model)."""
     check_settings(s)
     with stage("model"):
@@ -150,7 +117,7 @@ def build(s: BuildSettings, stage: Stage = _silent) -> BuildResult:
     return build_model(module, spec, s, stage, read)
 
 
-def build_model(module: nn.Module, spec: ModelSpec, s: BuildSettings, stage: Stage = _silent,
+def build_model(module: nn.Module, spec: ModelSpec, s: BuildSettings, stage: Stage = silent,
                 checkpoint_read: dict | None = None) -> BuildResult:
     """Build the bundle of `module` as `spec` describes it, into `s.out / spec.name`
     (`checkpoint_read`: how `s.checkpoint` was read into it, for the manifest)."""
@@ -163,15 +130,15 @@ def build_model(module: nn.Module, spec: ModelSpec, s: BuildSettings, stage: Sta
     out = s.out
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused build leaves no folder behind
-    _clean_leftovers(out, name)
-    tmp = out / f".{name}.partial-{os.getpid()}"
+    clean_leftovers(out, name)
+    tmp = temporary_name(out / name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         result = _build_into(tmp, s, spec, model, stats, stage, checkpoint_read)
         if result.passed:
             result.replaced = _manifest_of(out / name)
-            _publish(tmp, out / name)
+            publish(tmp, out / name)
             result.bundle = out / name
         else:
             failed = out / f"{name}.failed"
@@ -223,18 +190,9 @@ def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportab
         golden.save_golden(bundle / GOLDEN, sets)
     outputs = [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in reference.items()]
 
-    with tempfile.TemporaryDirectory(dir=bundle.parent, prefix=f".{spec.name}.work-") as work:
-        raw = Path(work) / "exported.onnx"
-        with stage("ONNX export + checker"):
-            export_info = export_onnx(model, inputs, raw, s.opset)
-            keep = module_nodes(raw, spec.keep_fp32) if spec.keep_fp32 else []
-        with stage("onnxsim + numeric check"):
-            simplify_info = simplify(raw, bundle / ONNX_FILE, spec, inputs)
-    if not simplify_info["check"]["passed"]:
-        raise RuntimeError(f"simplification changed the model's outputs: {simplify_info['check']}")
-    if "openvino" in s.backends:
-        with stage("OpenVINO IR (fp32, fp16)"):
-            openvino_convert.convert(bundle / ONNX_FILE, bundle)
+    made = make_fp32_artifacts(model, inputs, bundle, s.opset,
+                               tuple(openvino_convert.IR_FILES) if "openvino" in s.backends else (), stage)
+    keep = made.keep_nodes
     calibration = None
     if s.quantize:
         with stage("INT8 calibration + quantization"):
@@ -255,11 +213,11 @@ def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportab
         "outputs": outputs,
         "checkpoint": ({"path": str(s.checkpoint), "sha256": sha256(Path(s.checkpoint)), "read": checkpoint_read}
                        if s.checkpoint else None),
-        "export": export_info,
+        "export": made.export,
         "quantization": ({"precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
                           "plans": plans, "keep_fp32": {"modules": list(spec.keep_fp32), "nodes": keep}}
                          if s.quantize else None),
-        "simplify": simplify_info,
+        "simplify": made.simplify,
         "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch,
                    "sets": {name: len(next(iter(x.values()))) for name, (x, _) in sets.items()}},
         "reference_noise": {"what": "largest max rel err of PyTorch fp32 against fp64, and against fp32 "

@@ -17,15 +17,16 @@ the selective one where the full plan is slower than FP32 or too inaccurate.
 from __future__ import annotations
 
 import hashlib
-import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from runtime.errors import UserError
 from runtime.spec import ModelSpec
+
+from .quiet import quiet
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 PLANS = ("full", "selective")
@@ -142,14 +143,14 @@ def quantize_onnxruntime(fp32: Path, dst: Path, data: dict[str, np.ndarray], met
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as work:
+    # ONNX Runtime's quantization tools log their progress on the root logger
+    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as work, quiet(""):
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
         present = {n.name for n in model.graph.node}
         exclude = (kept_convs(model) if plan == "selective" else []) + [n for n in keep if n in present]
         op_types = sorted({n.op_type for n in model.graph.node} - (set(KEEP_FP32) if plan == "selective" else set()))
-        logging.getLogger().setLevel(logging.ERROR)
         cache = None
         if method == "entropy":
             # quantize_static builds its entropy calibrator with as many histogram bins as
@@ -178,7 +179,6 @@ def quantize_openvino(fp32_xml: Path, dst: Path, data: dict[str, np.ndarray], pl
     import nncf
     import openvino as ov
 
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     model = ov.Core().read_model(str(fp32_xml))
     heads = (kept_convs(onnx.load(str(onnx_file))) if plan == "selective" else []) + list(keep)
     types = ["Softmax", "MatMul"] if plan == "selective" else []
@@ -188,7 +188,8 @@ def quantize_openvino(fp32_xml: Path, dst: Path, data: dict[str, np.ndarray], pl
     ignored = nncf.IgnoredScope(names=names, types=types, validate=False) if names or types else None
     kept = {"nodes": heads, "op_types": types}
     items = _one_at_a_time(data)
-    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), ignored_scope=ignored)
+    with quiet("nncf"):
+        quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), ignored_scope=ignored)
     dst.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(dst))
     return {"tool": f"nncf {nncf.__version__} quantize (default preset)", "method": "nncf", "plan": plan,

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import models
 from runtime.bundle import BACKENDS
-from runtime.errors import UserError, check_choice, check_folder
+from runtime.errors import UserError, check_at_least, check_choice, check_folder, check_positive
 from runtime.spec import Preprocess
 from runtime.tasks import TASKS
 
@@ -34,9 +34,7 @@ def check_opset(opset: int) -> int:
 
 
 def check_threads(threads: int) -> int:
-    if threads < 1:
-        raise UserError(f"--threads {threads} is not a positive number of threads")
-    return threads
+    return check_positive("--threads", threads, "number of threads")
 
 
 @dataclass(frozen=True)
@@ -110,8 +108,7 @@ def check_user_model(m: UserModel) -> None:
             raise UserError(f"--dynamic {name}:{','.join(map(str, axes))}: {name} has {len(shape)} axes "
                             f"{'x'.join(map(str, shape))} (0 to {len(shape) - 1})")
     check_choice("--task", m.task.get("kind", "none"), tuple(TASKS))
-    if m.multiple < 1:
-        raise UserError(f"--multiple {m.multiple} must be at least 1")
+    check_at_least("--multiple", m.multiple)
 
 
 def check_settings(s: BuildSettings) -> None:
@@ -138,8 +135,7 @@ def check_options(s: BuildSettings) -> None:
     if s.quantize is not None:
         check_choice("--quantize precision", s.quantize, ("int8",))
         check_choice("--calib-method", s.calib_method, (*CALIB_METHODS, "all"))
-        if s.calib_samples < 1:
-            raise UserError(f"--calib-samples {s.calib_samples} must be at least 1")
+        check_at_least("--calib-samples", s.calib_samples)
         if s.calib_dir is not None:
             check_calib_dir(s.calib_dir)
     elif s.calib_dir is not None:

@@ -21,11 +21,9 @@ def _parser() -> Parser:
     t.add_argument("--checkpoint", type=Path, help="start from these weights (default: random init)")
     t.add_argument("--out", type=Path, required=True, help="where to save the state_dict, e.g. dsc.pt")
     e = sub.add_parser("evaluate", help="task metrics on the held-out split")
-    e.add_argument("--variant", help="a name from `python -m export list` (PyTorch)")
+    e.add_argument("--variant", required=True, help="a name from `python -m export list` (in PyTorch; a bundle: "
+                   "python -m export evaluate BUNDLE)")
     e.add_argument("--checkpoint", type=Path, help="weights to evaluate (default: random init)")
-    e.add_argument("--bundle", type=Path, help="evaluate a bundle's artifact instead, through the device runtime")
-    e.add_argument("--backend", default="onnxruntime", help="with --bundle: onnxruntime or openvino")
-    e.add_argument("--precision", default="fp32", help="with --bundle: fp32, fp16 or int8")
     e.add_argument("--samples", type=int, default=64, help="held-out samples (default 64)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
@@ -59,14 +57,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train import evaluate, evaluate_bundle
+    from .train import evaluate
 
-    if args.bundle is not None:
-        result = evaluate_bundle(args.bundle, args.backend, args.precision, args.samples)
-    elif args.variant:
-        result = evaluate(args.variant, args.checkpoint, args.samples)
-    else:
-        raise UserError("pass --variant NAME (PyTorch) or --bundle DIR (a built bundle)")
+    result = evaluate(args.variant, args.checkpoint, args.samples)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -13,20 +13,14 @@ from dataclasses import dataclass
 from runtime.errors import UserError, check_choice
 from runtime.spec import ModelSpec, Preprocess, TensorSpec
 
+from .kinds import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS, check_kind
 from .tasks import KEYPOINT_NAMES, PET_CLASSES
 
-CONV_KINDS = ("standard", "dsc", "asym")
-NORM_KINDS = ("batch", "layer", "instance", "group")
-UPSAMPLE_KINDS = ("interp", "transpose")
 ENCDEC_ARCHS = ("erfnet", "edanet", "esnet", "lednet")
 PET_ARCHS = ("segnet", "unet")
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
                       "motorcycle", "bicycle")
-
-
-def check_kind(what: str, kind: str, valid: tuple[str, ...]) -> str:
-    return check_choice(f"{what} kind", kind, valid)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,16 @@ same function as FOMM's code (tests keep both side by side):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import encdec, layers
-from .configs import DetectorConfig
+
+if TYPE_CHECKING:  # the settings' type only: configs imports this module to build a model
+    from .configs import DetectorConfig
 
 
 class AntiAliasDownsample(nn.Module):

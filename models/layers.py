@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .configs import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS, check_kind
+from .kinds import CONV_KINDS, NORM_KINDS, UPSAMPLE_KINDS, check_kind
 
 
 class SeparableConv2d(nn.Sequential):

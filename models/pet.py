@@ -4,11 +4,15 @@ and a standard U-Net, each with standard or depthwise separable convolutions
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from . import layers
-from .configs import PetConfig
+
+if TYPE_CHECKING:  # the settings' type only: configs imports this module to build a model
+    from .configs import PetConfig
 from .encdec import Segmenter
 
 

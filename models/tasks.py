@@ -234,3 +234,11 @@ def task_for(spec: ModelSpec) -> GeneratedTask:
             f"a {task.get('classes')}-class segmenter" if "classes" in task else "a model with task none")
     raise UserError(f"no generated task for {what}; the generated tasks are 10 keypoints (every detector "
                     "variant) and 3-class pets (segnet, segnet-dsc, unet, unet-dsc)")
+
+
+HELDOUT_SAMPLES = 64
+
+
+def heldout(task: GeneratedTask, size: int, samples: int = HELDOUT_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out split: the same samples every time, from seeds training never uses."""
+    return task.batch(range(samples), "heldout", size)

@@ -8,7 +8,6 @@ bundle's outputs are scored by the very same code on the device.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,15 +15,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from runtime.errors import UserError
+from runtime.errors import UserError, check_positive
+from runtime.files import atomic_file
 from runtime.spec import ModelSpec
 from runtime.tasks import task_of
 
 from .registry import create, spec as variant_spec
-from .tasks import GeneratedTask, task_for
-
-HELDOUT_SAMPLES = 64
-
+from .tasks import HELDOUT_SAMPLES, heldout, task_for
 
 def _side(spec: ModelSpec) -> int:
     """The side of the square images a generated task is drawn at: the model's example size."""
@@ -33,8 +30,7 @@ def _side(spec: ModelSpec) -> int:
 
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
-        if not value > 0:
-            raise UserError(f"--{name} {value} must be positive")
+        check_positive(f"--{name}", value)
 
 
 def train(variant: str, steps: int = 200, batch: int = 8, lr: float = 2e-3, seed: int = 0,
@@ -72,17 +68,11 @@ def train(variant: str, steps: int = 200, batch: int = 8, lr: float = 2e-3, seed
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        torch.save(model.state_dict(), partial)
-        partial.replace(out)
+        with atomic_file(out) as partial:
+            torch.save(model.state_dict(), partial)
     return {"variant": variant, "task": task.kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
             "seconds": seconds, "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
             "threads": torch.get_num_threads(), "out": str(out) if out else None, "model": model}
-
-
-def heldout(task: GeneratedTask, size: int, samples: int = HELDOUT_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out split: the same samples every time, from seeds training never uses."""
-    return task.batch(range(samples), "heldout", size)
 
 
 def evaluate(variant: str, checkpoint: Path | None = None, samples: int = HELDOUT_SAMPLES, batch: int = 16,
@@ -100,18 +90,3 @@ def evaluate(variant: str, checkpoint: Path | None = None, samples: int = HELDOU
     joined = {name: np.concatenate(parts) for name, parts in outputs.items()}
     return {"variant": variant, "checkpoint": str(checkpoint) if checkpoint else None, "samples": samples,
             "runtime": "pytorch", **task_of(spec).metrics(targets, joined)}
-
-
-def evaluate_bundle(bundle: Path, backend: str = "onnxruntime", precision: str = "fp32",
-                    samples: int = HELDOUT_SAMPLES, threads: int | None = None) -> dict[str, Any]:
-    """The same metrics from a bundle's artifact, through the device runtime."""
-    import runtime
-
-    opened = runtime.Bundle.open(bundle)
-    spec = opened.spec
-    images, targets = heldout(task_for(spec), _side(spec), samples)
-    with runtime.load(opened, backend, precision, threads) as runner:
-        outputs = [runner.infer(images[i:i + 1]) for i in range(samples)]
-    joined = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
-    return {"model": opened.name, "bundle": str(opened.path), "samples": samples, "runtime": f"{backend} {precision}",
-            **task_of(spec).metrics(targets, joined)}

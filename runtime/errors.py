@@ -39,6 +39,21 @@ def check_choice(what: str, value: str, valid: Sequence[str]) -> str:
     return value
 
 
+def check_at_least(option: str, value: float, minimum: float = 1, what: str = "") -> float:
+    """`value` if it is `minimum` or more, else "OPTION VALUE must be at least MINIMUM[ WHAT]"
+    (the one check of a count that the command lines share)."""
+    if not value >= minimum:
+        raise UserError(f"{option} {value} must be at least {minimum:g}" + (f" {what}" if what else ""))
+    return value
+
+
+def check_positive(option: str, value: float, what: str = "") -> float:
+    """`value` if it is above 0, else "OPTION VALUE must be positive" or "... is not a positive WHAT"."""
+    if not value > 0:
+        raise UserError(f"{option} {value} is not a positive {what}" if what else f"{option} {value} must be positive")
+    return value
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that takes no abbreviations (`--backend` is not `--backends`)
     and reports a bad command line in one line on stderr, exit code 2, naming an

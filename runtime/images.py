@@ -9,14 +9,17 @@ the picture's scale.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .errors import UserError
-from .spec import ModelSpec
+
+if TYPE_CHECKING:  # the type only: the spec's tasks draw with this module
+    from .spec import ModelSpec
 
 # Distinct colours for keypoints and classes (class 0 first), cycling if there are more.
 PALETTE = np.array([

@@ -8,6 +8,7 @@ backend: a wrong name, dtype, rank, shape or a non-finite value is a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -16,12 +17,13 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from .bundle import BACKENDS, PRECISIONS, Bundle
 from .errors import UserError, check_choice
+from .files import atomic_file
 from .spec import TensorSpec
 
 # What OpenVINO is asked for, by artifact precision. A CPU without native f16
@@ -31,6 +33,7 @@ OV_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 MODES = ("latency", "throughput")
 
 
+@runtime_checkable
 class Runner(Protocol):
     backend: str
     precision: str
@@ -42,9 +45,14 @@ class Runner(Protocol):
     def run_for(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[int, float]: ...
     def profile(self, feeds: Mapping[str, np.ndarray], runs: int) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
+    def __enter__(self) -> "Runner": ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
-class _Base:
+class BaseRunner:
+    """What every runner shares (the PyTorch ones of the build side too): inputs checked against
+    the model contract before `_run` sees them, `run_for` from repeated calls, `close`."""
+
     def __init__(self, inputs: tuple[TensorSpec, ...], outputs: list[dict], backend: str, precision: str):
         self.inputs = inputs
         self.input_names = [i.name for i in inputs]
@@ -95,6 +103,9 @@ class _Base:
             t.join()
         return sum(counts), time.perf_counter() - start
 
+    def profile(self, feeds: Mapping[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+        raise ValueError(f"the {self.backend} runner has no per-op profile")
+
     def close(self) -> None:
         pass
 
@@ -105,7 +116,7 @@ class _Base:
         self.close()
 
 
-class OnnxRuntimeRunner(_Base):
+class OnnxRuntimeRunner(BaseRunner):
     """An `InferenceSession` on the CPU; sessions are safe to call from several threads."""
 
     def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None,
@@ -134,15 +145,16 @@ class OnnxRuntimeRunner(_Base):
         # kept in the cache and loaded without optimizing again: large models start
         # up to 2x sooner.
         source, cached = model, _optimized_graph(model, ort.__version__) if cache else None
-        if cached is not None and cached.is_file():
+        writes = cached is not None and not cached.is_file()
+        if cached is not None and not writes:
             source = cached
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        elif cached is not None:
+        elif writes:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            options.optimized_model_filepath = str(cached.with_name(f".{cached.stem}.{os.getpid()}.partial"))
-        self.session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        if options.optimized_model_filepath:  # this load wrote the optimized graph: publish it whole
-            Path(options.optimized_model_filepath).replace(cached)
+        with atomic_file(cached) if writes else contextlib.nullcontext() as partial:  # published whole
+            if partial is not None:
+                options.optimized_model_filepath = str(partial)
+            self.session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         self.settings = {"mode": mode, "threads": threads or "default", "graph_optimization": "all",
                          "provider": "CPUExecutionProvider", "spinning": True, "onnxruntime": ort.__version__,
                          "optimized_model_cache": str(cached) if cache else None}
@@ -178,7 +190,7 @@ class OnnxRuntimeRunner(_Base):
             self._profile_dir.cleanup()
 
 
-class OpenVINORunner(_Base):
+class OpenVINORunner(BaseRunner):
     """A compiled OpenVINO model with a pool of infer requests, one per concurrent caller."""
 
     def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None,

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import UserError, check_choice
+from .errors import UserError, check_at_least, check_choice, check_positive
 
 RETURNS = ("tensor", "tuple", "dict")
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -54,8 +54,7 @@ class TensorSpec:
             if not (_is_dynamic(dim) and dim.isidentifier()) and not (isinstance(dim, int) and dim > 0):
                 raise UserError(f"input {self.name!r}: dimension {dim!r} is neither a positive size nor "
                                 "an axis name")
-        if self.multiple < 1:
-            raise UserError(f"input {self.name!r}: multiple {self.multiple} must be at least 1")
+        check_at_least(f"input {self.name!r}: multiple", self.multiple)
         if len(self.example) != len(self.shape) or any(
                 isinstance(d, int) and d != e for d, e in zip(self.shape, self.example)):
             raise UserError(f"input {self.name!r}: example shape {self.example} does not fit {self.rule()}")
@@ -139,8 +138,7 @@ class Preprocess:
             raise UserError(f"--mean has {len(self.mean)} values and --std {len(self.std)}; give one per channel")
         if any(s == 0 for s in self.std):
             raise UserError("--std holds a zero; every channel's std must be non-zero")
-        if not self.scale > 0:
-            raise UserError(f"--scale {self.scale} must be positive")
+        check_positive("--scale", self.scale)
 
     def value_range(self) -> tuple[float, float]:
         """The range of the model's input values that images in 0..255 give."""

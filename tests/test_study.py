@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from export.study import flops, transposed_overcount
+from export.lab.harness import flops, transposed_overcount
 from models import layers
 
 

@@ -10,7 +10,7 @@ import torch
 
 import models
 from models.tasks import keypoint_sample, pet_sample, task_for
-from models.train import evaluate, evaluate_bundle, train
+from models.train import evaluate, train
 from runtime.tasks import task_of
 from runtime.errors import UserError
 from tests.test_cli import run
@@ -83,7 +83,8 @@ def test_training_halves_the_heldout_keypoint_error(tmp_path):
     bundle = run("export", "build", "--variant", "dsc", "--checkpoint", str(tmp_path / "dsc.pt"),
                  "--out", str(tmp_path / "artifacts"), "--backends", "onnxruntime")
     assert bundle.returncode == 0, bundle.stdout
-    on_device = evaluate_bundle(tmp_path / "artifacts" / "dsc", samples=32)["keypoint_error_px"]
+    on_device = json.loads(run("export", "evaluate", str(tmp_path / "artifacts" / "dsc"), "--samples", "32",
+                               "--json").stdout)["keypoint_error_px"]
     assert on_device == pytest.approx(trained, abs=0.01)
 
 
@@ -91,7 +92,7 @@ def test_training_halves_the_heldout_keypoint_error(tmp_path):
     (["train", "--variant", "erfnet", "--out", "x.pt"], "error: no generated task for a 19-class segmenter"),
     (["train", "--variant", "dsc", "--steps", "0", "--out", "x.pt"], "error: --steps 0 must be positive"),
     (["train", "--variant", "dsc", "--out", "tests"], "error: --out 'tests' is a folder"),
-    (["evaluate"], "error: pass --variant NAME (PyTorch) or --bundle DIR"),
+    (["evaluate"], "error: the following arguments are required: --variant"),
     (["evaluate", "--variant", "nope"], "error: unknown variant 'nope'"),
 ])
 def test_models_cli_errors_are_one_line(args, message):

@@ -12,128 +12,25 @@ timed, so a broken compilation is never a fast one.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import logging
 import os
-import time
-import warnings
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 import models
 import runtime
 from runtime.bench import bench_interleaved
 from runtime.bundle import MANIFEST, Bundle
-from runtime.errors import UserError
+from runtime.errors import UserError, check_at_least
 
-from .benchmark import TorchRunner, matmul_peak
-from .contract import Exportable
-from .pipeline import BuildSettings, build
-from .settings import check_threads
-from .study import flops
-
-EAGER, COMPILE, EXECUTORCH = "pytorch eager", "torch.compile", "executorch xnnpack"
-PEERS = (EAGER, COMPILE, EXECUTORCH)
-PEER_BOUND = 1e-3  # max abs difference from eager for a peer's outputs to count as the same model
-
-
-class CompiledRunner(TorchRunner):
-    """torch.compile (inductor, default mode) of the model; compiled on the first call."""
-
-    backend = "torch.compile"
-
-    def __init__(self, model: nn.Module, threads: int):
-        super().__init__(torch.compile(model), threads)
-        self.settings["mode"] = "torch.compile(inductor, default), inference_mode"
-
-
-class ExecuTorchRunner:
-    """The model lowered to ExecuTorch with the XNNPACK partitioner, run by ExecuTorch's Python runtime."""
-
-    backend, precision = "executorch", "fp32"
-
-    def __init__(self, model: Exportable, example: torch.Tensor, threads: int):
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-        from executorch.runtime import Runtime
-
-        self.names = list(model.spec.outputs)
-        with torch.no_grad():
-            program = to_edge_transform_and_lower(torch.export.export(model, (example,)),
-                                                  partitioner=[XnnpackPartitioner()]).to_executorch()
-        _unsafe_reset_threadpool(threads)
-        # the method reads the program, which reads the buffer: all three are kept alive
-        self._buffer = program.buffer
-        self._program = Runtime.get().load_program(self._buffer)
-        self.method = self._program.load_method("forward")
-        import executorch
-
-        self.settings = {"threads": threads, "partitioner": "XNNPACK",
-                         "executorch": getattr(executorch, "__version__", "installed")}
-
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        (x,) = feeds.values()
-        outputs = self.method.execute([torch.from_numpy(x)])
-        return {name: out.numpy() for name, out in zip(self.names, outputs)}
-
-
-@contextlib.contextmanager
-def _quiet():
-    """torch.compile and ExecuTorch's lowering log and warn at length; the table says what matters."""
-    loggers = [logging.getLogger(n) for n in ("torch._inductor", "torch._dynamo", "executorch", "torchao")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def executorch_available() -> str | None:
-    """None if ExecuTorch can be used, else why not."""
-    if importlib.util.find_spec("executorch") is None:
-        return "not installed (pip install 'edge-export[executorch]')"
-    return None
-
-
-def _peers(model: Exportable, example: torch.Tensor, threads: int) -> tuple[dict[str, Any], dict[str, dict]]:
-    """The peers that could be set up, each checked against eager; and for each, what happened."""
-    made, notes = {}, {}
-    candidates = {EAGER: lambda: TorchRunner(model, threads), COMPILE: lambda: CompiledRunner(model, threads)}
-    missing = executorch_available()
-    if missing:
-        notes[EXECUTORCH] = {"status": missing}
-    else:
-        candidates[EXECUTORCH] = lambda: ExecuTorchRunner(model, example, threads)
-    feeds = {model.spec.image.name: example.numpy()}
-    reference = TorchRunner(model, threads).infer(feeds)
-    for name, make in candidates.items():
-        start = time.perf_counter()
-        try:
-            with _quiet():
-                runner = make()
-                out = runner.infer(feeds)  # compiles torch.compile's graph
-        except Exception as err:  # a peer that cannot take this model is reported, not fatal
-            notes[name] = {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"}
-            continue
-        worst = max(float(np.max(np.abs(out[k] - reference[k]))) for k in reference)
-        if worst > PEER_BOUND:
-            notes[name] = {"status": f"outputs differ from eager by {worst:.1e} (> {PEER_BOUND:g}); not timed"}
-            continue
-        made[name] = runner
-        notes[name] = {"status": "ok", "setup_s": time.perf_counter() - start, "max_abs_vs_eager": worst}
-    return made, notes
-
+from ..contract import Exportable
+from ..pipeline import BuildSettings, build
+from ..settings import check_threads
+from .harness import PEERS, Study, StudySettings, flops, matmul_peak, of, peers
 
 def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dict[str, Any]:
     spec = bundle.spec
@@ -144,16 +41,16 @@ def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dic
     inputs, _ = bundle.golden()
     feeds = {k: v[:1] for k, v in inputs.items()}
     example = torch.from_numpy(feeds[spec.image.name])
-    peers, notes = _peers(model, example, threads)
-    contenders = dict(peers)
+    made, notes = peers(model, example, threads)
+    contenders = dict(made)
     with contextlib.ExitStack() as stack:
         for a in bundle.artifacts:
             name = f"{a['backend']} {a['precision']}"
             contenders[name] = stack.enter_context(runtime.load(bundle, a["backend"], a["precision"], threads))
         stats = bench_interleaved(contenders, feeds, warmup=5, runs=runs, rounds=5, max_seconds=5.0 * len(contenders))
     work = flops(model, shape)
-    best_peer = min((n for n in peers), key=lambda n: stats[n]["p50_ms"])
-    artifacts = [n for n in stats if n not in peers]
+    best_peer = min((n for n in made), key=lambda n: stats[n]["p50_ms"])
+    artifacts = [n for n in stats if n not in made]
     best = min(artifacts, key=lambda n: stats[n]["p50_ms"])
     rows = {}
     for name, s in stats.items():
@@ -161,10 +58,10 @@ def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dic
                       "std_ms": s["std_ms"], "runs": s["runs"], "first_ms": s["first_ms"],
                       "vs_best_peer": stats[best_peer]["p50_ms"] / s["p50_ms"],
                       "gflops": work / s["p50_ms"] / 1e6, "of_peak": work / s["p50_ms"] / 1e6 / peak,
-                      "peer": name in peers}
+                      "peer": name in made}
     return {"variant": variant, "input": list(shape), "gflop": work / 1e9, "contenders": rows, "peers": notes,
             "best_artifact": best, "best_peer": best_peer, "cold_start": cold_start(bundle, feeds, threads),
-            "speedup": {p: stats[p]["p50_ms"] / stats[best]["p50_ms"] for p in peers}}
+            "speedup": {p: stats[p]["p50_ms"] / stats[best]["p50_ms"] for p in made}}
 
 
 def cold_start(bundle: Bundle, feeds: Mapping[str, np.ndarray], threads: int) -> dict[str, dict[str, float]]:
@@ -199,8 +96,6 @@ def cold_start(bundle: Bundle, feeds: Mapping[str, np.ndarray], threads: int) ->
 def hourglass_alone(threads: int, runs: int, peak: float) -> dict[str, Any]:
     """The standard (baseline) hourglass alone at (1, 3, 64, 64): the densest
     convolution work of the zoo, against the matrix-multiply peak."""
-    from .study import Study, StudySettings, of
-
     module = models.create("baseline").predictor
     shape = (3, 64, 64)
     work = flops(module, shape)
@@ -235,8 +130,7 @@ def compete(variants: list[str], root: Path, threads: int, runs: int,
     for v in variants:
         models.get_variant(v)  # unknown names fail before any work
     check_threads(threads)
-    if runs < 5:
-        raise UserError(f"--runs {runs} must be at least 5")
+    check_at_least("--runs", runs, 5)
     say("FP32 matrix-multiply peak")
     peak = matmul_peak(threads)
     say("the standard hourglass alone")

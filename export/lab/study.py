@@ -13,41 +13,27 @@ appears only when complete.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import re
-import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from models import layers
 from models.train import evaluate, train
 from runtime import runners as rt
-from runtime.bench import bench_interleaved
 from runtime.bundle import Bundle
 from runtime.errors import UserError, check_folder
-from runtime.machine import machine_info
+from runtime.files import atomic_folder
 
-from . import openvino_convert
-from .benchmark import TorchRunner, matmul_peak
-from .contract import Exportable, infer_spec
-from .manifest import tool_versions
-from .onnx_export import export_onnx
-from .pipeline import _publish
-from .settings import DEFAULT_OPSET, check_threads
-from .simplify import simplify
-from .stats import model_stats
-
-BACKENDS = ("pytorch", "onnxruntime", "openvino")
-BACKEND_NAMES = {"pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+from ..settings import check_threads
+from ..stats import model_stats
+from .compete import SUMMARY_COLUMNS, built_variants, compete_variants, summary_row
+from .harness import (BACKEND_NAMES, BACKENDS, Part, Section, Study, StudySettings, executorch_available, flops,
+                      matmul_peak, of, transposed_overcount)
+from .report import write_report
 
 # The articles' and papers' figures, shown beside ours.
 ARTICLE_HOURGLASS = {"baseline": ("14.13 M", "989.31 M", 13.0184), "dsc": ("1.62 M", "120.30 M", 6.9928)}
@@ -58,114 +44,6 @@ ARTICLE_ENCDEC = {"erfnet": ("2.06 M", 26.60), "edanet": ("0.68 M", 8.83), "esne
                   "lednet": ("0.94 M", 11.21)}  # published params; computed GMACs at 512x1024
 ARTICLE_PET = {"segnet": ("15.27 M", "88.28%"), "segnet-dsc": ("1.75 M", "86.96%"),
                "unet": ("-", "91.3% (100 epochs)"), "unet-dsc": ("-", "-")}
-
-
-@dataclass(frozen=True)
-class StudySettings:
-    out: Path = Path("artifacts/study")
-    quick: bool = False
-    threads: int = os.cpu_count() or 1
-    train_steps: int = 0
-    artifacts: Path = Path("artifacts")  # INT8 artifacts of built bundles are timed too
-    opset: int = DEFAULT_OPSET
-    seed: int = 0
-
-
-@dataclass
-class Section:
-    key: str  # what the plots look it up by
-    title: str
-    columns: tuple[str, ...]
-    rows: list[tuple[str, ...]]
-    notes: list[str] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)  # raw figures, for study.json and the plots
-
-
-class Part(nn.Module):
-    """Any computation of one input behind `forward(x) -> dict`, the shape the
-    exporter and the timing code expect; `modules` carry its weights."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], Any], *modules: nn.Module):
-        super().__init__()
-        self.fn = fn
-        self.parts = nn.ModuleList(modules)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.fn(x)
-        return out if isinstance(out, dict) else {"y": out}
-
-
-def of(module: nn.Module) -> Part:
-    return Part(module, module)
-
-
-def flops(module: nn.Module, shape: tuple[int, ...]) -> int:
-    """Floating-point operations of one call at batch 1, as PyTorch's flop counter
-    counts them (2 per multiply-add of convs, transposed convs and matmuls)."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module(torch.zeros(1, *shape))
-    return counter.get_total_flops()
-
-
-def transposed_overcount(module: nn.Module, shape: tuple[int, ...]) -> int:
-    """Mult-adds that torchinfo adds for ConvTranspose2d: it counts weights x
-    output pixels, where a transposed conv does weights x input pixels."""
-    extra = []
-
-    def hook(m, inputs, output):
-        extra.append(m.weight.numel() * (output.shape[-2] * output.shape[-1] - inputs[0].shape[-2] * inputs[0].shape[-1]))
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.ConvTranspose2d)]
-    with torch.no_grad():
-        module(torch.zeros(1, *shape))
-    for h in handles:
-        h.remove()
-    return sum(extra)
-
-
-INPUT_NAME = "image"
-
-
-class Study:
-    """Exports, converts and times modules; holds the runners of one table at a time."""
-
-    def __init__(self, s: StudySettings, work: Path, say: Callable[[str], None]):
-        self.s, self.work, self.say = s, work, say
-        self.rng = np.random.default_rng(s.seed)
-
-    def runners(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
-        """`module` in eager PyTorch, and as the build would ship it for ONNX Runtime and OpenVINO (FP32)."""
-        module = module.eval()
-        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-        example = {INPUT_NAME: torch.rand(2, *shape)}  # batch 2: the batch axis stays dynamic
-        spec = infer_spec(module, example, slug)
-        model = Exportable(module, spec)
-        feeds = {k: v.numpy() for k, v in example.items()}
-        raw, onnx_path = self.work / f"{slug}.raw.onnx", self.work / f"{slug}.onnx"
-        export_onnx(model, feeds, raw, self.s.opset)
-        simplify(raw, onnx_path, spec, feeds)
-        ir = self.work / slug
-        openvino_convert.convert(onnx_path, ir, ("fp32",))
-        threads = self.s.threads
-        outputs = [{"name": n} for n in spec.outputs]
-        return {(label, "pytorch"): TorchRunner(model, threads),
-                (label, "onnxruntime"): rt.OnnxRuntimeRunner(onnx_path, spec.inputs, outputs, "fp32", threads),
-                (label, "openvino"): rt.OpenVINORunner(ir / openvino_convert.IR_FILES["fp32"], spec.inputs, outputs,
-                                                       "fp32", threads)}
-
-    def feeds(self, shape: tuple[int, ...], batch: int = 1, normal: bool = False) -> dict[str, np.ndarray]:
-        x = self.rng.standard_normal((batch, *shape)) if normal else self.rng.random((batch, *shape))
-        return {INPUT_NAME: x.astype(np.float32)}
-
-    def time(self, runners: dict, feeds_of: dict, runs: int, warmup: int = 5) -> dict[tuple, dict]:
-        """One interleaved run of every runner, each with its own inputs; p50 in ms."""
-        names = {f"{label} | {backend}": (label, backend) for label, backend in runners}
-        stats = bench_interleaved({n: runners[k] for n, k in names.items()}, None, warmup=warmup, runs=runs,
-                                  rounds=5, feeds_of={n: feeds_of[k[0]] for n, k in names.items()})
-        return {k: stats[n] for n, k in names.items()}
-
-    def quick_or_full(self, quick, full):
-        return quick if self.s.quick else full
 
 
 def ms(stats: dict, key: tuple) -> str:
@@ -443,7 +321,6 @@ def breakdown(st: Study, fastest: str, peak: dict) -> list[Section]:
 def against_peers(st: Study, peak: dict) -> list[Section]:
     """Every bundle under --artifacts against PyTorch eager, torch.compile and ExecuTorch
     (`python -m export compete`); a full run builds dsc here if there is none."""
-    from .compete import SUMMARY_COLUMNS, built_variants, compete_variants, executorch_available, summary_row
 
     root = st.s.artifacts
     names = built_variants(root)
@@ -488,33 +365,19 @@ def run(s: StudySettings, say: Callable[[str], None] = lambda _: None) -> Path:
     check_folder(s.out, "--out", "expected a folder for the study (replaced if it exists)")
     s.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{s.out.name}.", suffix=f"-{os.getpid()}", dir=s.out.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="edge-export-study-") as work:
-            study = Study(s, Path(work), say)
-            say("FP32 matrix-multiply peak")
-            peak = matmul_peak(s.threads)
-            sections = convolution(study)
-            sections += normalisation(study)
-            sections += upsampling(study)
-            sections += encoder_decoders(study)
-            sections += pet(study)
-            sections += breakdown(study, _fastest(sections[1]), peak)
-            sections += against_peers(study, peak)
-        from .study_report import write_report
-
+    with atomic_folder(s.out) as folder, tempfile.TemporaryDirectory(prefix="edge-export-study-") as work:
+        study = Study(s, Path(work), say)
+        say("FP32 matrix-multiply peak")
+        peak = matmul_peak(s.threads)
+        sections = convolution(study)
+        sections += normalisation(study)
+        sections += upsampling(study)
+        sections += encoder_decoders(study)
+        sections += pet(study)
+        sections += breakdown(study, _fastest(sections[1]), peak)
+        sections += against_peers(study, peak)
         say("report and plots")
-        write_report(tmp, s, sections, peak)
-        _publish(tmp, s.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_report(folder, s, sections, peak)
     return s.out
 
 
-def settings_dict(s: StudySettings) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
-
-
-def environment(s: StudySettings) -> dict[str, Any]:
-    return {"machine": machine_info(), "versions": tool_versions(), "threads": s.threads}

@@ -11,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import markdown_table  # noqa: E402
-from .study import BACKEND_NAMES, BACKENDS, Section, StudySettings, environment, settings_dict  # noqa: E402
+from ..report import markdown_table  # noqa: E402
+from .harness import BACKEND_NAMES, BACKENDS, Section, StudySettings, environment, settings_dict  # noqa: E402
 
 MARKERS = {"pytorch": "o", "onnxruntime": "s", "openvino": "^"}
 

@@ -1,0 +1,66 @@
+"""Stages: the FP32 artifacts of a module, made one way for the build, the study and diagnose.
+
+Export to ONNX (and `onnx.checker`), simplify with onnxsim and check the
+simplified graph against the exported one on real inputs, convert to OpenVINO
+IR: `model.onnx` and `openvino/model[.fp16].xml` in a folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from runtime.compare import ParityError
+
+from . import openvino_convert
+from .contract import Exportable, module_nodes
+from .onnx_export import export_onnx
+from .simplify import simplify
+
+ONNX_FILE = "model.onnx"
+Stage = Callable[[str], ContextManager[None]]
+
+
+@contextlib.contextmanager
+def silent(name: str) -> Iterator[None]:
+    yield
+
+
+@dataclass
+class FP32Artifacts:
+    """What `make_fp32_artifacts` wrote and how: the files, the exporter's and onnxsim's
+    records for the manifest, and the ONNX nodes of the modules INT8 leaves in float."""
+
+    onnx: Path
+    irs: dict[str, Path] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    simplify: dict[str, Any] = field(default_factory=dict)
+    keep_nodes: list[str] = field(default_factory=list)
+
+
+def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], folder: Path, opset: int,
+                        ir_precisions: Sequence[str] = tuple(openvino_convert.IR_FILES),
+                        stage: Stage = silent) -> FP32Artifacts:
+    """Write `folder/model.onnx` and the OpenVINO IRs of `ir_precisions` (none: no
+    OpenVINO). `feeds` are real inputs (batch 2 or more keeps the batch axis dynamic).
+    Raises ParityError where simplification changed the outputs."""
+    made = FP32Artifacts(folder / ONNX_FILE)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".work-") as work:  # inside: a killed build's goes with it
+        raw = Path(work) / "exported.onnx"
+        with stage("ONNX export + checker"):
+            made.export = export_onnx(model, feeds, raw, opset)
+            made.keep_nodes = module_nodes(raw, model.spec.keep_fp32) if model.spec.keep_fp32 else []
+        with stage("onnxsim + numeric check"):
+            made.simplify = simplify(raw, made.onnx, model.spec, feeds)
+    if not made.simplify["check"]["passed"]:
+        raise ParityError(f"simplification changed the model's outputs: {made.simplify['check']}")
+    if ir_precisions:
+        with stage(f"OpenVINO IR ({', '.join(ir_precisions)})"):
+            openvino_convert.convert(made.onnx, folder, tuple(ir_precisions))
+        made.irs = {p: folder / openvino_convert.IR_FILES[p] for p in ir_precisions}
+    return made
