@@ -9,6 +9,7 @@ import pytest
 
 from export import pipeline
 from export.pipeline import BuildSettings, build
+from runtime.files import atomic_file, clean_leftovers
 from runtime.verify import verify
 
 
@@ -35,9 +36,20 @@ def test_a_build_that_dies_leaves_the_previous_bundle_and_no_leftovers(built, tm
     assert verify(tmp_path / "dsc").passed
 
 
-def test_leftovers_of_a_killed_build_are_cleaned_by_the_next(tmp_path):
+def test_leftovers_of_a_killed_writer_are_cleaned_by_the_next(tmp_path):
     dead = tmp_path / ".dsc.partial-999999999"  # no such process
     dead.mkdir()
     (dead / "model.onnx").write_bytes(b"half")
-    pipeline._clean_leftovers(tmp_path, "dsc")
+    clean_leftovers(tmp_path, "dsc")
     assert not dead.exists()
+
+
+def test_an_atomic_file_appears_whole_or_not_at_all(tmp_path):
+    dest = tmp_path / "weights.pt"
+    with pytest.raises(RuntimeError), atomic_file(dest) as partial:
+        partial.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_file(dest) as partial:
+        partial.write_bytes(b"whole")
+    assert dest.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [dest]
