@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import models
 import runtime
-from export import pipeline
+from export import artifacts
 from export.pipeline import BuildSettings, build
 from runtime.verify import verify
 from tests.test_cli import REPO, run
@@ -129,7 +129,7 @@ def test_diagnose_names_the_layer_changed_after_export(built, tmp_path):
 
 def test_a_build_whose_parity_fails_says_where(checkpoint_for, tmp_path, monkeypatch):
     """The exported graph gets a keypoint head that PyTorch does not have."""
-    real_export = pipeline.export_onnx
+    real_export = artifacts.export_onnx
 
     def export_a_changed_model(model, *args, **kwargs):
         with torch.no_grad():
@@ -138,7 +138,7 @@ def test_a_build_whose_parity_fails_says_where(checkpoint_for, tmp_path, monkeyp
             model.module.kp.weight.div_(1.1)
         return info
 
-    monkeypatch.setattr(pipeline, "export_onnx", export_a_changed_model)
+    monkeypatch.setattr(artifacts, "export_onnx", export_a_changed_model)
     result = build(BuildSettings(variant="dsc", checkpoint=checkpoint_for("dsc"), out=tmp_path, warmup=1, runs=3,
                                  backends=("onnxruntime",)))
     assert not result.passed and result.bundle == tmp_path / "dsc.failed" and not (tmp_path / "dsc").exists()

@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,7 @@ class Study:
         spec = infer_spec(module, example, slug)
         model = Exportable(module, spec)
         feeds = {k: v.numpy() for k, v in example.items()}
-        folder = self.work / slug
-        folder.mkdir()
+        folder = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=self.work))  # a label may come twice (two tables)
         made = make_fp32_artifacts(model, feeds, folder, self.s.opset, ("fp32",))
         threads = self.s.threads
         outputs = [{"name": n} for n in spec.outputs]
