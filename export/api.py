@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -58,7 +59,7 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
     if isinstance(spec_or_example_inputs, ModelSpec):
         spec = spec_or_example_inputs
         if name is not None:
-            spec = ModelSpec.from_dict({**spec.to_dict(), "name": name})
+            spec = dataclasses.replace(spec, name=name)
     else:
         spec = infer_spec(module, spec_or_example_inputs, name or type(module).__name__, dynamic=dynamic,
                           task=task, preprocess=preprocess or _image_default(spec_or_example_inputs), output_names=outputs,
@@ -66,8 +67,7 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
         if verbose:
             print(f"export.build: inferred the model contract: {spec_line(spec.to_dict())}")
     if settings.keep_fp32:
-        spec = ModelSpec.from_dict({**spec.to_dict(), "keep_fp32": list(dict.fromkeys(spec.keep_fp32
-                                                                                     + settings.keep_fp32))})
+        spec = dataclasses.replace(spec, keep_fp32=tuple(dict.fromkeys(spec.keep_fp32 + settings.keep_fp32)))
     return build_model(module, spec, settings, stage)
 
 

@@ -131,7 +131,8 @@ def cmd_infer(args) -> int:
         raise UserError(f"model {bundle.name!r} takes {len(spec.inputs)} inputs ({', '.join(spec.input_names)}); "
                         "infer feeds one image: run it from Python with runtime.load(bundle).infer({name: array})")
     if spec.preprocess is None:
-        preprocess(next(iter(images.values())), spec)  # refused: the model takes no image
+        raise UserError(f"model {spec.name!r} takes no image (its spec has no preprocessing); "
+                        "feed it arrays through runtime.load(bundle).infer")
     out = check_folder(args.out)
     out.mkdir(parents=True, exist_ok=True)
     untrained = bundle.manifest.get("checkpoint") is None
