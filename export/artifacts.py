@@ -18,7 +18,7 @@ import numpy as np
 from runtime.compare import ParityError
 
 from . import openvino_convert
-from .contract import Exportable, module_nodes
+from .contract import Exportable, module_nodes, node_modules
 from .onnx_export import export_onnx
 from .simplify import simplify
 
@@ -34,13 +34,15 @@ def silent(name: str) -> Iterator[None]:
 @dataclass
 class FP32Artifacts:
     """What `make_fp32_artifacts` wrote and how: the files, the exporter's and onnxsim's
-    records for the manifest, and the ONNX nodes of the modules INT8 leaves in float."""
+    records for the manifest, the ONNX nodes of the modules INT8 leaves in float, and the
+    module every node was made in."""
 
     onnx: Path
     irs: dict[str, Path] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
     simplify: dict[str, Any] = field(default_factory=dict)
     keep_nodes: list[str] = field(default_factory=list)
+    modules: dict[str, str] = field(default_factory=dict)  # ONNX node -> the module path it was made in
 
 
 def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], folder: Path, opset: int,
@@ -55,6 +57,7 @@ def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], fold
         with stage("ONNX export + checker"):
             made.export = export_onnx(model, feeds, raw, opset)
             made.keep_nodes = module_nodes(raw, model.spec.keep_fp32) if model.spec.keep_fp32 else []
+            made.modules = node_modules(raw)
         with stage("onnxsim + numeric check"):
             made.simplify = simplify(raw, made.onnx, model.spec, feeds)
     if not made.simplify["check"]["passed"]:

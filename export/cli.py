@@ -51,6 +51,11 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calib-method", default="minmax", help="ONNX Runtime calibration: minmax, entropy, percentile, or all (compare them, ship the best)")
     b.add_argument("--keep-fp32", action="append", default=[], metavar="MODULE",
                    help="a module path (as named_modules names it, e.g. head or decoder.3) that INT8 leaves in float")
+    b.add_argument("--int8-budget", type=float, default=120.0, metavar="SECONDS",
+                   help="time per backend for INT8's per-layer sensitivity and frontier when the full plan loses "
+                        "(default 120)")
+    b.add_argument("--int8-anyway", action="store_true",
+                   help="quantize even on a CPU without INT8 dot-product instructions (VNNI, AMX, Arm SDOT)")
 
     p = sub.add_parser("pack", help="one .tar.gz (and its .sha256) of a bundle, to copy to a device")
     p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
@@ -211,7 +216,8 @@ def cmd_build(args) -> int:
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
         threads=args.threads if args.threads is not None else os.cpu_count() or 1,
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
-        calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32),
+        calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
+        int8_anyway=args.int8_anyway,
     )
     check_settings(settings)  # before torch and the exporters are imported: a typo costs no time
 

@@ -61,23 +61,36 @@ def check_modules(module: nn.Module, paths: Sequence[str]) -> None:
             raise UserError(unknown(f"module of {type(module).__name__} in --keep-fp32:", path, have))
 
 
-def module_nodes(exported: Any, paths: Sequence[str]) -> list[str]:
-    """Names of the nodes of an exported ONNX graph (with the exporter's scope metadata)
-    computed inside any module of `paths` (paths of the user's module: the export
-    wrapper's `module.` prefixed)."""
+def _scopes(node) -> list[str]:
+    """The module paths (the export wrapper's `module.` prefixed, outermost first) an ONNX node was made in."""
     import ast
 
+    meta = {p.key: p.value for p in node.metadata_props}
+    return ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+
+
+def _load(exported: Any):
     import onnx
 
-    graph = onnx.load(str(exported)) if not hasattr(exported, "graph") else exported
+    return onnx.load(str(exported)) if not hasattr(exported, "graph") else exported
+
+
+def module_nodes(exported: Any, paths: Sequence[str]) -> list[str]:
+    """Names of the nodes of an exported ONNX graph (with the exporter's scope metadata)
+    computed inside any module of `paths` (paths of the user's module)."""
     wanted = [f"module.{p}" for p in paths]
-    nodes = []
-    for node in graph.graph.node:
-        meta = {p.key: p.value for p in node.metadata_props}
-        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
-        if any(s == w or s.startswith(w + ".") for s in scopes for w in wanted):
-            nodes.append(node.name)
-    return nodes
+    return [node.name for node in _load(exported).graph.node
+            if any(s == w or s.startswith(w + ".") for s in _scopes(node) for w in wanted)]
+
+
+def node_modules(exported: Any) -> dict[str, str]:
+    """Node name -> the path in the user's module of the innermost module it was made in."""
+    found = {}
+    for node in _load(exported).graph.node:
+        inside = [s.removeprefix("module.") for s in _scopes(node)[:-1] if s.startswith("module.")]
+        if inside:
+            found[node.name] = inside[-1]
+    return found
 
 
 class Exportable(nn.Module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,20 +24,20 @@ from torch import nn
 import models
 from runtime import runners as rt
 from runtime.bundle import GOLDEN, Bundle, sha256
-from runtime.bench import bench_interleaved
-from runtime.compare import BOUNDS, effective_bounds
+from runtime.compare import BOUNDS, Parity, effective_bounds
 from runtime.errors import UserError
 from runtime.files import clean_leftovers, publish, temporary_name
-from runtime.machine import machine_info
+from runtime.machine import int8_instructions, machine_info
 from runtime.spec import ModelSpec
 from runtime.tasks import Task, task_of
 
 from . import golden, openvino_convert, quantize
 from .benchmark import measure
+from .calibration import CALIB_METHODS, calibration_set, task_images
 from .artifacts import ONNX_FILE, Stage, make_fp32_artifacts, silent
 from .contract import Exportable, check_modules, check_signature, example_tensors, infer_spec
 from .manifest import tool_versions, write_manifest
-from .report import report_markdown
+from .report import FRONTIER_PLOT, plot_frontier, report_markdown
 from .settings import BuildSettings, check_settings
 from .stats import model_stats
 from .validate import validate
@@ -164,9 +165,9 @@ def _golden_sets(model: Exportable, s: BuildSettings) -> dict[str, tuple[dict, d
         moved = golden.golden_inputs(spec, 1, s.seed + 1, size=other)
         sets[f"size.{other[0]}x{other[1]}"] = (moved, golden.reference_outputs(model, moved))
     if s.quantize:  # INT8 is judged on what the model was trained for, where a task exists
-        task_images = quantize.task_images(spec, TASK_SAMPLES)
-        if task_images is not None:
-            feeds = {spec.image.name: task_images}
+        held_out = task_images(spec, TASK_SAMPLES)
+        if held_out is not None:
+            feeds = {spec.image.name: held_out}
             sets["task"] = (feeds, golden.reference_outputs(model, feeds))
     return sets
 
@@ -193,11 +194,12 @@ def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportab
     made = make_fp32_artifacts(model, inputs, bundle, s.opset,
                                tuple(openvino_convert.IR_FILES) if "openvino" in s.backends else (), stage)
     keep = made.keep_nodes
-    calibration = None
+    calibration, int8 = None, None
     if s.quantize:
-        with stage("INT8 calibration + quantization"):
-            calib, calibration = quantize.calibration_set(spec, s.calib_dir, s.calib_samples)
-            plans = {b: _quantize(bundle, b, calib, _methods("onnxruntime", s.calib_method)[0], "full", keep)
+        with stage("INT8 calibration + quantization (full plan)"):
+            calib, calibration = calibration_set(spec, s.calib_dir, s.calib_samples)
+            int8 = _Int8(bundle, s, calib, keep)
+            plans = {b: int8.quantizer(b).quantize(quantize.full_plan(keep), bundle / INT8_FILES[b])
                      for b in s.backends}
 
     artifacts = artifact_entries(spec, s.backends, int8=bool(s.quantize))
@@ -215,7 +217,8 @@ def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportab
                        if s.checkpoint else None),
         "export": made.export,
         "quantization": ({"precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
-                          "plans": plans, "keep_fp32": {"modules": list(spec.keep_fp32), "nodes": keep}}
+                          "plans": plans, "keep_fp32": {"modules": list(spec.keep_fp32), "nodes": keep},
+                          "int8_instructions": int8_instructions(machine_info()["flags"]), "search": {}}
                          if s.quantize else None),
         "simplify": made.simplify,
         "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch,
@@ -253,12 +256,23 @@ def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportab
             one = {k: v[:1] for k, v in inputs.items()}
             manifest["latency"] = measure(runners, model, one, s.threads, s.warmup, s.runs)
         for a in [a for a in artifacts if a["precision"] == "int8"]:
-            with stage(f"INT8 on {a['backend']}: faster and accurate?"):
-                reason = _settle_int8(a, bundle, s, calib, runners, parity, manifest, sets, stack, task)
-            if reason:
+            with stage(f"INT8 on {a['backend']}: sensitivity and frontier (budget {s.int8_budget:.0f} s)"):
+                found = int8.search(a, runners, parity[a["key"]], manifest["latency"], sets, task, made.modules, stack)
+            manifest["quantization"]["search"][a["backend"]] = found.to_dict()
+            shipped = found.shipped
+            if shipped is None:
                 manifest["latency"].pop(a["key"])
-                _reject(a, reason, bundle, artifacts, runners, rejected)
+                _reject(a, found.reason(), bundle, artifacts, runners, rejected)
+                continue
+            if shipped.file is not None:  # a plan other than the full one: its model replaces the full plan's
+                runners.pop(a["key"]).close()
+                quantize.install(shipped, bundle / a["file"])
+                manifest["quantization"]["plans"][a["backend"]] = shipped.made
+            a.update(plan=shipped.plan.name, method=shipped.method, parity=shipped.parity.to_dict())
+            manifest["latency"][a["key"]] = shipped.latency
 
+    if int8 is not None:
+        shutil.rmtree(int8.work)
     manifest["rejected"] = rejected
     manifest["recommended"] = recommend(manifest["latency"], artifacts)
     manifest["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs,
@@ -268,6 +282,7 @@ def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportab
     for a in artifacts:  # size on disk: an IR's .xml and .bin together
         a["bytes"] = sum(f.stat().st_size for f in {bundle / a["file"], bundle / (a["file"].removesuffix(".xml") + ".bin")}
                          if f.is_file())
+    plot_frontier(manifest, bundle / FRONTIER_PLOT)
     (bundle / "report.md").write_text(report_markdown(manifest))
     write_manifest(bundle, manifest)
     return BuildResult(bundle, manifest, not failures, failures)
@@ -281,71 +296,51 @@ def recommend(latency: dict[str, dict], artifacts: list[dict]) -> dict[str, Any]
             "p50_ms": latency[best]["p50_ms"], "why": "the fastest shipped artifact in this build's interleaved run"}
 
 
-def _quantize(bundle: Path, backend: str, calib, method: str, plan: str, keep: list[str]) -> dict[str, Any]:
-    if backend == "onnxruntime":
-        return quantize.quantize_onnxruntime(bundle / ONNX_FILE, bundle / quantize.ONNX_INT8, calib, method, plan,
-                                             keep)
-    return quantize.quantize_openvino(bundle / openvino_convert.IR_FILES["fp32"], bundle / quantize.OPENVINO_INT8,
-                                      calib, plan, bundle / ONNX_FILE, keep)
+class _Int8:
+    """The INT8 stage's tools for one build: a quantizer per backend (ONNX Runtime's with the
+    calibration method asked for, or with each of them), and the search of `quantize.search`."""
 
+    def __init__(self, bundle: Path, s: BuildSettings, calib: dict, keep: list[str]):
+        self.bundle, self.s, self.calib, self.keep = bundle, s, calib, keep
+        self.work = Path(tempfile.mkdtemp(dir=bundle, prefix=".work-int8-"))  # gone before the manifest is written
+        methods = list(CALIB_METHODS) if s.calib_method == "all" else [s.calib_method]
+        self.ort = {m: quantize.OnnxRuntimeQuantizer(bundle / ONNX_FILE, calib, m, self.work / m) for m in methods}
+        self.ov = (quantize.OpenVINOQuantizer(bundle / openvino_convert.IR_FILES["fp32"], calib)
+                   if "openvino" in s.backends else None)
+        self.method = methods[0]  # the one the search goes on with
 
-def _methods(backend: str, method: str) -> list[str]:
-    """Calibration methods to try: ONNX Runtime's chosen one (or all three); NNCF has its own."""
-    if backend == "openvino":
-        return ["nncf"]
-    return list(quantize.CALIB_METHODS) if method == "all" else [method]
+    def quantizer(self, backend: str) -> quantize.Quantizer:
+        return self.ort[self.method] if backend == "onnxruntime" else self.ov
 
-
-def _settle_int8(a: dict, bundle: Path, s: BuildSettings, calib, runners: dict, parity: dict, manifest: dict,
-                 sets: dict, stack: contextlib.ExitStack, task: Task) -> str:
-    """Keep an INT8 artifact only if it is accurate and no slower than its FP32 twin.
-    Plans are tried in order (full, then selective); within a plan every
-    calibration method asked for is measured and the fastest that passes is
-    shipped. Returns why nothing was shipped, or ''."""
-    twin = f"{a['backend']}/fp32"
-    one = {k: v[:1] for k, v in sets["golden"][0].items()}
-    attempts = manifest["quantization"].setdefault("attempts", {}).setdefault(a["backend"], [])
-    current = (_methods(a["backend"], s.calib_method)[0], "full")  # what the file on disk holds now
-
-    def requantize(method: str, plan: str) -> None:
-        nonlocal current
-        runners.pop(a["key"]).close()
-        info = _quantize(bundle, a["backend"], calib, method if method != "nncf" else "minmax", plan,
-                         manifest["quantization"]["keep_fp32"]["nodes"])
-        manifest["quantization"]["plans"][a["backend"]] = info
-        runners[a["key"]] = stack.enter_context(rt.load(bundle, a["backend"], "int8", s.threads, cache=False))
-        parity[a["key"]] = validate({a["key"]: runners[a["key"]]}, {a["key"]: a}, sets, task)[a["key"]]
-        current = (method, plan)
-
-    for plan in quantize.PLANS:
-        passing = []
-        for method in _methods(a["backend"], s.calib_method):
-            if (method, plan) != current:
-                requantize(method, plan)
-            if attempts:  # a re-quantized model: time it against its twin again, interleaved
-                lat = bench_interleaved({a["key"]: runners[a["key"]], twin: runners[twin]}, one, s.warmup, s.runs)
-                manifest["latency"][a["key"]] = lat[a["key"]]
-                p50_int8, p50_fp32 = lat[a["key"]]["p50_ms"], lat[twin]["p50_ms"]
-            else:
-                p50_int8, p50_fp32 = manifest["latency"][a["key"]]["p50_ms"], manifest["latency"][twin]["p50_ms"]
-            result = parity[a["key"]]
-            problems = result.failures() + ([] if p50_int8 <= p50_fp32 else
-                                            [f"slower than FP32 ({p50_int8:.2f} vs {p50_fp32:.2f} ms p50)"])
-            attempts.append({"plan": plan, "method": method, "p50_ms": p50_int8, "fp32_p50_ms": p50_fp32,
-                             "speedup": p50_fp32 / p50_int8, "task": result.task, "passed": not problems,
-                             "problems": problems, "parity": result.to_dict(),
-                             "latency": dict(manifest["latency"][a["key"]])})
-            if not problems:
-                passing.append(attempts[-1])
-        if passing:
-            best = min(passing, key=lambda x: x["p50_ms"])
-            if (best["method"], plan) != current:
-                requantize(best["method"], plan)
-            best["shipped"] = True
-            a.update(plan=plan, method=best["method"], parity=best["parity"])
-            manifest["latency"][a["key"]] = best["latency"]
-            return ""
-    return "; ".join(f"{x['plan']} plan ({x['method']}): {', '.join(x['problems'])}" for x in attempts)
+    def search(self, a: dict, runners: dict, parity: Parity, latency: dict, sets: dict, task: Task,
+               modules: dict[str, str], stack: contextlib.ExitStack) -> quantize.Search:
+        """The INT8 policy for the artifact `a`; with `--calib-method all`, ONNX Runtime's
+        search goes on with the method whose full plan did least damage."""
+        s, backend, twin = self.s, a["backend"], runners[f"{a['backend']}/fp32"]
+        loaded = Bundle.open(self.bundle)
+        judge = quantize.Judge(a, sets, task, lambda file, profile=False: rt.RUNNERS[backend](
+            file, loaded.spec.inputs, loaded.manifest["outputs"], "int8", s.threads, profile=profile),
+            self.bundle / loaded.artifact(backend, "fp32")["file"], s.warmup, s.runs)
+        full = quantize.Attempt(quantize.full_plan(self.keep), self.quantizer(backend).method, parity,
+                                latency[a["key"]], latency[f"{backend}/fp32"]["p50_ms"])
+        others = []
+        if backend == "onnxruntime" and len(self.ort) > 1:
+            for method in list(self.ort)[1:]:
+                dst = self.work / method / "full" / quantize.ONNX_INT8
+                made = self.ort[method].quantize(quantize.full_plan(self.keep), dst)
+                with judge.open(dst) as runner:
+                    lat, fp32 = judge.race(runner, twin)
+                    others.append(quantize.Attempt(quantize.full_plan(self.keep), method, judge.parity(runner),
+                                                   lat, fp32["p50_ms"], dst, made))
+            full = min([full, *others], key=lambda x: x.damage)
+            self.method = full.method
+        # past the full plan, OpenVINO runs ONNX Runtime's QDQ models too: NNCF's ignored scope cannot
+        # keep every node of a plan in FP32 (it names nodes its own way), a QDQ model can
+        plans = self.ort[self.method] if backend == "onnxruntime" else quantize.QDQForOpenVINO(self.ort[self.method])
+        found = quantize.search(full, twin, plans, self.ort[self.method], judge, modules,
+                                self.keep, self.work / "search", s.int8_budget)
+        found.attempts[1:1] = [x for x in others if x is not full]  # every method's full plan is on the record
+        return found
 
 
 def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, artifacts: list[dict]) -> list:

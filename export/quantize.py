@@ -1,105 +1,85 @@
-"""Stage: INT8 post-training quantization, calibrated on the same images for both backends.
+"""Stage: INT8 post-training quantization, and the policy that decides what ships.
 
+The tools:
 - ONNX Runtime: `quant_pre_process`, then static QDQ quantization with
-  per-channel weights and the chosen calibration method -> `model.int8.onnx`.
-- OpenVINO: NNCF post-training quantization of the FP32 IR ->
-  `openvino/model.int8.xml|bin`.
+  per-channel S8 weights, U8 activations and the chosen calibration method
+  -> `model.int8.onnx`. One calibration gives the ranges of every plan.
+- OpenVINO: NNCF post-training quantization of the FP32 IR -> `openvino/model.int8.xml|bin`.
 
-A plan says what stays in FP32: the full plan quantizes everything the tools
-quantize by default; the selective plan keeps in FP32 the depthwise
-convolutions (slow in INT8 on CPUs without VNNI), the heads (the convolutions
-whose outputs are reshaped or returned: a keypoint heatmap goes through a
-softmax at temperature 0.1, which magnifies any rounding of its logits) and
-the keypoint extraction (softmax and the contractions after it). The pipeline tries the full plan first and
-the selective one where the full plan is slower than FP32 or too inaccurate.
+A `Plan` says what stays in FP32 (ONNX node names and op types). The full
+plan quantizes everything the tools quantize by default (but the contract's
+`keep_fp32` modules); the selective plan also keeps the depthwise convolutions,
+the heads (convolutions whose outputs are returned or reshaped: a keypoint
+heatmap goes through a softmax at temperature 0.1, which magnifies any rounding
+of its logits) and the keypoint extraction (softmax and the contractions after it).
+
+The policy (`search`), per backend, within a time budget:
+1. the full plan, measured: shipped if it is within the bounds and faster than FP32;
+2. sensitivity: for every quantized layer (the quantized nodes made in one PyTorch
+   module), the damage when only that layer is INT8, run on the backend, and its
+   share of the FP32 twin's time (the backend's profiler), which shares out the
+   milliseconds the full plan saves;
+3. the frontier: layers kept in FP32 in order of damage per millisecond saved,
+   plans of 1, 2, 4, ... layers until one is within the bounds,
+   then bisection to the fewest that are; the selective plan is one more point.
+Every plan is timed interleaved with the FP32 twin; the fastest attempt within
+the bounds and faster than FP32 ships.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 import tempfile
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
+import onnx
 
-from runtime.errors import UserError
-from runtime.spec import ModelSpec
+from runtime.bench import bench_interleaved
+from runtime.compare import Parity, compare
+from runtime.runners import Runner
+from runtime.tasks import Task
 
+from .calibration import CALIB_METHODS
 from .quiet import quiet
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-PLANS = ("full", "selective")
 ONNX_INT8 = "model.int8.onnx"
 OPENVINO_INT8 = "openvino/model.int8.xml"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# op types kept in FP32 by the selective plan, besides depthwise convolutions
-KEEP_FP32 = ("Softmax", "MatMul", "Div")
+RESHAPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")  # move quantized values, compute nothing
+KEEP_FP32 = ("Softmax", "MatMul", "Div")  # op types the selective plan keeps in FP32, besides its convolutions
+OPENVINO_TYPES = {"Softmax": "Softmax", "MatMul": "MatMul"}  # their OpenVINO names (NNCF quantizes no Divide)
+MIN_MS = 0.01  # a layer that costs less than this to keep in FP32 is counted as costing this
 
 
-def check_calib_dir(path: Path) -> list[Path]:
-    """The images of a calibration folder, or a UserError naming the problem."""
-    if not path.is_dir():
-        raise UserError(f"--calib-dir {str(path)!r} is not a folder; expected a folder of PNG/JPEG images")
-    from runtime.images import open_image
+@dataclass(frozen=True)
+class Plan:
+    """What an INT8 model leaves in FP32 (or, with `only`, the few nodes it quantizes)."""
 
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise UserError(f"--calib-dir {str(path)!r} holds no images; expected files ending in "
-                        f"{', '.join(IMAGE_SUFFIXES)}")
-    readable = []
-    for image in images:
-        try:
-            open_image(image)
-            readable.append(image)
-        except UserError:
-            continue
-    if not readable:
-        raise UserError(f"--calib-dir {str(path)!r}: none of its {len(images)} image files is readable "
-                        "(Pillow cannot open them); expected PNG/JPEG images")
-    return readable
+    name: str
+    keep_nodes: tuple[str, ...] = ()
+    keep_types: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kept_fp32": {"nodes": list(self.keep_nodes), "op_types": list(self.keep_types)},
+                **({"only": list(self.only)} if self.only else {})}
 
 
-def calibration_set(spec: ModelSpec, calib_dir: Path | None, samples: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Calibration feeds (name -> (N, ...) float32) and their description for the manifest:
-    the images of `calib_dir` preprocessed as the spec says (at the example size), else
-    the model's generated task's training images, else seeded synthetic images."""
-    from .golden import golden_inputs
-
-    feeds = golden_inputs(spec, samples, seed=1)  # every input but the image stays synthetic
-    image = spec.image.name
-    if calib_dir is not None:
-        from runtime.images import open_image
-        from runtime.images import preprocess as prep
-
-        files = check_calib_dir(calib_dir)[:samples]
-        feeds = {k: v[:len(files)] for k, v in feeds.items()}
-        feeds[image] = np.stack([prep(open_image(f), spec, size=spec.image.example[2:])[0] for f in files])
-        source = f"{len(files)} images from {calib_dir}"
-    else:
-        from models.tasks import task_for
-
-        try:
-            task = task_for(spec)
-            feeds[image] = task.batch(range(samples), "train", spec.image.example[2])[0]
-            source = f"{samples} generated {task.kind} training images"
-        except UserError:
-            source = f"{samples} synthetic smooth images (no generated task for this model)"
-    digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in feeds.values())).hexdigest()
-    return feeds, {"source": source, "samples": len(feeds[image]), "sha256": digest}
+def full_plan(keep: Sequence[str] = ()) -> Plan:
+    return Plan("full", tuple(keep))
 
 
-def task_images(spec: ModelSpec, samples: int) -> np.ndarray | None:
-    """Held-out images of the model's generated task (never used for calibration), or None."""
-    from models.tasks import task_for
-    from models.train import heldout
+def selective_plan(model, keep: Sequence[str] = ()) -> Plan:
+    """`model`: the `onnx.ModelProto` being quantized."""
+    return Plan("selective", tuple(dict.fromkeys([*kept_convs(model), *keep])), KEEP_FP32)
 
-    if len(spec.inputs) > 1:
-        return None
-    try:
-        return heldout(task_for(spec), spec.image.example[2], samples)[0]
-    except UserError:
-        return None
+
+def layers_plan(keep: Sequence[str], nodes: Sequence[str], layers: int = 1) -> Plan:
+    """The full plan with `nodes` (those of `layers` layers) kept in FP32 too."""
+    return Plan(f"{layers} layer{'s' * (layers != 1)} in FP32", tuple(dict.fromkeys([*keep, *nodes])))
 
 
 def kept_convs(model) -> list[str]:
@@ -121,76 +101,415 @@ def kept_convs(model) -> list[str]:
     return kept
 
 
-def _one_at_a_time(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+def _one_at_a_time(feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(len(next(iter(feeds.values()))))]
 
 
-def quantize_onnxruntime(fp32: Path, dst: Path, data: dict[str, np.ndarray], method: str, plan: str,
-                         keep: Sequence[str] = ()) -> dict:
-    """`keep`: ONNX node names left in FP32 whatever the plan (the model contract's `keep_fp32` modules)."""
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+class Quantizer(Protocol):
+    backend: str
+    method: str
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(_one_at_a_time(data))
-
-        def get_next(self):
-            return next(self.items, None)
-
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    # ONNX Runtime's quantization tools log their progress on the root logger
-    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as work, quiet(""):
-        pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        model = onnx.load(str(pre))
-        present = {n.name for n in model.graph.node}
-        exclude = (kept_convs(model) if plan == "selective" else []) + [n for n in keep if n in present]
-        op_types = sorted({n.op_type for n in model.graph.node} - (set(KEEP_FP32) if plan == "selective" else set()))
-        cache = None
-        if method == "entropy":
-            # quantize_static builds its entropy calibrator with as many histogram bins as
-            # quantized bins (128/128), which leaves one threshold to try: the min-max one.
-            # Calibrate with 2048 bins here and hand quantize_static the ranges.
-            cache = Path(work) / "ranges.json"
-            calibrator = create_calibrator(pre, op_types, augmented_model_path=str(Path(work) / "augmented.onnx"),
-                                           calibrate_method=CalibrationMethod.Entropy,
-                                           extra_options={"num_bins": 2048, "num_quantized_bins": 128,
-                                                          "max_intermediate_outputs": 16})
-            calibrator.collect_data(Reader())
-            save_tensors_data(calibrator.compute_data(), cache)
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=exclude, op_types_to_quantize=op_types,
-                        calibration_cache_path=cache,
-                        extra_options={"CalibMaxIntermediateOutputs": 16} if method == "percentile" else None)
-    return {"tool": "onnxruntime.quantization.quantize_static (QDQ, per-channel S8 weights, U8 activations)",
-            "method": method, "plan": plan, "kept_fp32": {"nodes": exclude,
-                                                          "op_types": list(KEEP_FP32) if plan == "selective" else []}}
+    def quantize(self, plan: Plan, dst: Path) -> dict[str, Any]: ...
 
 
-def quantize_openvino(fp32_xml: Path, dst: Path, data: dict[str, np.ndarray], plan: str, onnx_file: Path,
-                      keep: Sequence[str] = ()) -> dict:
-    import onnx
-    import nncf
-    import openvino as ov
+class OnnxRuntimeQuantizer:
+    """QDQ models of one ONNX model, every plan quantized with the ranges of one calibration."""
 
-    model = ov.Core().read_model(str(fp32_xml))
-    heads = (kept_convs(onnx.load(str(onnx_file))) if plan == "selective" else []) + list(keep)
-    types = ["Softmax", "MatMul"] if plan == "selective" else []
-    # the converter names a Conv node's convolution "<node>/WithoutBiases" and its bias "<node>"
-    names = [op.get_friendly_name() for op in model.get_ops()
-             if op.get_friendly_name().removesuffix("/WithoutBiases") in heads]
-    ignored = nncf.IgnoredScope(names=names, types=types, validate=False) if names or types else None
-    kept = {"nodes": heads, "op_types": types}
-    items = _one_at_a_time(data)
-    with quiet("nncf"):
-        quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), ignored_scope=ignored)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(dst))
-    return {"tool": f"nncf {nncf.__version__} quantize (default preset)", "method": "nncf", "plan": plan,
-            "kept_fp32": kept}
+    backend = "onnxruntime"
+
+    def __init__(self, fp32: Path, data: Mapping[str, np.ndarray], method: str, work: Path):
+        from onnxruntime.quantization import CalibrationMethod
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if method not in CALIB_METHODS:
+            raise ValueError(f"unknown calibration method {method!r}; valid: {', '.join(CALIB_METHODS)}")
+        self.method = method
+        self.calibration = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                            "percentile": CalibrationMethod.Percentile}[method]
+        work.mkdir(parents=True, exist_ok=True)
+        self.pre, self.ranges = work / "pre.onnx", work / f"ranges.{method}.json"
+        # quantize_static builds its entropy calibrator with as many histogram bins as quantized
+        # bins (128/128), which leaves one threshold to try: the min-max one. Calibrate entropy
+        # with 2048 bins here; every method's ranges are computed once and handed to each plan.
+        # (histograms are merged every 16 samples to bound memory; min-max needs no such bound)
+        options = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128,
+                                             "max_intermediate_outputs": 16},
+                   "percentile": {"max_intermediate_outputs": 16}}[method]
+        with quiet(""):  # ONNX Runtime's quantization tools log their progress on the root logger
+            quant_pre_process(str(fp32), str(self.pre), skip_symbolic_shape=True)
+            self.model = onnx.load(str(self.pre))
+            if not self.ranges.is_file():
+                op_types = sorted({n.op_type for n in self.model.graph.node})
+                calibrator = create_calibrator(self.pre, op_types, augmented_model_path=str(work / f"aug.{method}.onnx"),
+                                               calibrate_method=self.calibration,
+                                               extra_options=options)
+                calibrator.collect_data(_Reader(data))
+                save_tensors_data(calibrator.compute_data(), self.ranges)
+
+    def layers(self, quantized, modules: Mapping[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+        """The layers of the sensitivity pass, in graph order: (name, its nodes). A layer is
+        the nodes the full plan's QDQ model `quantized` (an `onnx.ModelProto`) feeds from a
+        DequantizeLinear, but for reshaping ops, grouped by the PyTorch module they were made
+        in (`modules`: node -> module path); a node outside any module is a layer alone."""
+        dequantized = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        fed = {n.name for n in quantized.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+               and any(i in dequantized for i in n.input)}
+        groups: dict[str, list[str]] = {}
+        for node in self.model.graph.node:
+            if node.name in fed and node.op_type not in RESHAPING:
+                groups.setdefault(modules.get(node.name, f"{node.op_type} {node.name}"), []).append(node.name)
+        return [(name, tuple(nodes)) for name, nodes in groups.items()]
+
+    def quantize(self, plan: Plan, dst: Path) -> dict[str, Any]:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        present = {n.name for n in self.model.graph.node}
+        op_types = sorted({n.op_type for n in self.model.graph.node} - set(plan.keep_types))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with quiet(""):
+            quantize_static(str(self.pre), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=self.calibration, calibration_cache_path=self.ranges,
+                            nodes_to_exclude=[n for n in plan.keep_nodes if n in present],
+                            nodes_to_quantize=list(plan.only) or None, op_types_to_quantize=op_types)
+        return {"tool": "onnxruntime.quantization.quantize_static (QDQ, per-channel S8 weights, U8 activations)",
+                "method": self.method, **plan.to_dict()}
+
+
+class _Reader:
+    """Calibration feeds one sample at a time, as ONNX Runtime's calibrators read them."""
+
+    def __init__(self, data: Mapping[str, np.ndarray]):
+        self.items = iter(_one_at_a_time(data))
+
+    def get_next(self):
+        return next(self.items, None)
+
+    def __iter__(self):
+        return self.items
+
+
+class OpenVINOQuantizer:
+    """NNCF post-training quantization of an IR; a plan's nodes and types go into its ignored scope."""
+
+    backend = "openvino"
+    method = "nncf"
+
+    def __init__(self, fp32_xml: Path, data: Mapping[str, np.ndarray]):
+        self.xml = fp32_xml
+        self.items = _one_at_a_time(data)
+
+    def quantize(self, plan: Plan, dst: Path) -> dict[str, Any]:
+        import nncf
+        import openvino as ov
+
+        model = ov.Core().read_model(str(self.xml))
+        keep = set(plan.keep_nodes)
+        # the converter names a Conv node's convolution "<node>/WithoutBiases" and its bias "<node>"
+        names = [op.get_friendly_name() for op in model.get_ops()
+                 if op.get_friendly_name().removesuffix("/WithoutBiases") in keep]
+        types = [OPENVINO_TYPES[t] for t in plan.keep_types if t in OPENVINO_TYPES]
+        ignored = nncf.IgnoredScope(names=names, types=types, validate=False) if names or types else None
+        with quiet("nncf"):
+            quantized = nncf.quantize(model, nncf.Dataset(self.items), subset_size=len(self.items),
+                                      ignored_scope=ignored)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(quantized, str(dst))
+        return {"tool": f"nncf {nncf.__version__} quantize (default preset)", "method": "nncf",
+                "name": plan.name, "kept_fp32": {"nodes": list(plan.keep_nodes), "op_types": types}}
+
+
+class QDQForOpenVINO:
+    """ONNX Runtime's QDQ model of a plan, converted to an OpenVINO IR (OpenVINO runs its
+    Quantize/Dequantize pairs as INT8): the same plan, with the same ranges, on both backends."""
+
+    backend = "openvino"
+
+    def __init__(self, source: OnnxRuntimeQuantizer):
+        self.source = source
+        self.method = f"{source.method} QDQ"
+
+    def quantize(self, plan: Plan, dst: Path) -> dict[str, Any]:
+        import openvino as ov
+
+        qdq = dst.with_suffix(".qdq.onnx")
+        made = self.source.quantize(plan, qdq)
+        ov.save_model(ov.convert_model(str(qdq)), str(dst), compress_to_fp16=False)
+        qdq.unlink()
+        return {**made, "tool": made["tool"] + ", converted by openvino.convert_model", "method": self.method}
+
+
+def quantize_onnxruntime(fp32: Path, dst: Path, data: Mapping[str, np.ndarray], method: str, plan: str,
+                         keep: Sequence[str] = ()) -> dict[str, Any]:
+    """`fp32` quantized for ONNX Runtime into `dst` by the plan named `plan` ("full" or "selective")."""
+    with tempfile.TemporaryDirectory(prefix="edge-export-quant-") as work:
+        quantizer = OnnxRuntimeQuantizer(fp32, data, method, Path(work))
+        chosen = full_plan(keep) if plan == "full" else selective_plan(quantizer.model, keep)
+        return quantizer.quantize(chosen, dst)
+
+
+# ---------------------------------------------------------------- the policy
+
+
+def damage(parity: Parity) -> float:
+    """How far an INT8 model's figures have gone towards their bounds: 1.0 is at the
+    bound. The task figures where the artifact has task bounds, else the tensors'."""
+    figures = []
+    for name, (kind, limit) in parity.task_bounds.items():
+        value = parity.task.get(name)
+        figures.append(float("inf") if value is None else value / limit if kind == "max"
+                       else (1 - value) / (1 - limit))
+    return max(figures or [o.max_rel / o.bound for o in parity.outputs])
+
+
+@dataclass
+class Judge:
+    """How a candidate INT8 model is measured on one backend: against PyTorch on the
+    artifact's sets, and timed interleaved against another runner."""
+
+    entry: Mapping[str, Any]  # the artifact's manifest entry: bounds, task bounds, judged_on
+    sets: Mapping[str, tuple[dict, dict]]
+    task: Task
+    open: Callable[..., Runner]  # (a model file, profile=False) -> a runner on the backend
+    fp32: Path  # the FP32 twin's file
+    warmup: int
+    runs: int
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {k: v[:1] for k, v in self.sets["golden"][0].items()}
+
+    def parity(self, runner: Runner, every_set: bool = True) -> Parity:
+        from runtime.compare import check_artifact
+
+        if every_set:
+            return check_artifact(runner, self.entry, self.sets, self.task)
+        inputs, reference = self.sets[self.entry.get("judged_on", "golden")]
+        return compare(reference, runner.infer(inputs), self.entry["bounds"], self.task,
+                       self.entry.get("task_bounds"))
+
+    def race(self, runner: Runner, other: Runner) -> tuple[dict, dict]:
+        lat = bench_interleaved({"int8": runner, "other": other}, self.feeds, self.warmup, self.runs)
+        return lat["int8"], lat["other"]
+
+
+@dataclass
+class Attempt:
+    """One plan measured on one backend."""
+
+    plan: Plan
+    method: str
+    parity: Parity
+    latency: dict[str, Any]
+    fp32_p50_ms: float
+    file: Path | None = None  # where the candidate's model is (None: the artifact's own file)
+    made: dict[str, Any] = field(default_factory=dict)  # how the quantizer made it
+    shipped: bool = False
+
+    @property
+    def p50_ms(self) -> float:
+        return self.latency["p50_ms"]
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_p50_ms / self.p50_ms
+
+    @property
+    def damage(self) -> float:
+        return damage(self.parity)
+
+    @property
+    def problems(self) -> list[str]:
+        slower = [] if self.p50_ms <= self.fp32_p50_ms else [
+            f"slower than FP32 ({self.p50_ms:.2f} vs {self.fp32_p50_ms:.2f} ms p50)"]
+        return self.parity.failures() + slower
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.name, "kept_fp32": len(self.plan.keep_nodes), "method": self.method,
+                "p50_ms": self.p50_ms, "fp32_p50_ms": self.fp32_p50_ms, "speedup": self.speedup,
+                "task": self.parity.task, "damage": self.damage, "passed": self.passed, "problems": self.problems,
+                "shipped": self.shipped, "parity": self.parity.to_dict(), "latency": dict(self.latency)}
+
+
+@dataclass
+class Layer:
+    """One quantized layer: the damage when only it is INT8, and its share of the FP32 time."""
+
+    module: str
+    nodes: tuple[str, ...]
+    op_types: tuple[str, ...]
+    damage: float  # only this layer in INT8 (1.0 = at the bound)
+    fp32_ms: float  # its nodes' kernel time in the FP32 twin, profiled
+    ms_saved: float  # the full plan's saving over FP32, shared out by FP32 time
+    task: dict[str, float]
+
+    @property
+    def per_ms(self) -> float:
+        return self.damage / max(self.ms_saved, MIN_MS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "nodes": list(self.nodes), "op_types": list(self.op_types),
+                "damage": self.damage, "fp32_ms": self.fp32_ms, "ms_saved": self.ms_saved, "per_ms": self.per_ms,
+                "task": self.task}
+
+
+@dataclass
+class Search:
+    """What the INT8 policy tried on one backend and what it ships."""
+
+    backend: str
+    method: str
+    budget_s: float
+    attempts: list[Attempt] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=list)
+    unmeasured: list[str] = field(default_factory=list)  # layers the budget left no time to measure
+    stopped: str = ""
+    spent_s: float = 0.0
+
+    @property
+    def shipped(self) -> Attempt | None:
+        return next((a for a in self.attempts if a.shipped), None)
+
+    def reason(self) -> str:
+        """Why nothing ships, in one line: the closest plan's problems (the report lists every plan's)."""
+        closest = min(self.attempts, key=lambda a: (a.damage, -a.speedup))
+        return (f"{len(self.attempts)} INT8 plan{'s' * (len(self.attempts) != 1)} tried ({self.stopped}), none "
+                f"within the bounds and faster than FP32; the closest, {closest.plan.name} plan ({closest.method}, "
+                f"{closest.speedup:.2f}x): {', '.join(closest.problems)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "budget_s": self.budget_s, "spent_s": round(self.spent_s, 1),
+                "stopped": self.stopped, "attempts": [a.to_dict() for a in self.attempts],
+                "sensitivity": [layer.to_dict() for layer in self.layers], "unmeasured": self.unmeasured}
+
+
+def search(full: Attempt, fp32: Runner, quantizer: Quantizer, layer_source: OnnxRuntimeQuantizer,
+           judge: Judge, modules: Mapping[str, str], keep: Sequence[str], work: Path, budget_s: float,
+           stage: Callable[[str], Any] | None = None) -> Search:
+    """The INT8 policy on one backend (see the module's docstring). `full`: the full plan,
+    already measured; `fp32`: its FP32 twin's runner; `quantizer` makes the backend's
+    plans; `layer_source` the QDQ models of the sensitivity pass (every backend runs
+    them); `modules`: ONNX node -> the PyTorch module it came from; `keep`: nodes no
+    plan quantizes. Candidates are written under `work`; the shipped one is the
+    attempt marked `shipped` (its `file` is None when it is the full plan itself)."""
+    start = time.monotonic()
+    found = Search(quantizer.backend, quantizer.method, budget_s, [full])
+    left = lambda: budget_s - (time.monotonic() - start)  # noqa: E731
+
+    def attempt(plan: Plan) -> Attempt:
+        dst = work / quantizer.backend / plan.name.replace(" ", "-") / Path(
+            ONNX_INT8 if quantizer.backend == "onnxruntime" else OPENVINO_INT8).name
+        made = quantizer.quantize(plan, dst)
+        with judge.open(dst) as runner:
+            parity = judge.parity(runner)
+            lat, twin = judge.race(runner, fp32)
+        tried = Attempt(plan, quantizer.method, parity, lat, twin["p50_ms"], dst, made)
+        found.attempts.append(tried)
+        return tried
+
+    def finish(why: str) -> Search:
+        found.stopped, found.spent_s = why, time.monotonic() - start
+        passing = [a for a in found.attempts if a.passed]
+        if passing:
+            min(passing, key=lambda a: a.p50_ms).shipped = True
+        return found
+
+    if full.passed:
+        return finish("the full plan is within the bounds and faster than FP32")
+    if not full.speedup > 1:  # keeping layers in FP32 would only slow it further, but for the selective plan's
+        attempt(selective_plan(layer_source.model, keep))  # depthwise convs, slow in INT8 without VNNI
+        return finish("the full plan is slower than FP32; the selective plan was tried")
+
+    # sensitivity: each layer alone in INT8, on this backend, and its share of the FP32 time
+    reference_file = work / "sensitivity" / "full.onnx"  # the QDQ models are the same for every backend
+    if not reference_file.is_file():
+        layer_source.quantize(full_plan(keep), reference_file)
+    layers = layer_source.layers(onnx.load(str(reference_file)), modules)
+    with judge.open(judge.fp32, profile=True) as profiled:
+        node_ms = graph_times(profiled.node_times(judge.feeds, max(10, judge.runs // 5)), layer_source.model)
+    layer_ms = layer_times(node_ms, layers, layer_source.model)
+    saving = max(full.fp32_p50_ms - full.p50_ms, 0.0)
+    op_type = {n.name: n.op_type for n in layer_source.model.graph.node}
+    for i, (module, nodes) in enumerate(layers):
+        if left() < 0.5 * budget_s:  # the frontier gets at least half the budget
+            found.unmeasured = [m for m, _ in layers[i:]]
+            break
+        dst = work / "sensitivity" / f"layer-{i}.onnx"
+        if not dst.is_file():
+            layer_source.quantize(Plan(f"only {module}", only=nodes), dst)
+        with judge.open(dst) as runner:
+            parity = judge.parity(runner, every_set=False)
+        found.layers.append(Layer(module, nodes, tuple(dict.fromkeys(op_type[n] for n in nodes)), damage(parity),
+                                  layer_ms[module], saving * layer_ms[module] / (sum(layer_ms.values()) or 1.0),
+                                  parity.task))
+    by_module = dict(layers)
+    ranked = [layer.module for layer in sorted(found.layers, key=lambda layer: -layer.per_ms)] + found.unmeasured
+    nodes_of = lambda k: [n for m in ranked[:k] for n in by_module[m]]  # noqa: E731
+
+    # the frontier: the fewest layers kept in FP32, in that order, that bring the plan within the bounds
+    k, failing, fewest = 1, 0, None
+    while k <= len(ranked) and left() > 0:
+        if attempt(layers_plan(keep, nodes_of(k), k)).damage <= 1:
+            fewest = k
+            break
+        failing = k
+        if k == len(ranked):
+            break
+        k = min(2 * k, len(ranked))
+    while fewest is not None and fewest - failing > 1 and left() > 0:
+        middle = (failing + fewest) // 2
+        if attempt(layers_plan(keep, nodes_of(middle), middle)).damage <= 1:
+            fewest = middle
+        else:
+            failing = middle
+    if left() > 0:
+        attempt(selective_plan(layer_source.model, keep))
+    if left() <= 0:
+        return finish(f"the budget of {budget_s:.0f} s ran out")
+    if fewest is None:
+        return finish("no plan on the frontier is within the bounds")
+    return finish(f"the fewest layers in FP32 within the bounds: {fewest} of {len(ranked)}")
+
+
+def graph_times(times: Mapping[str, float], model) -> dict[str, float]:
+    """A backend profiler's kernel times keyed by the ONNX nodes of `model` they ran: a
+    node's own name, or its output's with ONNX Runtime's `_nchwc` suffix (its layout rewrite)."""
+    names = {n.name for n in model.graph.node}
+    by_output = {o: n.name for n in model.graph.node for o in n.output}
+    found: dict[str, float] = {}
+    for name, ms in times.items():
+        node = name if name in names else by_output.get(name.removesuffix("_nchwc"))
+        if node is not None:
+            found[node] = found.get(node, 0.0) + ms
+    return found
+
+
+def layer_times(node_ms: Mapping[str, float], layers: Sequence[tuple[str, Sequence[str]]], model) -> dict[str, float]:
+    """Each layer's kernel time: its nodes', and that of a node outside every layer that consumes
+    a layer's output (a fused kernel is timed under its last node: Conv + Relu under the Relu)."""
+    layer_of = {n: module for module, nodes in layers for n in nodes}
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    inputs = {n.name: list(n.input) for n in model.graph.node}
+    times = dict.fromkeys((module for module, _ in layers), 0.0)
+    for node, ms in node_ms.items():
+        module = layer_of.get(node) or next((layer_of[producer[i]] for i in inputs.get(node, [])
+                                             if producer.get(i) in layer_of), None)
+        if module is not None:
+            times[module] += ms
+    return times
+
+
+def install(attempt: Attempt, artifact: Path) -> None:
+    """Put a candidate's model (and an IR's weights) where the artifact's file is."""
+    if attempt.file is None:
+        return
+    pairs = [(attempt.file, artifact)]
+    if artifact.suffix == ".xml":
+        pairs.append((attempt.file.with_suffix(".bin"), artifact.with_suffix(".bin")))
+    for src, dst in pairs:  # a rename: a runner that maps the old file keeps its own copy
+        os.replace(src, dst)

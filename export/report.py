@@ -97,24 +97,93 @@ def rejected_lines(manifest: dict[str, Any]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
+FRONTIER_PLOT = "int8_frontier.png"
+
+
+def _figure(attempt: dict[str, Any]) -> tuple[str, float]:
+    """The figure an attempt is plotted by: its first bounded task figure, else its worst tensor error."""
+    bounds = attempt["parity"]["task_bounds"]
+    if bounds:
+        name = next(iter(bounds))
+        return name, attempt["task"].get(name, float("nan"))
+    return "max rel err", max(o["max_rel"] for o in attempt["parity"]["outputs"].values())
+
+
 def quantization_lines(manifest: dict[str, Any]) -> list[str]:
     q = manifest.get("quantization")
     if not q:
         return []
     c = q["calibration"]
     describe = task_of(manifest["spec"]).describe
-    lines = [f"INT8: calibrated on {c['source']} ({c['method']} for ONNX Runtime; sha256 {c['sha256'][:12]}), "
+    cpu = manifest["machine"]["cpu"]
+    has = q.get("int8_instructions") or []
+    lines = [f"INT8 on {cpu}: " + (f"INT8 dot-product instructions {', '.join(has)}" if has else
+                                   "no INT8 dot-product instructions (INT8 runs about as fast as FP32 here)")
+             + "; every figure below was measured on this machine.", "",
+             f"Calibrated on {c['source']} ({c['method']} for ONNX Runtime; sha256 {c['sha256'][:12]}), "
              f"judged on {manifest['golden']['sets'].get('task', 0) or manifest['golden']['batch']} "
              f"{'held-out task' if 'task' in manifest['golden']['sets'] else 'golden'} images; "
-             "each attempt timed against its FP32 twin in the same run:", "",
-             markdown_table(("backend", "plan", "calibration", "INT8 p50 ms", "FP32 p50 ms", "speed-up",
-                             "task vs PyTorch", "verdict"),
-                            [(backend, a["plan"], a["method"], f"{a['p50_ms']:.2f}", f"{a['fp32_p50_ms']:.2f}",
-                              f"{a['speedup']:.2f}x", describe(a["task"]),
-                              "shipped" if a.get("shipped") else "passes, slower than another" if a["passed"]
-                              else "; ".join(a["problems"]))
-                             for backend, attempts in q.get("attempts", {}).items() for a in attempts]), ""]
+             "each plan timed against its FP32 twin in the same run:", ""]
+    for backend, found in q["search"].items():
+        lines += [f"**{backend}**: {found['stopped']} ({found['spent_s']:.0f} s of a {found['budget_s']:.0f} s budget)."
+                  , "", markdown_table(
+                      ("plan", "nodes in FP32", "calibration", "INT8 p50 ms", "FP32 p50 ms", "speed-up",
+                       "task vs PyTorch", "verdict"),
+                      [(a["plan"], str(a["kept_fp32"]), a["method"], f"{a['p50_ms']:.2f}", f"{a['fp32_p50_ms']:.2f}",
+                        f"{a['speedup']:.2f}x", describe(a["task"]),
+                        "shipped" if a["shipped"] else "passes, slower than another" if a["passed"]
+                        else "; ".join(a["problems"])) for a in found["attempts"]]), ""]
+        if found["sensitivity"]:
+            ranked = sorted(found["sensitivity"], key=lambda x: -x["per_ms"])
+            lines += [f"Per-layer sensitivity on {backend} ({len(ranked)} layers measured"
+                      + (f", {len(found['unmeasured'])} left unmeasured by the budget" if found["unmeasured"] else "")
+                      + "; damage when only that layer is INT8, as a share of the bound; its FP32 time from the "
+                      "profiler, which shares out the full plan's saving; the frontier keeps layers in FP32 in "
+                      "this order):", "", markdown_table(
+                          ("layer", "ops", "damage alone in INT8", "FP32 ms", "ms INT8 saves", "damage per ms",
+                           "task"),
+                          [(x["module"], ", ".join(x["op_types"]), f"{x['damage']:.2f}", f"{x['fp32_ms']:.3f}",
+                            f"{x['ms_saved']:.3f}", f"{x['per_ms']:.2f}", describe(x["task"])) for x in ranked[:12]]),
+                      ""]
+    if any(len(found["attempts"]) > 1 for found in q["search"].values()):
+        lines += [f"![INT8 plans: task figure against speed-up over FP32]({FRONTIER_PLOT})", ""]
     return lines
+
+
+def plot_frontier(manifest: dict[str, Any], path) -> bool:
+    """Every INT8 plan tried, task figure against speed-up over FP32, per backend, with
+    the bound and the shipped plan marked, as a PNG at `path`. False if only the full plan was tried."""
+    q = manifest.get("quantization") or {}
+    searches = {b: f for b, f in q.get("search", {}).items() if len(f["attempts"]) > 1}
+    if not searches:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    name = "task figure"
+    for (backend, found), color in zip(searches.items(), ("tab:blue", "tab:orange")):
+        points = [(a["speedup"], _figure(a)[1], a) for a in found["attempts"]]
+        name = _figure(found["attempts"][0])[0]
+        ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], color=color, label=backend, zorder=3)
+        for x, y, a in points:
+            ax.annotate(a["plan"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            if a["shipped"]:
+                ax.scatter([x], [y], s=220, facecolors="none", edgecolors=color, linewidths=2, zorder=4)
+        bounds = found["attempts"][0]["parity"]["task_bounds"]
+        if bounds:
+            ax.axhline(next(iter(bounds.values()))[1], color="gray", linestyle="--", linewidth=1)
+    ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("speed-up over the FP32 twin (interleaved, p50)")
+    ax.set_ylabel(f"{name} against PyTorch FP32")
+    ax.set_title(f"{manifest['name']}: INT8 plans (dashed: the bound; ringed: shipped)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def recommended_line(manifest: dict[str, Any]) -> str:

@@ -44,6 +44,7 @@ class Runner(Protocol):
     def infer(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
     def run_for(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[int, float]: ...
     def profile(self, feeds: Mapping[str, np.ndarray], runs: int) -> list[dict[str, Any]]: ...
+    def node_times(self, feeds: Mapping[str, np.ndarray], runs: int) -> dict[str, float]: ...
     def close(self) -> None: ...
     def __enter__(self) -> "Runner": ...
     def __exit__(self, *exc: object) -> None: ...
@@ -106,6 +107,10 @@ class BaseRunner:
     def profile(self, feeds: Mapping[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
         raise ValueError(f"the {self.backend} runner has no per-op profile")
 
+    def node_times(self, feeds: Mapping[str, np.ndarray], runs: int) -> dict[str, float]:
+        """Kernel time per executed node (ms per inference), named as the backend's profiler names it."""
+        raise ValueError(f"the {self.backend} runner has no per-node profile")
+
     def close(self) -> None:
         pass
 
@@ -166,23 +171,37 @@ class OnnxRuntimeRunner(BaseRunner):
 
     def profile(self, feeds, runs):
         """Kernel time per op type, from ONNX Runtime's profiler (load with profile=True)."""
+        kernels, inferences = self._kernels(feeds, runs)
+        per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for e in kernels:
+            per_op[e["args"]["op_name"]][0] += e["dur"] / 1e3
+            per_op[e["args"]["op_name"]][1] += 1
+        return op_table({op: (ms, n) for op, (ms, n) in per_op.items()}, inferences)
+
+    def node_times(self, feeds, runs):
+        """Kernel time per node (load with profile=True). A node the optimizer rewrote is named
+        after its output with a suffix (`conv2d_3_nchwc` for the node writing `conv2d_3`)."""
+        kernels, inferences = self._kernels(feeds, runs)
+        times: dict[str, float] = defaultdict(float)
+        for e in kernels:
+            times[e["name"].removesuffix("_kernel_time")] += e["dur"] / 1e3 / inferences
+        return dict(times)
+
+    def _kernels(self, feeds, runs) -> tuple[list[dict], int]:
+        """The profiler's kernel events of `runs` inferences (the first, slow one left out);
+        the profiler stops here, so a session is profiled once."""
         if self._profile_dir is None:
             raise ValueError("this runner was loaded without profile=True")
         feeds = self.check(feeds)
         for _ in range(runs + 1):
             self._run(feeds)
         events = json.loads(Path(self.session.end_profiling()).read_text())
-        # the profiler has run since load: leave out the first inference (it is slow) and count the rest
         model_runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                             if e.get("cat") == "Session" and e["name"] == "model_run")
         after = model_runs[0][1] if len(model_runs) > 1 else 0
         inferences = max(1, len(model_runs) - (len(model_runs) > 1))
-        per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-        for e in events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= after:
-                per_op[e["args"]["op_name"]][0] += e["dur"] / 1e3
-                per_op[e["args"]["op_name"]][1] += 1
-        return op_table({op: (ms, n) for op, (ms, n) in per_op.items()}, inferences)
+        return [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                and e["ts"] >= after], inferences
 
     def close(self):
         self.session = None
@@ -252,19 +271,31 @@ class OpenVINORunner(BaseRunner):
 
     def profile(self, feeds, runs):
         """Real time per executed layer type, from OpenVINO's performance counters (load with profile=True)."""
+        per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for p in self._counters(feeds, runs):
+            per_op[p.node_type][0] += p.real_time.total_seconds() * 1e3
+            per_op[p.node_type][1] += 1
+        return op_table({op: (ms, n) for op, (ms, n) in per_op.items()}, runs)
+
+    def node_times(self, feeds, runs):
+        """Real time per executed layer (load with profile=True), named after the ONNX node it
+        came from (a fused layer after its first node; layout reorders by their own names)."""
+        times: dict[str, float] = defaultdict(float)
+        for p in self._counters(feeds, runs):
+            times[p.node_name.removesuffix("/WithoutBiases")] += p.real_time.total_seconds() * 1e3 / runs
+        return dict(times)
+
+    def _counters(self, feeds, runs) -> list:
         feeds = self.check(feeds)
         request = self.compiled.create_infer_request()
         request.infer(feeds, share_inputs=True)  # the first inference is slow: left out
-        per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        counters = []
         for _ in range(runs):
             request.infer(feeds, share_inputs=True)
-            for p in request.profiling_info:
-                if p.status == p.Status.EXECUTED:
-                    per_op[p.node_type][0] += p.real_time.total_seconds() * 1e3
-                    per_op[p.node_type][1] += 1
-        if not per_op:
+            counters += [p for p in request.profiling_info if p.status == p.Status.EXECUTED]
+        if not counters:
             raise ValueError("this runner was loaded without profile=True")
-        return op_table({op: (ms, n) for op, (ms, n) in per_op.items()}, runs)
+        return counters
 
     def close(self):
         self.compiled = None

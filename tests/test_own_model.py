@@ -111,18 +111,18 @@ def test_two_named_inputs_and_a_tuple_output_through_the_python_api(tmp_path, ca
 
 def test_int8_leaves_the_modules_the_contract_names_in_float(tmp_path):
     import export
-    from export import quantize
+    from export import calibration, quantize
     from tests.own_models.fusion import RGBDSegmenter
 
     torch.manual_seed(0)
     result = export.build(RGBDSegmenter(), (torch.rand(1, 3, 32, 32), torch.rand(1, 1, 32, 32)), out=tmp_path,
-                          name="rgbd", backends=("onnxruntime",), quantize="int8", calib_samples=4,
+                          name="rgbd", backends=("onnxruntime",), quantize="int8", int8_anyway=True, calib_samples=4,
                           keep_fp32=("head",), threads=2, warmup=1, runs=5, verbose=False)
     q = result.manifest["quantization"]
     assert result.manifest["spec"]["keep_fp32"] == ["head"]
     assert q["keep_fp32"] == {"modules": ["head"], "nodes": ["node_conv2d_3"]}  # the head's one Conv
     assert all("node_conv2d_3" in plan["kept_fp32"]["nodes"] for plan in q["plans"].values())
-    data, _ = quantize.calibration_set(runtime.Bundle.open(result.bundle).spec, None, 4)
+    data, _ = calibration.calibration_set(runtime.Bundle.open(result.bundle).spec, None, 4)
     quantize.quantize_onnxruntime(result.bundle / "model.onnx", tmp_path / "q.onnx", data, "minmax", "full",
                                   q["keep_fp32"]["nodes"])
     import onnx
@@ -181,7 +181,8 @@ def test_an_export_the_dynamo_exporter_cannot_do_falls_back_and_says_so(tmp_path
     (["--variant", "dsc", "--input", "x:1x3x8x8"],
      "error: --input is for --model; a zoo variant's inputs, outputs and task are its own"),
     (["--variant", "dsc", "--model", f"{OWN}/fusion.py:Branchy"], "error: give --variant or --model, not both"),
-    (["--model", f"{OWN}/fusion.py:Branchy", "--input", "x:1x3x8x8", "--quantize", "int8", "--keep-fp32", "conw"],
+    (["--model", f"{OWN}/fusion.py:Branchy", "--input", "x:1x3x8x8", "--quantize", "int8", "--int8-anyway",
+      "--keep-fp32", "conw"],
      "error: unknown module of Branchy in --keep-fp32: 'conw'; did you mean 'conv'? valid: conv"),
     (["--model", f"{OWN}/fusion.py:Branchy", "--input", "x:1x3x8x8", "--keep-fp32", "conv"],
      "error: --keep-fp32 is only used with --quantize int8"),

@@ -11,7 +11,7 @@ from PIL import Image
 
 import models
 import runtime
-from export import quantize
+from export import calibration, quantize
 from export.pipeline import BuildSettings, build
 from runtime.verify import verify
 from tests.test_cli import run
@@ -50,17 +50,17 @@ def test_quantization_settings_are_checked_before_any_work(calib_dirs, args, mes
 
 def test_calibration_from_a_folder_is_preprocessed_as_the_manifest_says(calib_dirs):
     spec = models.spec("dsc")
-    feeds, info = quantize.calibration_set(spec, calib_dirs / "good", samples=2)
+    feeds, info = calibration.calibration_set(spec, calib_dirs / "good", samples=2)
     data = feeds["image"]
     assert data.shape == (2, 3, 256, 256) and data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
     assert info["samples"] == 2 and info["source"].startswith("2 images from") and len(info["sha256"]) == 64
-    again, _ = quantize.calibration_set(spec, None, samples=4)
+    again, _ = calibration.calibration_set(spec, None, samples=4)
     assert again["image"].shape == (4, 3, 256, 256)
 
 
 def test_the_selective_plan_keeps_depthwise_convs_and_heads_in_fp32(built, tmp_path):
     bundle = built("dsc").bundle
-    data, _ = quantize.calibration_set(models.spec("dsc"), None, samples=4)
+    data, _ = calibration.calibration_set(models.spec("dsc"), None, samples=4)
     quantize.quantize_onnxruntime(bundle / "model.onnx", tmp_path / "full.onnx", data, "minmax", "full")
     info = quantize.quantize_onnxruntime(bundle / "model.onnx", tmp_path / "sel.onnx", data, "minmax", "selective")
     kept = info["kept_fp32"]["nodes"]
@@ -77,28 +77,49 @@ def test_the_selective_plan_keeps_depthwise_convs_and_heads_in_fp32(built, tmp_p
     assert 0 < count(selective) < count(onnx.load(str(tmp_path / "full.onnx")))
 
 
-def test_int8_is_shipped_only_when_accurate_and_no_slower(checkpoint_for, tmp_path):
+def test_int8_ships_the_fastest_plan_within_the_bounds_and_records_the_search(checkpoint_for, tmp_path):
+    """The policy: the full plan; if it is accurate enough and faster, it ships; if it is slower,
+    the selective plan; else per-layer sensitivity and the frontier (1, 2, 4, ... layers in FP32, then
+    bisection), within the budget. Whatever ships is the fastest attempt within the bounds, no slower than FP32."""
+    budget = 20.0
     result = build(BuildSettings(variant="dsc", checkpoint=checkpoint_for("dsc"), out=tmp_path, quantize="int8",
-                                 calib_samples=8, warmup=3, runs=20))
+                                 int8_anyway=True, int8_budget=budget, calib_samples=8, warmup=3, runs=20))
     assert result.passed
     m = result.manifest
     assert m["quantization"]["calibration"]["samples"] == 8 and m["golden"]["sets"] == {"golden": 2, "task": 16}
     shipped = {a["backend"]: a for a in m["artifacts"] if a["precision"] == "int8"}
     rejected = {a["backend"]: a for a in m["rejected"] if a["precision"] == "int8"}
     assert set(shipped) | set(rejected) == {"onnxruntime", "openvino"} and not set(shipped) & set(rejected)
-    for backend, attempts in m["quantization"]["attempts"].items():
-        assert [a["plan"] for a in attempts] in (["full"], ["full", "selective"])
-        last = attempts[-1]
+    for backend, found in m["quantization"]["search"].items():
+        attempts = found["attempts"]
+        full = attempts[0]
+        assert full["plan"] == "full" and full["kept_fp32"] == 0
+        if full["passed"]:
+            assert len(attempts) == 1 and full["shipped"]
+        elif full["speedup"] <= 1:
+            assert [a["plan"] for a in attempts] == ["full", "selective"]
+        else:  # too inaccurate but faster: the layers, ranked, then the frontier in that order
+            assert found["sensitivity"] or found["unmeasured"]
+            for layer in found["sensitivity"]:
+                assert layer["nodes"] and layer["damage"] >= 0 and layer["ms_saved"] >= 0
+            counts = [int(a["plan"].split()[0]) for a in attempts if a["plan"].endswith("in FP32")]
+            doubling = [c for c in counts if c & (c - 1) == 0]  # 1, 2, 4, ... until one passes
+            assert counts[:len(doubling)] == [2 ** i for i in range(len(doubling))], counts
+        assert found["spent_s"] <= budget + 30  # an attempt under way finishes past the budget
+        passing = [a for a in attempts if a["passed"]]
         if backend in shipped:
-            assert last["passed"] and last["p50_ms"] <= last["fp32_p50_ms"]
-            assert last["task"]["keypoint_error_px"] <= 0.5
-            assert (tmp_path / "dsc" / shipped[backend]["file"]).is_file()
+            best = min(passing, key=lambda a: a["p50_ms"])
+            assert best["shipped"] and best["p50_ms"] <= best["fp32_p50_ms"] and best["task"]["keypoint_error_px"] <= 0.5
+            assert shipped[backend]["plan"] == best["plan"] and (tmp_path / "dsc" / shipped[backend]["file"]).is_file()
         else:
-            assert not last["passed"] and len(attempts) == 2
-            assert rejected[backend]["reason"].startswith("full plan (")
+            assert not passing and not any(a["shipped"] for a in attempts)
+            assert rejected[backend]["reason"].startswith(f"{len(attempts)} INT8 plan")
             assert not (tmp_path / "dsc" / rejected[backend]["file"]).exists()
     report = (tmp_path / "dsc" / "report.md").read_text()
-    assert "INT8: calibrated on 8 generated keypoints training images" in report
+    assert "Calibrated on 8 generated keypoints training images" in report and "INT8 on " in report
+    searched = any(len(f["attempts"]) > 1 for f in m["quantization"]["search"].values())
+    assert ("int8_frontier.png" in m["files"]) == searched == ("int8_frontier.png" in report)
+    assert not any(name.startswith(".work") for name in m["files"])
     assert verify(tmp_path / "dsc").passed
     for backend in shipped:
         with runtime.load(tmp_path / "dsc", backend, "int8") as runner:
@@ -106,11 +127,26 @@ def test_int8_is_shipped_only_when_accurate_and_no_slower(checkpoint_for, tmp_pa
     json.dumps(m)  # the manifest stays plain JSON
 
 
+@pytest.mark.parametrize("flags, refused", [
+    (["avx2", "fma"], True), (["avx2", "avx_vnni"], False), (["avx512f", "avx512_vnni"], False),
+    (["amx_int8"], False), (["asimddp"], False), ([], True),
+])
+def test_int8_is_refused_up_front_on_a_cpu_where_it_cannot_pay(flags, refused):
+    from export.settings import check_int8_pays
+    from runtime.errors import UserError
+
+    if refused:
+        with pytest.raises(UserError, match="no INT8 dot-product instructions .* pass --int8-anyway"):
+            check_int8_pays(flags)
+    else:
+        check_int8_pays(flags)
+
+
 def test_each_calibration_method_gives_its_own_ranges(built, tmp_path):
     """quantize_static's own entropy calibrator has as many histogram bins as
     quantized bins, which makes it min-max; the build calibrates entropy with 2048 bins."""
     bundle = built("dsc").bundle
-    data, _ = quantize.calibration_set(models.spec("dsc"), None, samples=4)
+    data, _ = calibration.calibration_set(models.spec("dsc"), None, samples=4)
     scales = {}
     for method in quantize.CALIB_METHODS:
         dst = tmp_path / f"{method}.onnx"
