@@ -54,6 +54,9 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--int8-budget", type=float, default=120.0, metavar="SECONDS",
                    help="time per backend for INT8's per-layer sensitivity and frontier when the full plan loses "
                         "(default 120)")
+    b.add_argument("--qat", type=int, default=0, metavar="STEPS",
+                   help="when post-training INT8 loses, also fine-tune this many steps with INT8 rounding simulated "
+                        "(distilled from the FP32 model on the calibration images) and search again")
     b.add_argument("--int8-anyway", action="store_true",
                    help="quantize even on a CPU without INT8 dot-product instructions (VNNI, AMX, Arm SDOT)")
 
@@ -217,7 +220,7 @@ def cmd_build(args) -> int:
         threads=args.threads if args.threads is not None else os.cpu_count() or 1,
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
-        int8_anyway=args.int8_anyway,
+        int8_anyway=args.int8_anyway, qat=args.qat,
     )
     check_settings(settings)  # before torch and the exporters are imported: a typo costs no time
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.bundle import FORMAT, MANIFEST, sha256
+from runtime.bundle import FORMAT, MANIFEST, MANIFEST_KEYS, sha256
 
 
 TOOLS = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "openvino", "numpy")
@@ -30,7 +30,16 @@ def file_hashes(bundle: Path) -> dict[str, str]:
 
 
 def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest` (completed in place with the format and the file hashes)."""
+    """Write `manifest` (completed in place with the format and the file hashes). Its
+    entries are `runtime.bundle.MANIFEST_KEYS` (before the latency stage: those up to
+    `machine`), written in that order; an entry outside them is a ValueError."""
+    unknown = set(manifest) - set(MANIFEST_KEYS) - {"diagnosis"}
+    if unknown:
+        raise ValueError(f"manifest entries outside runtime.bundle.MANIFEST_KEYS: {', '.join(sorted(unknown))}")
     manifest["format"] = FORMAT
     manifest["files"] = file_hashes(bundle)
+    order = {key: i for i, key in enumerate((*MANIFEST_KEYS, "diagnosis"))}
+    ordered = dict(sorted(manifest.items(), key=lambda item: order[item[0]]))
+    manifest.clear()
+    manifest.update(ordered)
     (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

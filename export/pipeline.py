@@ -14,10 +14,11 @@ import contextlib
 import dataclasses
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +35,7 @@ from runtime.tasks import Task, task_of
 from . import golden, openvino_convert, quantize
 from .benchmark import measure
 from .calibration import CALIB_METHODS, calibration_set, task_images
-from .artifacts import ONNX_FILE, Stage, make_fp32_artifacts, silent
+from .artifacts import ONNX_FILE, FP32Artifacts, Stage, make_fp32_artifacts, silent
 from .contract import Exportable, check_modules, check_signature, example_tensors, infer_spec
 from .manifest import tool_versions, write_manifest
 from .report import FRONTIER_PLOT, plot_frontier, report_markdown
@@ -182,110 +183,166 @@ def _noise(model: Exportable, sets: dict[str, tuple[dict, dict]]) -> dict[str, f
     return noise
 
 
+@dataclass
+class BuildState:
+    """What the stages of one build share: what it was asked for, and what each stage adds."""
+
+    folder: Path  # the bundle under its temporary name
+    s: BuildSettings
+    spec: ModelSpec
+    model: Exportable
+    stage: Stage
+    manifest: dict[str, Any]  # filled in by the stages, in the order of `runtime.bundle.MANIFEST_KEYS`
+    sets: dict[str, tuple[dict, dict]] = field(default_factory=dict)  # golden sets: inputs, PyTorch's outputs
+    noise: dict[str, float] = field(default_factory=dict)
+    made: FP32Artifacts | None = None
+    int8: "_Int8 | None" = None
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # what ships, as the manifest lists it
+    runners: dict[str, rt.Runner] = field(default_factory=dict)
+    parity: dict[str, Parity] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # FP32 parity failures: the build fails
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # optional precisions that lost
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        return self.sets["golden"][0]
+
+
 def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportable, stats: dict,
                 stage: Stage, checkpoint_read: dict | None) -> BuildResult:
-    with stage("golden vectors"):
-        sets = _golden_sets(model, s)
-        inputs, reference = sets["golden"]
-        noise = _noise(model, sets)
-        golden.save_golden(bundle / GOLDEN, sets)
-    outputs = [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in reference.items()]
-
-    made = make_fp32_artifacts(model, inputs, bundle, s.opset,
-                               tuple(openvino_convert.IR_FILES) if "openvino" in s.backends else (), stage)
-    keep = made.keep_nodes
-    calibration, int8 = None, None
-    if s.quantize:
-        with stage("INT8 calibration + quantization (full plan)"):
-            calib, calibration = calibration_set(spec, s.calib_dir, s.calib_samples)
-            int8 = _Int8(bundle, s, calib, keep)
-            plans = {b: int8.quantizer(b).quantize(quantize.full_plan(keep), bundle / INT8_FILES[b])
-                     for b in s.backends}
-
-    artifacts = artifact_entries(spec, s.backends, int8=bool(s.quantize))
-    for a in artifacts:
-        if a["precision"] == "int8" and "task" in sets:
-            a["judged_on"] = "task"
-    for a in artifacts:
-        a["bounds"] = effective_bounds(a["bound"], noise)
-    manifest: dict[str, Any] = {
-        "name": spec.name,
-        "spec": spec.to_dict(),
-        "model": {"summary": spec.summary, **stats},
-        "outputs": outputs,
+    st = BuildState(bundle, s, spec, model, stage, {
+        "name": spec.name, "spec": spec.to_dict(), "model": {"summary": spec.summary, **stats},
         "checkpoint": ({"path": str(s.checkpoint), "sha256": sha256(Path(s.checkpoint)), "read": checkpoint_read}
-                       if s.checkpoint else None),
-        "export": made.export,
-        "quantization": ({"precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
-                          "plans": plans, "keep_fp32": {"modules": list(spec.keep_fp32), "nodes": keep},
-                          "int8_instructions": int8_instructions(machine_info()["flags"]), "search": {}}
-                         if s.quantize else None),
-        "simplify": made.simplify,
-        "golden": {"file": GOLDEN, "seed": s.seed, "batch": s.golden_batch,
-                   "sets": {name: len(next(iter(x.values()))) for name, (x, _) in sets.items()}},
+                       if s.checkpoint else None)})
+    _golden_stage(st)
+    _fp32_stage(st)
+    _int8_plans_stage(st)
+    _describe_stage(st)
+    with contextlib.ExitStack() as stack:
+        _load_stage(st, stack)
+        _parity_stage(st)
+        _latency_stage(st)
+        _int8_stage(st)
+    _finish_stage(st)
+    return BuildResult(bundle, st.manifest, not st.failures, st.failures)
+
+
+def _golden_stage(st: BuildState) -> None:
+    with st.stage("golden vectors"):
+        st.sets = _golden_sets(st.model, st.s)
+        st.noise = _noise(st.model, st.sets)
+        golden.save_golden(st.folder / GOLDEN, st.sets)
+    st.manifest["outputs"] = [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)}
+                              for k, v in st.sets["golden"][1].items()]
+
+
+def _fp32_stage(st: BuildState) -> None:
+    st.made = make_fp32_artifacts(st.model, st.feeds, st.folder, st.s.opset,
+                                  tuple(openvino_convert.IR_FILES) if "openvino" in st.s.backends else (), st.stage)
+    st.manifest.update(export=st.made.export, simplify=st.made.simplify)
+
+
+def _int8_plans_stage(st: BuildState) -> None:
+    """Calibration and every backend's full plan (the INT8 stage searches on from it)."""
+    s, keep = st.s, st.made.keep_nodes
+    st.manifest["quantization"] = None
+    if not s.quantize:
+        return
+    with st.stage("INT8 calibration + quantization (full plan)"):
+        calib, calibration = calibration_set(st.spec, s.calib_dir, s.calib_samples)
+        st.int8 = _Int8(st.folder, s, calib, keep, st.model)
+        st.manifest["quantization"] = {
+            "precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
+            "plans": {b: st.int8.full_plan(b) for b in s.backends},
+            "keep_fp32": {"modules": list(st.spec.keep_fp32), "nodes": keep},
+            "int8_instructions": int8_instructions(machine_info()["flags"]), "search": {}}
+
+
+def _describe_stage(st: BuildState) -> None:
+    """The artifacts with their bounds, and the manifest the runtime loads them through."""
+    st.artifacts = artifact_entries(st.spec, st.s.backends, int8=bool(st.s.quantize))
+    for a in st.artifacts:
+        if a["precision"] == "int8" and "task" in st.sets:
+            a["judged_on"] = "task"
+        a["bounds"] = effective_bounds(a["bound"], st.noise)
+    st.manifest.update({
+        "golden": {"file": GOLDEN, "seed": st.s.seed, "batch": st.s.golden_batch,
+                   "sets": {name: len(next(iter(x.values()))) for name, (x, _) in st.sets.items()}},
         "reference_noise": {"what": "largest max rel err of PyTorch fp32 against fp64, and against fp32 "
                             "with the golden inputs moved by one ulp; an output's bound is raised to twice "
-                            "this where it is larger", "outputs": noise},
-        "artifacts": artifacts,
-        "versions": tool_versions(),
-        "machine": machine_info(),
-    }
-    write_manifest(bundle, manifest)  # the runtime loads artifacts through it
+                            "this where it is larger", "outputs": st.noise},
+        "artifacts": st.artifacts, "versions": tool_versions(), "machine": machine_info()})
+    write_manifest(st.folder, st.manifest)
 
-    loaded = Bundle.open(bundle)
-    task = task_of(spec)
-    with contextlib.ExitStack() as stack:
-        with stage("load artifacts"):
-            runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], s.threads,
-                                                                    cache=False))
-                       for a in artifacts}
-        with stage("parity against PyTorch" + (f" at {len([k for k in sets if k.startswith('size.')]) + 1} sizes"
-                                               if spec.image.other_size() else "")):
-            parity = validate(runners, {a["key"]: a for a in artifacts}, sets, task)
-        failures, rejected = [], []
-        for a in list(artifacts):
-            a["parity"] = parity[a["key"]].to_dict()
-            problems = [f"{a['file']} on {a['backend']} ({a['precision']}): {f}" for f in parity[a["key"]].failures()]
-            if problems and a["precision"] == "fp16":
-                _reject(a, "; ".join(problems), bundle, artifacts, runners, rejected)
-            failures += [] if a["precision"] != "fp32" else problems
-        if failures:
-            with stage("localising the divergence"):
-                manifest["diagnosis"] = [d.summary() for d in _localise(bundle, s, model, inputs, artifacts)]
-        with stage("latency"):
-            one = {k: v[:1] for k, v in inputs.items()}
-            manifest["latency"] = measure(runners, model, one, s.threads, s.warmup, s.runs)
-        for a in [a for a in artifacts if a["precision"] == "int8"]:
-            with stage(f"INT8 on {a['backend']}: sensitivity and frontier (budget {s.int8_budget:.0f} s)"):
-                found = int8.search(a, runners, parity[a["key"]], manifest["latency"], sets, task, made.modules, stack)
-            manifest["quantization"]["search"][a["backend"]] = found.to_dict()
-            shipped = found.shipped
-            if shipped is None:
-                manifest["latency"].pop(a["key"])
-                _reject(a, found.reason(), bundle, artifacts, runners, rejected)
-                continue
-            if shipped.file is not None:  # a plan other than the full one: its model replaces the full plan's
-                runners.pop(a["key"]).close()
-                quantize.install(shipped, bundle / a["file"])
-                manifest["quantization"]["plans"][a["backend"]] = shipped.made
-            a.update(plan=shipped.plan.name, method=shipped.method, parity=shipped.parity.to_dict())
-            manifest["latency"][a["key"]] = shipped.latency
 
-    if int8 is not None:
-        shutil.rmtree(int8.work)
-    manifest["rejected"] = rejected
-    manifest["recommended"] = recommend(manifest["latency"], artifacts)
-    manifest["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs,
-                             "interleaved": True}
+def _load_stage(st: BuildState, stack: contextlib.ExitStack) -> None:
+    loaded = Bundle.open(st.folder)
+    with st.stage("load artifacts"):
+        st.runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], st.s.threads,
+                                                               cache=False)) for a in st.artifacts}
+
+
+def _parity_stage(st: BuildState) -> None:
+    """Every artifact against PyTorch: FP32 must pass (or the build fails, with the
+    divergence localised); FP16 that fails is not shipped."""
+    sizes = len([k for k in st.sets if k.startswith("size.")])
+    with st.stage("parity against PyTorch" + (f" at {sizes + 1} sizes" if sizes else "")):
+        st.parity = validate(st.runners, {a["key"]: a for a in st.artifacts}, st.sets, task_of(st.spec))
+    for a in list(st.artifacts):
+        a["parity"] = st.parity[a["key"]].to_dict()
+        problems = [f"{a['file']} on {a['backend']} ({a['precision']}): {f}" for f in st.parity[a["key"]].failures()]
+        if problems and a["precision"] == "fp16":
+            _reject(a, "; ".join(problems), st)
+        st.failures += [] if a["precision"] != "fp32" else problems
+    if st.failures:
+        with st.stage("localising the divergence"):
+            st.manifest["diagnosis"] = [d.summary() for d in _localise(st.folder, st.s, st.model, st.feeds,
+                                                                       st.artifacts)]
+
+
+def _latency_stage(st: BuildState) -> None:
+    with st.stage("latency"):
+        one = {k: v[:1] for k, v in st.feeds.items()}
+        st.manifest["latency"] = measure(st.runners, st.model, one, st.s.threads, st.s.warmup, st.s.runs)
+
+
+def _int8_stage(st: BuildState) -> None:
+    """Per INT8 artifact, the policy's search; what it ships replaces the full plan's model, or nothing ships."""
+    q, latency = st.manifest["quantization"], st.manifest["latency"]
+    for a in [a for a in st.artifacts if a["precision"] == "int8"]:
+        with st.stage(f"INT8 on {a['backend']}: sensitivity and frontier (budget {st.s.int8_budget:.0f} s)"):
+            found = st.int8.search(a, st.runners, st.parity[a["key"]], latency, st.sets, task_of(st.spec),
+                                   st.made.modules)
+        q["search"][a["backend"]] = found.to_dict()
+        shipped = found.shipped
+        if shipped is None:
+            latency.pop(a["key"])
+            _reject(a, found.reason(), st)
+            continue
+        if shipped.file is not None:  # a plan other than the full one: its model replaces the full plan's
+            st.runners.pop(a["key"]).close()
+            quantize.install(shipped, st.folder / a["file"])
+            q["plans"][a["backend"]] = shipped.made
+        a.update(plan=shipped.plan.name, method=shipped.method, parity=shipped.parity.to_dict())
+        latency[a["key"]] = shipped.latency
+
+
+def _finish_stage(st: BuildState) -> None:
+    """What runs by default, sizes on disk, the report and the final manifest."""
+    s, m, folder = st.s, st.manifest, st.folder
+    if st.int8 is not None:
+        shutil.rmtree(st.int8.work)
+    m["rejected"] = st.rejected
+    m["recommended"] = recommend(m["latency"], st.artifacts)
+    m["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs, "interleaved": True}
     if "onnxruntime" not in s.backends:
-        (bundle / ONNX_FILE).unlink()  # only the source of the IRs (and of INT8's selective plan)
-    for a in artifacts:  # size on disk: an IR's .xml and .bin together
-        a["bytes"] = sum(f.stat().st_size for f in {bundle / a["file"], bundle / (a["file"].removesuffix(".xml") + ".bin")}
+        (folder / ONNX_FILE).unlink()  # only the source of the IRs (and of INT8's plans)
+    for a in st.artifacts:  # size on disk: an IR's .xml and .bin together
+        a["bytes"] = sum(f.stat().st_size for f in {folder / a["file"], folder / (a["file"].removesuffix(".xml") + ".bin")}
                          if f.is_file())
-    plot_frontier(manifest, bundle / FRONTIER_PLOT)
-    (bundle / "report.md").write_text(report_markdown(manifest))
-    write_manifest(bundle, manifest)
-    return BuildResult(bundle, manifest, not failures, failures)
+    plot_frontier(m, folder / FRONTIER_PLOT)
+    (folder / "report.md").write_text(report_markdown(m))
+    write_manifest(folder, m)
 
 
 def recommend(latency: dict[str, dict], artifacts: list[dict]) -> dict[str, Any]:
@@ -300,20 +357,34 @@ class _Int8:
     """The INT8 stage's tools for one build: a quantizer per backend (ONNX Runtime's with the
     calibration method asked for, or with each of them), and the search of `quantize.search`."""
 
-    def __init__(self, bundle: Path, s: BuildSettings, calib: dict, keep: list[str]):
-        self.bundle, self.s, self.calib, self.keep = bundle, s, calib, keep
+    def __init__(self, bundle: Path, s: BuildSettings, calib: dict, keep: list[str], model: Exportable):
+        self.bundle, self.s, self.calib, self.keep, self.model = bundle, s, calib, keep, model
         self.work = Path(tempfile.mkdtemp(dir=bundle, prefix=".work-int8-"))  # gone before the manifest is written
         methods = list(CALIB_METHODS) if s.calib_method == "all" else [s.calib_method]
         self.ort = {m: quantize.OnnxRuntimeQuantizer(bundle / ONNX_FILE, calib, m, self.work / m) for m in methods}
         self.ov = (quantize.OpenVINOQuantizer(bundle / openvino_convert.IR_FILES["fp32"], calib)
                    if "openvino" in s.backends else None)
         self.method = methods[0]  # the one the search goes on with
+        self.qat: quantize.OnnxRuntimeQuantizer | None = None  # made on first use, for every backend
 
     def quantizer(self, backend: str) -> quantize.Quantizer:
         return self.ort[self.method] if backend == "onnxruntime" else self.ov
 
+    def full_plan(self, backend: str) -> dict[str, Any]:
+        """The full plan's model in the bundle. Where NNCF cannot quantize the IR (it fails on
+        some graphs), OpenVINO gets ONNX Runtime's QDQ model converted, and the manifest says why."""
+        dst = self.bundle / INT8_FILES[backend]
+        try:
+            return self.quantizer(backend).quantize(quantize.full_plan(self.keep), dst)
+        except Exception as err:  # noqa: BLE001 - NNCF's failures have no common type
+            if backend != "openvino" or isinstance(self.ov, quantize.QDQForOpenVINO):
+                raise
+            self.ov = quantize.QDQForOpenVINO(self.ort[self.method])
+            made = self.ov.quantize(quantize.full_plan(self.keep), dst)
+            return {**made, "note": f"NNCF failed ({type(err).__name__}: {err}); ONNX Runtime's QDQ model instead"}
+
     def search(self, a: dict, runners: dict, parity: Parity, latency: dict, sets: dict, task: Task,
-               modules: dict[str, str], stack: contextlib.ExitStack) -> quantize.Search:
+               modules: dict[str, str]) -> quantize.Search:
         """The INT8 policy for the artifact `a`; with `--calib-method all`, ONNX Runtime's
         search goes on with the method whose full plan did least damage."""
         s, backend, twin = self.s, a["backend"], runners[f"{a['backend']}/fp32"]
@@ -340,7 +411,30 @@ class _Int8:
         found = quantize.search(full, twin, plans, self.ort[self.method], judge, modules,
                                 self.keep, self.work / "search", s.int8_budget)
         found.attempts[1:1] = [x for x in others if x is not full]  # every method's full plan is on the record
+        if s.qat and not (found.shipped and found.shipped.plan.name == "full"):
+            found.add(self._qat_search(backend, judge, twin, modules), "QAT")
         return found
+
+    def _qat_search(self, backend: str, judge: quantize.Judge, twin, modules: dict[str, str]) -> quantize.Search:
+        """The same search on the model fine-tuned with INT8 rounding simulated (`export.qat`)."""
+        if self.qat is None:
+            from .qat import finetune
+
+            tuned = finetune(self.model, self.calib, self.s.qat, seed=self.s.seed)
+            feeds = {k: v[:2] for k, v in self.calib.items()}
+            (self.work / "qat").mkdir()
+            make_fp32_artifacts(tuned, feeds, self.work / "qat", self.s.opset, ())
+            self.qat = quantize.OnnxRuntimeQuantizer(self.work / "qat" / ONNX_FILE, self.calib, self.method,
+                                                     self.work / "qat" / "ort", tag=f"QAT {self.s.qat} steps")
+        plans = self.qat if backend == "onnxruntime" else quantize.QDQForOpenVINO(self.qat)
+        dst = self.work / "qat" / backend / "full" / Path(INT8_FILES[backend]).name
+        made = plans.quantize(quantize.full_plan(self.keep), dst)
+        with judge.open(dst) as runner:
+            lat, fp32 = judge.race(runner, twin)
+            full = quantize.Attempt(quantize.full_plan(self.keep), plans.method, judge.parity(runner), lat,
+                                    fp32["p50_ms"], dst, made)
+        return quantize.search(full, twin, plans, self.qat, judge, modules, self.keep,
+                               self.work / "qat-search", self.s.int8_budget)
 
 
 def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, artifacts: list[dict]) -> list:
@@ -351,12 +445,11 @@ def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, a
     return localise_files(model, feeds, files, s.opset, s.threads)
 
 
-def _reject(a: dict, reason: str, bundle: Path, artifacts: list, runners: dict, rejected: list) -> None:
+def _reject(a: dict, reason: str, st: BuildState) -> None:
     """An optional precision that loses is not shipped; the manifest says why."""
-    artifacts.remove(a)
-    runners.pop(a["key"]).close()
-    (bundle / a["file"]).unlink()
+    st.artifacts.remove(a)
+    st.runners.pop(a["key"]).close()
+    (st.folder / a["file"]).unlink()
     if a["file"].endswith(".xml"):  # its weights: model.fp16.xml -> model.fp16.bin
-        (bundle / (a["file"].removesuffix(".xml") + ".bin")).unlink()
-    rejected.append({**a, "reason": reason})
-
+        (st.folder / (a["file"].removesuffix(".xml") + ".bin")).unlink()
+    st.rejected.append({**a, "reason": reason})

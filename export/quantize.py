@@ -22,8 +22,9 @@ The policy (`search`), per backend, within a time budget:
 3. the frontier: layers kept in FP32 in order of damage per millisecond saved,
    plans of 1, 2, 4, ... layers until one is within the bounds,
    then bisection to the fewest that are; the selective plan is one more point.
-Every plan is timed interleaved with the FP32 twin; the fastest attempt within
-the bounds and faster than FP32 ships.
+Every plan is timed interleaved with the FP32 twin; the attempt within the
+bounds with the largest speed-up over its twin ships (the ratio, measured in
+one run, holds when the machine's load changes between attempts; a p50 alone does not).
 """
 
 from __future__ import annotations
@@ -117,14 +118,15 @@ class OnnxRuntimeQuantizer:
 
     backend = "onnxruntime"
 
-    def __init__(self, fp32: Path, data: Mapping[str, np.ndarray], method: str, work: Path):
+    def __init__(self, fp32: Path, data: Mapping[str, np.ndarray], method: str, work: Path, tag: str = ""):
+        """`tag` tells this quantizer's attempts apart (e.g. "after QAT")."""
         from onnxruntime.quantization import CalibrationMethod
         from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         if method not in CALIB_METHODS:
             raise ValueError(f"unknown calibration method {method!r}; valid: {', '.join(CALIB_METHODS)}")
-        self.method = method
+        self.method = f"{method}, {tag}" if tag else method
         self.calibration = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                             "percentile": CalibrationMethod.Percentile}[method]
         work.mkdir(parents=True, exist_ok=True)
@@ -133,6 +135,7 @@ class OnnxRuntimeQuantizer:
         # bins (128/128), which leaves one threshold to try: the min-max one. Calibrate entropy
         # with 2048 bins here; every method's ranges are computed once and handed to each plan.
         # (histograms are merged every 16 samples to bound memory; min-max needs no such bound)
+        self.fp32 = fp32
         options = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128,
                                              "max_intermediate_outputs": 16},
                    "percentile": {"max_intermediate_outputs": 16}}[method]
@@ -375,6 +378,21 @@ class Search:
     def shipped(self) -> Attempt | None:
         return next((a for a in self.attempts if a.shipped), None)
 
+    def add(self, other: "Search", prefix: str) -> None:
+        """Put `other`'s attempts (plan names prefixed) and time on this search's record; the
+        attempt within the bounds with the largest speed-up over FP32, of both, is the one shipped."""
+        for a in other.attempts:
+            a.plan = replace(a.plan, name=f"{prefix} {a.plan.name}")
+        self.attempts += other.attempts
+        self.spent_s += other.spent_s
+        self.budget_s += other.budget_s
+        self.stopped += f"; {prefix}: {other.stopped}"
+        for a in self.attempts:
+            a.shipped = False
+        passing = [a for a in self.attempts if a.passed]
+        if passing:
+            max(passing, key=lambda a: a.speedup).shipped = True
+
     def reason(self) -> str:
         """Why nothing ships, in one line: the closest plan's problems (the report lists every plan's)."""
         closest = min(self.attempts, key=lambda a: (a.damage, -a.speedup))
@@ -389,91 +407,118 @@ class Search:
 
 
 def search(full: Attempt, fp32: Runner, quantizer: Quantizer, layer_source: OnnxRuntimeQuantizer,
-           judge: Judge, modules: Mapping[str, str], keep: Sequence[str], work: Path, budget_s: float,
-           stage: Callable[[str], Any] | None = None) -> Search:
+           judge: Judge, modules: Mapping[str, str], keep: Sequence[str], work: Path, budget_s: float) -> Search:
     """The INT8 policy on one backend (see the module's docstring). `full`: the full plan,
     already measured; `fp32`: its FP32 twin's runner; `quantizer` makes the backend's
     plans; `layer_source` the QDQ models of the sensitivity pass (every backend runs
     them); `modules`: ONNX node -> the PyTorch module it came from; `keep`: nodes no
     plan quantizes. Candidates are written under `work`; the shipped one is the
     attempt marked `shipped` (its `file` is None when it is the full plan itself)."""
-    start = time.monotonic()
-    found = Search(quantizer.backend, quantizer.method, budget_s, [full])
-    left = lambda: budget_s - (time.monotonic() - start)  # noqa: E731
+    run = _Searcher(Search(quantizer.backend, quantizer.method, budget_s, [full]), quantizer, layer_source, judge,
+                    fp32, tuple(keep), work)
+    if full.passed:
+        return run.finish("the full plan is within the bounds and faster than FP32")
+    if not full.speedup > 1:  # keeping layers in FP32 would only slow it further, but for the selective plan's
+        run.attempt(selective_plan(layer_source.model, keep))  # depthwise convs, slow in INT8 without VNNI
+        return run.finish("the full plan is slower than FP32; the selective plan was tried")
+    layers = run.sensitivity(full, modules)
+    return run.finish(run.frontier(layers))
 
-    def attempt(plan: Plan) -> Attempt:
-        dst = work / quantizer.backend / plan.name.replace(" ", "-") / Path(
-            ONNX_INT8 if quantizer.backend == "onnxruntime" else OPENVINO_INT8).name
-        made = quantizer.quantize(plan, dst)
-        with judge.open(dst) as runner:
-            parity = judge.parity(runner)
-            lat, twin = judge.race(runner, fp32)
-        tried = Attempt(plan, quantizer.method, parity, lat, twin["p50_ms"], dst, made)
-        found.attempts.append(tried)
+
+@dataclass
+class _Searcher:
+    """One backend's search under way: its record, its clock, and how its plans are made and measured."""
+
+    found: Search
+    quantizer: Quantizer
+    layer_source: OnnxRuntimeQuantizer
+    judge: Judge
+    fp32: Runner
+    keep: tuple[str, ...]
+    work: Path
+    start: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        return self.found.budget_s - (time.monotonic() - self.start)
+
+    def attempt(self, plan: Plan) -> Attempt:
+        """Make `plan`'s model, judge it against PyTorch and time it against the FP32 twin."""
+        name = Path(ONNX_INT8 if self.quantizer.backend == "onnxruntime" else OPENVINO_INT8).name
+        dst = self.work / self.quantizer.backend / plan.name.replace(" ", "-") / name
+        made = self.quantizer.quantize(plan, dst)
+        with self.judge.open(dst) as runner:
+            parity = self.judge.parity(runner)
+            lat, twin = self.judge.race(runner, self.fp32)
+        tried = Attempt(plan, self.quantizer.method, parity, lat, twin["p50_ms"], dst, made)
+        self.found.attempts.append(tried)
         return tried
 
-    def finish(why: str) -> Search:
-        found.stopped, found.spent_s = why, time.monotonic() - start
-        passing = [a for a in found.attempts if a.passed]
+    def finish(self, why: str) -> Search:
+        self.found.stopped, self.found.spent_s = why, time.monotonic() - self.start
+        passing = [a for a in self.found.attempts if a.passed]
         if passing:
-            min(passing, key=lambda a: a.p50_ms).shipped = True
-        return found
+            max(passing, key=lambda a: a.speedup).shipped = True
+        return self.found
 
-    if full.passed:
-        return finish("the full plan is within the bounds and faster than FP32")
-    if not full.speedup > 1:  # keeping layers in FP32 would only slow it further, but for the selective plan's
-        attempt(selective_plan(layer_source.model, keep))  # depthwise convs, slow in INT8 without VNNI
-        return finish("the full plan is slower than FP32; the selective plan was tried")
+    def sensitivity(self, full: Attempt, modules: Mapping[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+        """Each layer alone in INT8 on this backend, and its share of the FP32 time; the layers
+        (module, nodes) ranked by damage per ms saved, those the budget left unmeasured last."""
+        source, judge = self.layer_source, self.judge
+        reference = self.work / "sensitivity" / "full.onnx"  # the QDQ models are the same for every backend
+        if not reference.is_file():
+            source.quantize(full_plan(self.keep), reference)
+        layers = source.layers(onnx.load(str(reference)), modules)
+        with judge.open(judge.fp32, profile=True) as profiled:
+            node_ms = graph_times(profiled.node_times(judge.feeds, max(10, judge.runs // 5)), source.model)
+        layer_ms = layer_times(node_ms, layers, source.model)
+        saving = max(full.fp32_p50_ms - full.p50_ms, 0.0)
+        op_type = {n.name: n.op_type for n in source.model.graph.node}
+        for i, (module, nodes) in enumerate(layers):
+            if self.left() < 0.5 * self.found.budget_s:  # the frontier gets at least half the budget
+                self.found.unmeasured = [m for m, _ in layers[i:]]
+                break
+            dst = self.work / "sensitivity" / f"layer-{i}.onnx"
+            if not dst.is_file():
+                source.quantize(Plan(f"only {module}", only=nodes), dst)
+            with judge.open(dst) as runner:
+                parity = judge.parity(runner, every_set=False)
+            self.found.layers.append(Layer(module, nodes, tuple(dict.fromkeys(op_type[n] for n in nodes)),
+                                           damage(parity), layer_ms[module],
+                                           saving * layer_ms[module] / (sum(layer_ms.values()) or 1.0), parity.task))
+        by_module = dict(layers)
+        ranked = [x.module for x in sorted(self.found.layers, key=lambda x: -x.per_ms)] + self.found.unmeasured
+        return [(m, by_module[m]) for m in ranked]
 
-    # sensitivity: each layer alone in INT8, on this backend, and its share of the FP32 time
-    reference_file = work / "sensitivity" / "full.onnx"  # the QDQ models are the same for every backend
-    if not reference_file.is_file():
-        layer_source.quantize(full_plan(keep), reference_file)
-    layers = layer_source.layers(onnx.load(str(reference_file)), modules)
-    with judge.open(judge.fp32, profile=True) as profiled:
-        node_ms = graph_times(profiled.node_times(judge.feeds, max(10, judge.runs // 5)), layer_source.model)
-    layer_ms = layer_times(node_ms, layers, layer_source.model)
-    saving = max(full.fp32_p50_ms - full.p50_ms, 0.0)
-    op_type = {n.name: n.op_type for n in layer_source.model.graph.node}
-    for i, (module, nodes) in enumerate(layers):
-        if left() < 0.5 * budget_s:  # the frontier gets at least half the budget
-            found.unmeasured = [m for m, _ in layers[i:]]
-            break
-        dst = work / "sensitivity" / f"layer-{i}.onnx"
-        if not dst.is_file():
-            layer_source.quantize(Plan(f"only {module}", only=nodes), dst)
-        with judge.open(dst) as runner:
-            parity = judge.parity(runner, every_set=False)
-        found.layers.append(Layer(module, nodes, tuple(dict.fromkeys(op_type[n] for n in nodes)), damage(parity),
-                                  layer_ms[module], saving * layer_ms[module] / (sum(layer_ms.values()) or 1.0),
-                                  parity.task))
-    by_module = dict(layers)
-    ranked = [layer.module for layer in sorted(found.layers, key=lambda layer: -layer.per_ms)] + found.unmeasured
-    nodes_of = lambda k: [n for m in ranked[:k] for n in by_module[m]]  # noqa: E731
+    def frontier(self, ranked: list[tuple[str, tuple[str, ...]]]) -> str:
+        """The fewest layers kept in FP32, in ranked order, that bring the plan within the
+        bounds: 1, 2, 4, ... (all but one at most) then bisection; the selective plan as one
+        more point. Why it stopped."""
+        def keeping(k: int) -> Attempt:
+            return self.attempt(layers_plan(self.keep, [n for _, nodes in ranked[:k] for n in nodes], k))
 
-    # the frontier: the fewest layers kept in FP32, in that order, that bring the plan within the bounds
-    k, failing, fewest = 1, 0, None
-    while k <= len(ranked) and left() > 0:
-        if attempt(layers_plan(keep, nodes_of(k), k)).damage <= 1:
-            fewest = k
-            break
-        failing = k
-        if k == len(ranked):
-            break
-        k = min(2 * k, len(ranked))
-    while fewest is not None and fewest - failing > 1 and left() > 0:
-        middle = (failing + fewest) // 2
-        if attempt(layers_plan(keep, nodes_of(middle), middle)).damage <= 1:
-            fewest = middle
-        else:
-            failing = middle
-    if left() > 0:
-        attempt(selective_plan(layer_source.model, keep))
-    if left() <= 0:
-        return finish(f"the budget of {budget_s:.0f} s ran out")
-    if fewest is None:
-        return finish("no plan on the frontier is within the bounds")
-    return finish(f"the fewest layers in FP32 within the bounds: {fewest} of {len(ranked)}")
+        most = len(ranked) - 1  # every layer in FP32 is not an INT8 model
+        k, failing, fewest = 1, 0, None
+        while k <= most and self.left() > 0:
+            if keeping(k).damage <= 1:
+                fewest = k
+                break
+            failing = k
+            if k == most:
+                break
+            k = min(2 * k, most)
+        while fewest is not None and fewest - failing > 1 and self.left() > 0:
+            middle = (failing + fewest) // 2
+            if keeping(middle).damage <= 1:
+                fewest = middle
+            else:
+                failing = middle
+        if self.left() > 0:
+            self.attempt(selective_plan(self.layer_source.model, self.keep))
+        if self.left() <= 0:
+            return f"the budget of {self.found.budget_s:.0f} s ran out"
+        if fewest is None:
+            return "no plan on the frontier is within the bounds"
+        return f"the fewest layers in FP32 within the bounds: {fewest} of {len(ranked)}"
 
 
 def graph_times(times: Mapping[str, float], model) -> dict[str, float]:

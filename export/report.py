@@ -169,7 +169,8 @@ def plot_frontier(manifest: dict[str, Any], path) -> bool:
         name = _figure(found["attempts"][0])[0]
         ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], color=color, label=backend, zorder=3)
         for x, y, a in points:
-            ax.annotate(a["plan"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            label = a["plan"].replace(" layers in FP32", "").replace(" layer in FP32", "")  # "QAT 24", "selective"
+            ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
             if a["shipped"]:
                 ax.scatter([x], [y], s=220, facecolors="none", edgecolors=color, linewidths=2, zorder=4)
         bounds = found["attempts"][0]["parity"]["task_bounds"]
@@ -178,7 +179,8 @@ def plot_frontier(manifest: dict[str, Any], path) -> bool:
     ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("speed-up over the FP32 twin (interleaved, p50)")
     ax.set_ylabel(f"{name} against PyTorch FP32")
-    ax.set_title(f"{manifest['name']}: INT8 plans (dashed: the bound; ringed: shipped)", fontsize=10)
+    ax.set_title(f"{manifest['name']}: INT8 plans (numbers: layers kept in FP32; dashed: the bound; ringed: "
+                 "shipped)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

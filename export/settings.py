@@ -86,6 +86,7 @@ class BuildSettings:
     keep_fp32: tuple[str, ...] = ()  # module paths INT8 leaves in float (added to the model contract's)
     int8_budget: float = 120.0  # seconds per backend for the INT8 search beyond the full plan
     int8_anyway: bool = False  # quantize on a CPU without INT8 dot-product instructions too
+    qat: int = 0  # steps of quantization-aware fine-tuning when post-training quantization loses (0: none)
     seed: int = 0
     golden_batch: int = 2
     warmup: int = 10
@@ -140,6 +141,8 @@ def check_options(s: BuildSettings) -> None:
         check_choice("--calib-method", s.calib_method, (*CALIB_METHODS, "all"))
         check_at_least("--calib-samples", s.calib_samples)
         check_positive("--int8-budget", s.int8_budget)
+        if s.qat:
+            check_at_least("--qat", s.qat)
         if s.calib_dir is not None:
             check_calib_dir(s.calib_dir)
         if not s.int8_anyway:
@@ -148,6 +151,8 @@ def check_options(s: BuildSettings) -> None:
         raise UserError("--calib-dir is only used with --quantize int8")
     elif s.keep_fp32:
         raise UserError("--keep-fp32 is only used with --quantize int8")
+    elif s.qat:
+        raise UserError("--qat is only used with --quantize int8")
     check_folder(s.out, "--out", "expected a folder (created if missing) for the bundles")
 
 

@@ -19,6 +19,14 @@ FORMAT = 2  # 2: the model's spec recorded whole; the name, inputs, preprocessin
 GOLDEN = "golden.npz"
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
+# The manifest's entries, in the order a build writes them. The runtime reads the first five; a build
+# writes every one (the stages of export/pipeline.py fill them in, export/manifest.py checks them).
+READ_BY_RUNTIME = ("name", "spec", "outputs", "artifacts", "files")
+MANIFEST_KEYS = (
+    "name", "spec", "model", "checkpoint", "outputs", "export", "simplify", "quantization", "golden",
+    "reference_noise", "artifacts", "versions", "machine", "latency", "rejected", "recommended", "benchmark",
+    "format", "files",
+)
 
 
 def sha256(path: Path) -> str:
@@ -51,7 +59,7 @@ class Bundle:
             found = manifest.get("format") if isinstance(manifest, dict) else None
             raise UserError(f"bundle {str(path)!r} has manifest format {found}, this runtime reads format {FORMAT}; "
                             "rebuild it with this version of edge-export")
-        for key in ("name", "spec", "outputs", "artifacts", "files"):
+        for key in READ_BY_RUNTIME:
             if key not in manifest:
                 raise UserError(f"bundle {str(path)!r}: {MANIFEST} lacks the {key!r} entry; "
                                 "it was not written by this version of edge-export")
