@@ -32,10 +32,16 @@ errors = _console(stderr=True)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from .settings import DEFAULT_OPSET
-
     parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in (_build_command, _pack_command, _diagnose_command, _int8_command, _study_command,
+                    _compete_command, _evaluate_command, _list_command):
+        command(sub)
+    return parser
+
+
+def _build_command(sub) -> None:
+    from .settings import DEFAULT_OPSET
 
     b = sub.add_parser("build", help="build, prove and benchmark a bundle: a zoo variant or your own model")
     _model_arguments(b, "the PyTorch weights (a state_dict saved with torch.save; default: random init)")
@@ -45,24 +51,36 @@ def _build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(BACKENDS)} (default: both)")
     b.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
     b.add_argument("--pack", action="store_true", help="also write <out>/<name>.tar.gz to copy to a device")
-    b.add_argument("--quantize", metavar="int8", help="also build INT8 artifacts (calibrated)")
-    b.add_argument("--calib-dir", type=Path, help="calibration images (PNG/JPEG; default: the generated task's)")
-    b.add_argument("--calib-samples", type=int, default=32, help="calibration images used (default 32)")
-    b.add_argument("--calib-method", default="minmax", help="ONNX Runtime calibration: minmax, entropy, percentile, or all (compare them, ship the best)")
-    b.add_argument("--keep-fp32", action="append", default=[], metavar="MODULE",
+    _int8_arguments(b.add_argument_group("INT8"))
+
+
+def _int8_arguments(g) -> None:
+    g.add_argument("--quantize", metavar="int8", help="also build INT8 artifacts (calibrated)")
+    g.add_argument("--calib-dir", type=Path, help="calibration images (PNG/JPEG; default: the generated task's)")
+    g.add_argument("--calib-samples", type=int, default=32, help="calibration images used (default 32)")
+    g.add_argument("--calib-method", default="minmax",
+                   help="ONNX Runtime calibration: minmax, entropy, percentile, or all (compare them, go on with "
+                        "the best)")
+    g.add_argument("--keep-fp32", action="append", default=[], metavar="MODULE",
                    help="a module path (as named_modules names it, e.g. head or decoder.3) that INT8 leaves in float")
-    b.add_argument("--int8-budget", type=float, default=120.0, metavar="SECONDS",
+    g.add_argument("--int8-budget", type=float, default=120.0, metavar="SECONDS",
                    help="time per backend for INT8's per-layer sensitivity and frontier when the full plan loses "
                         "(default 120)")
-    b.add_argument("--qat", type=int, default=0, metavar="STEPS",
+    g.add_argument("--qat", type=int, default=0, metavar="STEPS",
                    help="when post-training INT8 loses, also fine-tune this many steps with INT8 rounding simulated "
                         "(distilled from the FP32 model on the calibration images) and search again")
-    b.add_argument("--int8-anyway", action="store_true",
+    g.add_argument("--int8-anyway", action="store_true",
                    help="quantize even on a CPU without INT8 dot-product instructions (VNNI, AMX, Arm SDOT)")
 
+
+def _pack_command(sub) -> None:
     p = sub.add_parser("pack", help="one .tar.gz (and its .sha256) of a bundle, to copy to a device")
     p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
     p.add_argument("--out", type=Path, help="folder for the archive (default: beside the bundle)")
+
+
+def _diagnose_command(sub) -> None:
+    from .settings import DEFAULT_OPSET
 
     d = sub.add_parser("diagnose", help="find the first layer where an artifact departs from PyTorch")
     _model_arguments(d, "the PyTorch weights to compare with (default: random init)")
@@ -70,6 +88,14 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     d.add_argument("--threads", type=int, default=2, help="inference threads (default: 2)")
 
+
+def _int8_command(sub) -> None:
+    q = sub.add_parser("int8", help="what a bundle's INT8 search tried: every plan, the per-layer sensitivity")
+    q.add_argument("bundle", type=Path, help="a bundle built with --quantize int8, e.g. artifacts/dsc")
+    q.add_argument("--json", action="store_true", help="print the search record (the manifest's) as JSON")
+
+
+def _study_command(sub) -> None:
     st = sub.add_parser("study", help="the articles' experiments on this machine: report.md with the six tables, the peers and plots")
     st.add_argument("--out", type=Path, default=Path("artifacts/study"), help="folder for the report (default: artifacts/study)")
     st.add_argument("--quick", action="store_true", help="fewer rows and timed calls (a few minutes)")
@@ -79,6 +105,8 @@ def _build_parser() -> argparse.ArgumentParser:
     st.add_argument("--artifacts", type=Path, default=Path("artifacts"),
                     help="time the INT8 artifacts of bundles built here too (default: artifacts/)")
 
+
+def _compete_command(sub) -> None:
     c = sub.add_parser("compete", help="each bundle's artifacts against PyTorch eager, torch.compile and ExecuTorch")
     c.add_argument("--variants", help="comma-separated names, or 'all' (default: the bundles under --artifacts, "
                                       "else dsc); a missing bundle is built first")
@@ -87,6 +115,8 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--runs", type=int, default=50, help="timed calls per contender (default 50)")
     c.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
 
+
+def _evaluate_command(sub) -> None:
     ev = sub.add_parser("evaluate", help="a bundle's task metrics on the generated held-out split, "
                                          "through the device runtime")
     ev.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
@@ -96,10 +126,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, help="inference threads (default: the backend's choice)")
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
 
+
+def _list_command(sub) -> None:
     li = sub.add_parser("list", help="the registered variants with params and mult-adds")
     li.add_argument("--counts", action="store_true",
                     help="count params and mult-adds afresh with torchinfo (builds every model; slower)")
-    return parser
 
 
 def _model_arguments(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
@@ -210,6 +241,25 @@ def _table(title: str, columns, rows) -> Table:
 
 
 def cmd_build(args) -> int:
+    settings = _build_settings(args)  # checked before torch and the exporters are imported: a typo costs no time
+
+    from .pipeline import build
+
+    start = time.perf_counter()
+    result = build(settings, stage=_stage)
+    _print_notes(result.manifest, settings)
+    _print_results(result.manifest, settings, result.passed)
+    if not result.passed:
+        _print_failure(result)
+        return 1
+    console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
+    _print_replaced(result)
+    if args.pack:
+        _print_packed(pack(result.bundle))
+    return 0
+
+
+def _build_settings(args):
     import os
 
     from .settings import BuildSettings, check_settings
@@ -222,52 +272,61 @@ def cmd_build(args) -> int:
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
         int8_anyway=args.int8_anyway, qat=args.qat,
     )
-    check_settings(settings)  # before torch and the exporters are imported: a typo costs no time
+    check_settings(settings)
+    return settings
 
-    from .pipeline import build
-    from .report import COLUMNS, busy_line, bundle_summary, recommended_line, rows, spec_line
 
-    start = time.perf_counter()
-    result = build(settings, stage=_stage)
-    name = result.manifest["name"]
+def _print_notes(manifest: dict, settings) -> None:
+    """What the build inferred or worked around: the user's contract, a published checkpoint's renaming,
+    the exporter it fell back to."""
+    from .report import spec_line
+
     if settings.model is not None:
-        console.print(f"model contract: {spec_line(result.manifest['spec'])}", markup=False, soft_wrap=True)
-    read = (result.manifest["checkpoint"] or {}).get("read")
+        console.print(f"model contract: {spec_line(manifest['spec'])}", markup=False, soft_wrap=True)
+    read = (manifest["checkpoint"] or {}).get("read")
     if read:
         console.print(f"checkpoint: read as published {read['layout']}, renamed to the zoo's names" + (
             f"; skipped {len(read['unused'])} tensors its forward never uses: {', '.join(read['unused'])}"
             if read["unused"] else ""), markup=False, soft_wrap=True)
-    failure = result.manifest["export"].get("dynamo_failure")
+    failure = manifest["export"].get("dynamo_failure")
     if failure:
-        console.print(f"[yellow]warning[/]: the dynamo exporter could not export {name} ({escape(failure)}); exported with "
-                      "the TorchScript exporter instead (check that the traced graph covers every branch your "
-                      "model takes)", soft_wrap=True)
-    console.print(_table(f"{name}: parity against PyTorch and latency "
-                         f"(batch 1, {settings.threads} threads)", COLUMNS, rows(result.manifest)))
-    busy = busy_line(result.manifest)
+        console.print(f"[yellow]warning[/]: the dynamo exporter could not export {manifest['name']} "
+                      f"({escape(failure)}); exported with the TorchScript exporter instead (check that the traced "
+                      "graph covers every branch your model takes)", soft_wrap=True)
+
+
+def _print_results(manifest: dict, settings, passed: bool) -> None:
+    from .report import COLUMNS, busy_line, recommended_line, rows
+
+    console.print(_table(f"{manifest['name']}: parity against PyTorch and latency "
+                         f"(batch 1, {settings.threads} threads)", COLUMNS, rows(manifest)))
+    busy = busy_line(manifest)
     if busy:
         console.print(f"[yellow]warning[/]: {busy}", soft_wrap=True)
-    for r in result.manifest.get("rejected", []):
+    for r in manifest.get("rejected", []):
         console.print(f"[yellow]not shipped[/]: {r['reason']}", soft_wrap=True)
-    if result.passed:
-        console.print(recommended_line(result.manifest), markup=False, soft_wrap=True)
-    if not result.passed:
-        for failure in result.failures:
-            console.print(f"[red]parity failed[/]: {failure}", soft_wrap=True)
-        for line in result.manifest.get("diagnosis", []):
-            console.print(f"[red]where[/]: {line}", soft_wrap=True)
-        console.print(f"The failing bundle is kept for inspection at {result.bundle}")
-        return 1
-    console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
+    if passed:
+        console.print(recommended_line(manifest), markup=False, soft_wrap=True)
+
+
+def _print_failure(result) -> None:
+    for failure in result.failures:
+        console.print(f"[red]parity failed[/]: {failure}", soft_wrap=True)
+    for line in result.manifest.get("diagnosis", []):
+        console.print(f"[red]where[/]: {line}", soft_wrap=True)
+    console.print(f"The failing bundle is kept for inspection at {result.bundle}")
+
+
+def _print_replaced(result) -> None:
+    """What changed against the bundle this build replaced, if any."""
+    from .report import bundle_summary
+
     before = _summary(result.replaced)
     after = bundle_summary(result.manifest)
     changed = {k: (before[k], new) for k, new in after.items() if before[k] != new} if before else {}
     if changed:
         console.print(f"[yellow]replaced[/] the earlier bundle at {result.bundle}: " + "; ".join(
             f"{k}: {old} -> {new}" for k, (old, new) in changed.items()), soft_wrap=True)
-    if args.pack:
-        _print_packed(pack(result.bundle))
-    return 0
 
 
 def _summary(manifest: dict | None) -> dict[str, str] | None:
@@ -402,6 +461,23 @@ def cmd_compete(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_int8(args) -> int:
+    import json
+
+    from runtime.bundle import Bundle
+
+    from .report import quantization_lines
+
+    manifest = Bundle.open(args.bundle).manifest
+    if not manifest.get("quantization"):
+        raise UserError(f"bundle {str(args.bundle)!r} was built without INT8; build it with --quantize int8")
+    if args.json:
+        print(json.dumps(manifest["quantization"], indent=2))
+    else:
+        console.print("\n".join(quantization_lines(manifest)), markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     import json
 
@@ -445,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "diagnose": cmd_diagnose,
-                "study": cmd_study, "compete": cmd_compete, "evaluate": cmd_evaluate}[args.command](args)
+                "int8": cmd_int8, "study": cmd_study, "compete": cmd_compete,
+                "evaluate": cmd_evaluate}[args.command](args)
     except UserError as err:
         errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2

@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
 
 from runtime.bench import bench_interleaved
 from runtime.compare import Parity, compare
@@ -180,7 +181,7 @@ class OnnxRuntimeQuantizer:
                 "method": self.method, **plan.to_dict()}
 
 
-class _Reader:
+class _Reader(CalibrationDataReader):
     """Calibration feeds one sample at a time, as ONNX Runtime's calibrators read them."""
 
     def __init__(self, data: Mapping[str, np.ndarray]):
@@ -188,9 +189,6 @@ class _Reader:
 
     def get_next(self):
         return next(self.items, None)
-
-    def __iter__(self):
-        return self.items
 
 
 class OpenVINOQuantizer:
@@ -403,7 +401,8 @@ class Search:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "budget_s": self.budget_s, "spent_s": round(self.spent_s, 1),
                 "stopped": self.stopped, "attempts": [a.to_dict() for a in self.attempts],
-                "sensitivity": [layer.to_dict() for layer in self.layers], "unmeasured": self.unmeasured}
+                "sensitivity": [x.to_dict() for x in sorted(self.layers, key=lambda x: -x.per_ms)],  # as ranked
+                "unmeasured": self.unmeasured}
 
 
 def search(full: Attempt, fp32: Runner, quantizer: Quantizer, layer_source: OnnxRuntimeQuantizer,

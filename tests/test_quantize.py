@@ -133,6 +133,12 @@ def test_int8_ships_the_fastest_plan_within_the_bounds_and_records_the_search(ch
         with runtime.load(tmp_path / "dsc", backend, "int8") as runner:
             assert runner.infer(runtime.Bundle.open(tmp_path / "dsc").golden("task")[0])["value"].shape == (16, 10, 2)
     json.dumps(m)  # the manifest stays plain JSON
+    printed = run("export", "int8", str(tmp_path / "dsc"), "--json")
+    on_disk = json.loads((tmp_path / "dsc" / "manifest.json").read_text())["quantization"]
+    assert printed.returncode == 0 and json.dumps(json.loads(printed.stdout)) == json.dumps(on_disk)
+    for found in m["quantization"]["search"].values():  # ranked: damage per ms saved, highest first
+        assert [x["per_ms"] for x in found["sensitivity"]] == sorted((x["per_ms"] for x in found["sensitivity"]),
+                                                                     reverse=True)
 
 
 @pytest.mark.parametrize("flags, refused", [
@@ -191,3 +197,9 @@ def test_quantization_aware_finetuning_lowers_the_simulated_int8_disagreement():
     assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
     x = (torch.from_numpy(feeds["rgb"][:1]), torch.from_numpy(feeds["depth"][:1]))
     assert [o.shape for o in tuned(*x)] == [o.shape for o in model(*x)]
+
+
+def test_the_int8_record_of_a_bundle_without_int8_is_refused_in_one_line(built):
+    bundle = built("dsc").bundle
+    text = one_line_exit_2(run("export", "int8", str(bundle)))
+    assert text == f"error: bundle {str(bundle)!r} was built without INT8; build it with --quantize int8", text

@@ -69,7 +69,11 @@ def _int8_runners(s: StudySettings, variant: str) -> dict[tuple, Any]:
 
 
 def convolution(st: Study) -> list[Section]:
-    hourglass_rows = st.quick_or_full(("baseline", "dsc"), ("baseline", "dsc", "asym", "dsc-deep"))
+    hourglasses = st.quick_or_full(("baseline", "dsc"), ("baseline", "dsc", "asym", "dsc-deep"))
+    return [_hourglass_table(st, hourglasses), _detector_table(st, st.quick_or_full(("baseline", "dsc"), hourglasses))]
+
+
+def _hourglass_table(st: Study, hourglass_rows: tuple[str, ...]) -> Section:
     runners, feeds, counts = {}, {}, {}
     for name in hourglass_rows:
         st.say(f"convolution: hourglass of {name}")
@@ -97,8 +101,10 @@ def convolution(st: Study) -> list[Section]:
          "layout tried reproduces 120.30 M (without biases it is 120.06 M), so the article's figure is taken to come "
          "from another counting of the depthwise and bias terms."],
         {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}})
+    return hourglass
 
-    detector_rows = st.quick_or_full(("baseline", "dsc"), hourglass_rows)
+
+def _detector_table(st: Study, detector_rows: tuple[str, ...]) -> Section:
     runners, feeds, counts = {}, {}, {}
     for name in detector_rows:
         st.say(f"convolution: detector {name}")
@@ -125,10 +131,17 @@ def convolution(st: Study) -> list[Section]:
         ["INT8: the shipped INT8 artifacts of `<artifacts>/<variant>` when a bundle was built with "
          "`--quantize int8`, timed in this same run; a build ships INT8 only where it beats FP32."],
         {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}})
-    return [hourglass, detector]
+    return detector
 
 
 def normalisation(st: Study) -> list[Section]:
+    if st.s.quick:
+        return [_norm_layers_table(st), Section("norm-swap", "2b. The same swap in the whole detector", (), [],
+                                                ["Measured in the full study (without `--quick`)."])]
+    return [_norm_layers_table(st), _norm_swap_table(st)]
+
+
+def _norm_layers_table(st: Study) -> Section:
     runners, feeds, params = {}, {}, {}
     for kind in ARTICLE_NORMS:
         st.say(f"normalisation: {kind}")
@@ -153,9 +166,10 @@ def normalisation(st: Study) -> list[Section]:
          "512 groups; LayerNorm normalises over (C, H, W) with an elementwise affine, hence 8,192 parameters.",
          "At this size a call is mostly the runtime's fixed cost per inference, not the arithmetic."],
         {"stats": {b: _plain(v) for b, v in stats.items()}, "params": params})
-    if st.s.quick:
-        return [micro, Section("norm-swap", "2b. The same swap in the whole detector", (), [],
-                               ["Measured in the full study (without `--quick`)."])]
+    return micro
+
+
+def _norm_swap_table(st: Study) -> Section:
     swap = ("baseline", "layernorm", "instancenorm", "groupnorm")
     runners, feeds, counts = {}, {}, {}
     for name in swap:
@@ -172,7 +186,7 @@ def normalisation(st: Study) -> list[Section]:
                     ("variant", "params", *(f"{BACKEND_NAMES[b]} ms (vs BatchNorm)" for b in BACKENDS)), rows,
                     ["BatchNorm folds into the conv before it on both backends; the others are computed at run time."],
                     {"stats": _plain(stats), "params": counts})
-    return [micro, whole]
+    return whole
 
 
 def upsampling(st: Study) -> list[Section]:
