@@ -41,7 +41,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from runtime.bench import bench_interleaved
-from runtime.compare import Parity, compare
+from runtime.compare import Parity, check_artifact, compare
 from runtime.runners import Runner
 from runtime.tasks import Task
 
@@ -282,8 +282,7 @@ class Judge:
         return {k: v[:1] for k, v in self.sets["golden"][0].items()}
 
     def parity(self, runner: Runner, every_set: bool = True) -> Parity:
-        from runtime.compare import check_artifact
-
+        """On every set (the judged one and every other size), or on the judged set alone."""
         if every_set:
             return check_artifact(runner, self.entry, self.sets, self.task)
         inputs, reference = self.sets[self.entry.get("judged_on", "golden")]
