@@ -136,7 +136,6 @@ class OnnxRuntimeQuantizer:
         # bins (128/128), which leaves one threshold to try: the min-max one. Calibrate entropy
         # with 2048 bins here; every method's ranges are computed once and handed to each plan.
         # (histograms are merged every 16 samples to bound memory; min-max needs no such bound)
-        self.fp32 = fp32
         options = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128,
                                              "max_intermediate_outputs": 16},
                    "percentile": {"max_intermediate_outputs": 16}}[method]
@@ -384,9 +383,13 @@ class Search:
         self.spent_s += other.spent_s
         self.budget_s += other.budget_s
         self.stopped += f"; {prefix}: {other.stopped}"
+        self.ship_best()
+
+    def ship_best(self) -> None:
+        """Mark the attempt within the bounds with the largest speed-up over FP32 as shipped (and only it)."""
+        passing = [a for a in self.attempts if a.passed]
         for a in self.attempts:
             a.shipped = False
-        passing = [a for a in self.attempts if a.passed]
         if passing:
             max(passing, key=lambda a: a.speedup).shipped = True
 
@@ -453,9 +456,7 @@ class _Searcher:
 
     def finish(self, why: str) -> Search:
         self.found.stopped, self.found.spent_s = why, time.monotonic() - self.start
-        passing = [a for a in self.found.attempts if a.passed]
-        if passing:
-            max(passing, key=lambda a: a.speedup).shipped = True
+        self.found.ship_best()
         return self.found
 
     def sensitivity(self, full: Attempt, modules: Mapping[str, str]) -> list[tuple[str, tuple[str, ...]]]:
