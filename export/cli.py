@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.table import Table
 from runtime.bundle import BACKENDS
 from runtime.errors import Parser, UserError
 
-from .pack import pack
+from .pack import DEFAULT_GLIBC, TARGETS, archive_member, pack
 
 
 def _console(stderr: bool) -> Console:
@@ -34,7 +35,7 @@ errors = _console(stderr=True)
 def _build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (_build_command, _pack_command, _diagnose_command, _int8_command, _study_command,
+    for command in (_build_command, _pack_command, _deploy_command, _diagnose_command, _int8_command, _study_command,
                     _compete_command, _evaluate_command, _list_command):
         command(sub)
     return parser
@@ -77,6 +78,26 @@ def _pack_command(sub) -> None:
     p = sub.add_parser("pack", help="one .tar.gz (and its .sha256) of a bundle, to copy to a device")
     p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
     p.add_argument("--out", type=Path, help="folder for the archive (default: beside the bundle)")
+    p.add_argument("--target", help=f"an offline install kit for one of {', '.join(TARGETS)}: the bundle, the runtime "
+                                    "and the wheels it needs there, install.sh (default: the bundle alone)")
+    p.add_argument("--python", help="the device's Python for the kit's wheels (default: this one's, e.g. 3.11)")
+    p.add_argument("--glibc", default=DEFAULT_GLIBC,
+                   help=f"the oldest glibc the device may have; no wheel needing newer is taken (default {DEFAULT_GLIBC})")
+
+
+def _deploy_command(sub) -> None:
+    d = sub.add_parser("deploy", help="the bundle on devices over SSH: install its kit offline, verify, bench there")
+    d.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
+    d.add_argument("--to", action="append", required=True, metavar="USER@HOST[:PORT][/PATH]",
+                   help="a device (repeat for several; they run concurrently); PATH defaults to ~/edge-export")
+    d.add_argument("--identity", type=Path, help="the SSH private key to log in with (default: ssh's own choice)")
+    d.add_argument("--known-hosts", type=Path, help="the known_hosts file to check host keys against "
+                                                    "(default: ~/.ssh/known_hosts)")
+    d.add_argument("--accept-new-host-key", action="store_true",
+                   help="trust a device's host key on first contact (a changed key is still refused)")
+    d.add_argument("--bench", action="store_true", help="also time every artifact there and keep the device's choice")
+    d.add_argument("--force", action="store_true", help="copy the kit again even where the same kit is installed")
+    d.add_argument("--json", action="store_true", help="print every device's results as JSON")
 
 
 def _diagnose_command(sub) -> None:
@@ -350,8 +371,45 @@ def _print_packed(archive: Path) -> None:
 
 
 def cmd_pack(args) -> int:
-    _print_packed(pack(args.bundle, args.out))
+    if args.target is None:
+        if args.python or args.glibc != DEFAULT_GLIBC:
+            raise UserError("--python and --glibc choose the wheels of an install kit; add --target "
+                            f"({' or '.join(TARGETS)})")
+        _print_packed(pack(args.bundle, args.out))
+        return 0
+    archive = pack(args.bundle, args.out, args.target, args.python, args.glibc)
+    kit = archive.name.removesuffix(".tar.gz")
+    t = json.loads(archive_member(archive, f"{kit}/kit.json"))
+    console.print(f"Packed kit: {archive} ({archive.stat().st_size / 1e6:.1f} MB) and {archive.name}.sha256, "
+                  f"for {t['target']}, Python {t['python']}, glibc {t['glibc'] or 'any'} or newer, a CPU with "
+                  f"{t['cpu']}.", markup=False, soft_wrap=True)
+    table = Table("wheel", "needs", box=None, pad_edge=False)
+    for wheel, floor in t["wheels"].items():
+        table.add_row(wheel, floor)
+    console.print(table)
+    console.print(f"On the device (no network needed): tar xzf {archive.name} && sh {kit}/install.sh && "
+                  f"{kit}/edge-runtime verify {kit}/{t['bundle']}; or from here: python -m export deploy "
+                  f"{args.bundle} --to user@device", markup=False, soft_wrap=True)
     return 0
+
+
+def cmd_deploy(args) -> int:
+    from runtime.cli import format_table
+
+    from .deploy import COLUMNS, deploy, rows, status_line
+
+    results = deploy(args.bundle, args.to, args.identity, args.known_hosts, args.accept_new_host_key,
+                     args.bench, args.force)
+    if args.json:
+        import dataclasses
+
+        print(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+    else:
+        print(format_table(COLUMNS, rows(results)))
+        for r in results:
+            print(status_line(r))
+        print(f"results: {Path(args.bundle) / 'devices'}/*.json and the devices section of report.md")
+    return 0 if all(r.ok for r in results) else 1
 
 
 def cmd_diagnose(args) -> int:
@@ -520,8 +578,8 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "diagnose": cmd_diagnose,
-                "int8": cmd_int8, "study": cmd_study, "compete": cmd_compete,
+        return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "deploy": cmd_deploy,
+                "diagnose": cmd_diagnose, "int8": cmd_int8, "study": cmd_study, "compete": cmd_compete,
                 "evaluate": cmd_evaluate}[args.command](args)
     except UserError as err:
         errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)

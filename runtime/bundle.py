@@ -25,8 +25,12 @@ READ_BY_RUNTIME = ("name", "spec", "outputs", "artifacts", "files")
 MANIFEST_KEYS = (
     "name", "spec", "model", "checkpoint", "outputs", "export", "simplify", "quantization", "golden",
     "reference_noise", "artifacts", "versions", "machine", "latency", "rejected", "recommended", "benchmark",
-    "format", "files",
+    "targets", "format", "files",
 )
+# What a device writes beside the hashed files, in the bundle's folder: never hashed, never packed.
+DEVICE_CHOICE = "device-choice.json"  # the artifact `runtime bench --choose` measured fastest, per CPU signature
+DEVICES = "devices"  # `python -m export deploy`'s results, one JSON file per device
+UNHASHED = (MANIFEST, DEVICE_CHOICE, DEVICES)
 
 
 def sha256(path: Path) -> str:
@@ -96,6 +100,34 @@ class Bundle:
             elif sha256(file) != expected:
                 problems.append(f"{name} has changed (sha256 differs from the manifest)")
         return problems
+
+    def device_choice(self, signature: str) -> dict[str, Any] | None:
+        """What `runtime bench --choose` chose on a CPU with this signature, if it ran there and the
+        artifact it chose is still in the bundle."""
+        try:
+            chosen = json.loads((self.path / DEVICE_CHOICE).read_text()).get(signature)
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(chosen, dict):
+            return None
+        have = {(a["backend"], a["precision"]) for a in self.artifacts}
+        return chosen if (chosen.get("backend"), chosen.get("precision")) in have else None
+
+    def record_device_choice(self, signature: str, choice: dict[str, Any]) -> Path:
+        """Keep `choice` (backend, precision, the figures behind it) under `signature`, beside the
+        hashed files; the choices of other CPUs stay."""
+        from .files import atomic_file
+
+        path = self.path / DEVICE_CHOICE
+        try:
+            choices = json.loads(path.read_text())
+            choices = choices if isinstance(choices, dict) else {}
+        except (OSError, ValueError):
+            choices = {}
+        choices[signature] = choice
+        with atomic_file(path) as partial:
+            partial.write_text(json.dumps(choices, indent=2) + "\n")
+        return path
 
     def golden_sets(self) -> list[str]:
         """The sets of golden.npz: "golden"; "task" (held-out task samples INT8 is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -48,6 +49,9 @@ def cmd_verify(args) -> int:
     bundle = Bundle.open(args.bundle)
     task = task_of(bundle.spec)
     result = verify(bundle, threads=args.threads)
+    if args.json:
+        print(json.dumps(result.to_dict(task), indent=2))
+        return 0 if result.passed else 1
     for problem in result.file_problems:
         print(f"FAIL  {problem}")
     if not result.file_problems:
@@ -75,6 +79,8 @@ def cmd_bench(args) -> int:
     from .runners import choose, load
 
     bundle = Bundle.open(args.bundle)
+    if args.choose:
+        return _bench_choose(bundle, args)
     args.backend, args.precision = choose(bundle, args.backend, args.precision)
     inputs, _ = bundle.golden()
     # the golden inputs, repeated to the batch asked for
@@ -114,6 +120,85 @@ def cmd_bench(args) -> int:
         print(format_table(["op type", "ms / inference", "share", "kernels"],
                            [[r["op_type"], f"{r['ms']:.3f}", f"{100 * r['share']:.1f}%", str(r["count"])]
                             for r in stats["profile"]]))
+    return 0
+
+
+def _bench_choose(bundle, args) -> int:
+    """Replay the golden vectors through every artifact that runs here; time those that pass,
+    interleaved; keep the fastest as this device's choice."""
+    from .bench import bench_interleaved
+    from .doctor import doctor
+    from .runners import load
+    from .verify import verify
+
+    if args.backend or args.precision or args.throughput or args.profile or args.batch != 1:
+        raise UserError("--choose times every artifact at batch 1 and chooses among them; "
+                        "drop --backend, --precision, --batch, --throughput and --profile")
+    report = doctor(bundle)
+    statuses = {(s["backend"], s["precision"]): s for s in report["artifacts"]}
+    checked = verify(bundle, threads=args.threads)
+    if checked.file_problems:
+        raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest "
+                        f"({'; '.join(checked.file_problems)}); copy it again before choosing")
+    passed = [(c.artifact["backend"], c.artifact["precision"]) for c in checked.checks if c.passed]
+    refused = {(c.artifact["backend"], c.artifact["precision"]): c.skipped or "fails parity here"
+               for c in checked.checks if not c.passed}
+    if not passed:
+        raise UserError(f"no artifact of {bundle.name} runs within its bounds here: "
+                        + "; ".join(f"{b} {p}: {why}" for (b, p), why in refused.items()))
+    inputs, _ = bundle.golden()
+    with contextlib.ExitStack() as stack:
+        runners = {f"{b} {p}": stack.enter_context(load(bundle, b, p, args.threads)) for b, p in passed}
+        stats = bench_interleaved(runners, inputs, warmup=args.warmup, runs=args.runs)
+    fastest = min(stats, key=lambda k: stats[k]["p50_ms"])
+    backend, precision = fastest.split()
+    machine = report["machine"]
+    choice = {"backend": backend, "precision": precision, "cpu": machine["cpu"], "machine": machine["machine"],
+              "emulated": machine["emulated"], "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "p50_ms": {k: round(v["p50_ms"], 3) for k, v in stats.items()},
+              "not_chosen": {f"{b} {p}": why for (b, p), why in refused.items()}}
+    path = bundle.record_device_choice(report["cpu_signature"], choice)
+    if args.json:
+        print(json.dumps({"bundle": str(bundle.path), "cpu_signature": report["cpu_signature"], "machine": machine,
+                          "choice": {"backend": backend, "precision": precision}, "choice_file": str(path),
+                          "artifacts": {k: {**statuses[tuple(k.split())], **v} for k, v in stats.items()},
+                          "not_chosen": choice["not_chosen"]}, indent=2))
+        return 0
+    emulated = " (emulated CPU: these times say nothing about a real board)" if machine["emulated"] else ""
+    print(f"{bundle.name} on {machine['cpu']} ({machine['machine']}, {machine['logical_cores']} cores){emulated}, "
+          f"batch 1, {stats[fastest]['runs']} runs each after {args.warmup} warm-up, interleaved:")
+    rows = [[k, f"{v['p50_ms']:.2f}", f"{v['p90_ms']:.2f}", statuses[tuple(k.split())]["status"]]
+            for k, v in stats.items()]
+    rows += [[f"{b} {p}", "", "", f"not timed: {why}"] for (b, p), why in refused.items()]
+    print(format_table(["artifact", "p50 ms", "p90 ms", "here"], rows))
+    print(f"chosen for this device: {fastest} (kept in {path}; runtime.load uses it by default)")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .bundle import Bundle
+    from .doctor import doctor, feature_names
+
+    bundle = Bundle.open(args.bundle) if args.bundle else None
+    report = doctor(bundle)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    m = report["machine"]
+    rows = [["CPU", f"{m['cpu']} ({m['machine']}, {m['logical_cores']} logical cores)"
+             + ("; emulated: the CPU described is the host's" if m["emulated"] else "")],
+            ["features", feature_names(m["flags"]) if m["flags_known"] else
+             "unknown (" + ("emulated" if m["emulated"] else "no /proc/cpuinfo") + ")"],
+            ["C library", f"glibc {m['glibc']}" if m["glibc"] else "not glibc"],
+            ["Python", m["python"]],
+            *[[name, version or "not installed"] for name, version in report["versions"].items()],
+            ["CPU signature", report["cpu_signature"]]]
+    print(format_table(["", "this device"], rows))
+    if bundle is not None:
+        print()
+        print(format_table(["artifact", "backend", "precision", "here", "why"],
+                           [[a["file"], a["backend"], a["precision"], a["status"], a["why"]]
+                            for a in report["artifacts"]]))
     return 0
 
 
@@ -183,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check hashes and replay the golden vectors on every installed backend")
     v.add_argument("bundle")
     v.add_argument("--threads", type=positive)
+    v.add_argument("--json", action="store_true", help="print the checks as JSON")
     b = sub.add_parser("bench", help="latency of one artifact")
     b.add_argument("bundle")
     b.add_argument("--backend", help=f"one of {', '.join(BACKENDS)} (default: the build's recommendation)")
@@ -195,7 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure throughput for SECONDS (default 5) with concurrent calls")
     b.add_argument("--profile", type=positive, metavar="RUNS", nargs="?", const=20,
                    help="also show the time per op type over RUNS runs (default 20)")
+    b.add_argument("--choose", action="store_true",
+                   help="time every artifact that runs here, interleaved, and keep the fastest as this device's "
+                        "choice (device-choice.json beside the hashed files; runtime.load uses it)")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
+    d = sub.add_parser("doctor", help="this device: CPU, C library, Python, backends; what of a bundle runs here")
+    d.add_argument("bundle", nargs="?", help="a bundle folder: which of its artifacts run here, emulated or not at all")
+    d.add_argument("--json", action="store_true", help="print the report as JSON")
     i = sub.add_parser("infer", help="run images through the bundle; write pictures and outputs")
     i.add_argument("bundle")
     i.add_argument("images", nargs="+", metavar="IMAGE")
@@ -209,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"verify": cmd_verify, "bench": cmd_bench, "infer": cmd_infer}[args.command](args)
+        return {"verify": cmd_verify, "bench": cmd_bench, "doctor": cmd_doctor,
+                "infer": cmd_infer}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

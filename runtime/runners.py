@@ -330,9 +330,13 @@ def _optimized_graph(model: Path, version: str) -> Path:
 
 
 def choose(bundle: Bundle, backend: str | None, precision: str | None) -> tuple[str, str]:
-    """The artifact to run: the build's recommendation (its fastest shipped
-    artifact) where the caller leaves it open, FP32 on a backend it names."""
-    recommended = bundle.manifest.get("recommended") or {"backend": "onnxruntime", "precision": "fp32"}
+    """The artifact to run where the caller leaves it open: the one `runtime bench
+    --choose` measured fastest on this kind of CPU, else the build's recommendation
+    (its fastest shipped artifact on the build machine); FP32 on a backend the caller names."""
+    from .machine import cpu_signature
+
+    recommended = (bundle.device_choice(cpu_signature()) if backend is None and precision is None else None) \
+        or bundle.manifest.get("recommended") or {"backend": "onnxruntime", "precision": "fp32"}
     if backend is None:
         backend = recommended["backend"] if recommended["backend"] in installed_backends() else installed_backends()[0]
     if precision is None:
@@ -342,8 +346,9 @@ def choose(bundle: Bundle, backend: str | None, precision: str | None) -> tuple[
 
 def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str | None = None,
          threads: int | None = None, mode: str = "latency", profile: bool = False, cache: bool = True) -> Runner:
-    """Load one artifact of a bundle: by default the one the build measured
-    fastest (its manifest's `recommended`). `threads=None` lets the backend
+    """Load one artifact of a bundle: by default the one `runtime bench --choose`
+    measured fastest on this kind of CPU, else the one the build measured fastest
+    (its manifest's `recommended`). `threads=None` lets the backend
     choose. `mode="throughput"` sets the backend up for many concurrent calls
     (OpenVINO's THROUGHPUT hint; ONNX Runtime one core per caller);
     `profile=True` turns the backend's profiler on for `runner.profile()`;

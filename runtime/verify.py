@@ -36,6 +36,20 @@ class Verification:
         ran = [c for c in self.checks if not c.skipped]
         return not self.file_problems and bool(ran) and all(c.passed for c in ran)
 
+    def to_dict(self, task=None) -> dict[str, Any]:
+        """What `verify --json` prints (and `export deploy` reads back from a device)."""
+        def check(c: ArtifactCheck) -> dict[str, Any]:
+            a = c.artifact
+            entry = {"file": a["file"], "backend": a["backend"], "precision": a["precision"]}
+            if c.skipped:
+                return {**entry, "status": "skipped", "why": c.skipped}
+            worst = c.parity.worst
+            return {**entry, "status": "pass" if c.passed else "FAIL", "max_rel": worst.max_rel,
+                    "worst_output": worst.name, "bound": worst.bound, "failures": c.parity.failures(),
+                    "task": task.describe(c.parity.task) if task else c.parity.task}
+        return {"bundle": str(self.bundle), "passed": self.passed, "files": len(self.bundle_files),
+                "file_problems": self.file_problems, "artifacts": [check(c) for c in self.checks]}
+
 
 def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verification:
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)

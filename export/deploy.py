@@ -1,0 +1,343 @@
+"""`python -m export deploy BUNDLE --to user@host[:port][/path]`: the bundle on devices over SSH.
+
+For each device, concurrently: look at it (architecture, glibc, Python, free
+disk), pack the offline kit for its platform (once per platform), copy it with
+`scp`, install it offline (`sh install.sh`: nothing is fetched there), run the
+runtime's `verify` (and `bench --choose` with `bench=True`) and `doctor`, and
+bring the results back to `BUNDLE/devices/<device>.json` and report.md's
+devices section. A device that fails is reported with its reason; the others go on.
+
+The system's OpenSSH does the talking. Host keys are always checked
+(`StrictHostKeyChecking=yes`; first contact only with `accept_new_host_key`),
+`BatchMode=yes` means no password is ever asked for or passed, every path sent
+to the device is quoted, and what runs there is fixed: the probe, mkdir, tar,
+the kit's install.sh and the runtime's own commands.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.bundle import DEVICES, Bundle
+from runtime.errors import UserError
+from runtime.files import atomic_file
+from runtime.kit import KIT, LAUNCHER, version_tuple
+
+from .manifest import update_manifest
+from .pack import TARGETS, archive_member, pack_kit
+
+DEFAULT_PATH = "edge-export"  # on the device, under the login's home
+SSH_TIMEOUT = 10  # seconds to connect
+UNPACKED = 4.0  # the kit unpacked and installed takes about this many times its archive's size
+DEVICE = re.compile(r"(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*)"
+                    r"(?::(?P<port>\d{1,5}))?(?P<path>/.*)?")
+_manifest_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Device:
+    user: str | None
+    host: str
+    port: int | None
+    path: str  # the folder on the device the kit goes into
+
+    @classmethod
+    def parse(cls, text: str) -> "Device":
+        m = DEVICE.fullmatch(text)
+        if not m or (m["port"] and not 0 < int(m["port"]) < 65536):
+            raise UserError(f"--to {text!r} is not a device; expected user@host[:port][/path], "
+                            "e.g. pi@raspberrypi.local, pi@10.0.0.7:2222/opt/edge-export")
+        return cls(m["user"], m["host"], int(m["port"]) if m["port"] else None, m["path"] or DEFAULT_PATH)
+
+    @property
+    def login(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    @property
+    def label(self) -> str:
+        return self.login + (f":{self.port}" if self.port else "")
+
+    @property
+    def stem(self) -> str:
+        """The device's file name under devices/: the login and port, nothing a path could carry."""
+        return re.sub(r"[^A-Za-z0-9@._-]", "_", self.login + (f"-{self.port}" if self.port else ""))
+
+
+class DeviceError(Exception):
+    """What went wrong on one device, in one line."""
+
+
+@dataclass(frozen=True)
+class Ssh:
+    """The system's ssh and scp, with options that never prompt and always check host keys."""
+    device: Device
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+
+    def _options(self) -> list[str]:
+        options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}", "-o", "LogLevel=ERROR",
+                   "-o", "StrictHostKeyChecking=" + ("accept-new" if self.accept_new_host_key else "yes")]
+        if self.known_hosts:
+            options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.identity:
+            options += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
+        return options
+
+    def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        port = ["-p", str(self.device.port)] if self.device.port else []
+        done = subprocess.run(["ssh", *self._options(), *port, self.device.login, command],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if done.returncode == 255:
+            raise DeviceError(self._why(done.stderr))
+        return done
+
+    def copy(self, local: Path, remote: str) -> None:
+        port = ["-P", str(self.device.port)] if self.device.port else []
+        done = subprocess.run(["scp", "-q", *self._options(), *port, str(local), f"{self.device.login}:{remote}"],
+                              capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise DeviceError(f"copying the kit failed: {self._why(done.stderr)}")
+
+    def _why(self, stderr: str) -> str:
+        host = self.device.host + (f" port {self.device.port}" if self.device.port else "")
+        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+            return (f"the host key of {host} differs from the one known_hosts holds: refused (another device, "
+                    "or someone in between); if the device was reinstalled, remove its old entry with ssh-keygen -R")
+        if "Host key verification failed" in stderr or "No " in stderr and "host key is known" in stderr:
+            return (f"the host key of {host} is not known: check its fingerprint and add it to known_hosts "
+                    "(ssh-keyscan), or pass --accept-new-host-key to trust it on this first contact")
+        if "Permission denied" in stderr:
+            return (f"{host} refused the login of {self.device.login} ({_last(stderr)}): pass --identity with a key "
+                    "its authorized_keys holds")
+        for sign in ("Connection refused", "timed out", "No route to host", "Could not resolve", "Network is unreachable"):
+            if sign in stderr:
+                return f"{host} is unreachable ({_last(stderr)})"
+        return f"ssh to {host} failed: {_last(stderr)}"
+
+
+def _last(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines or ["no output"])[-1].removeprefix("ssh: ")
+
+
+@dataclass
+class DeviceResult:
+    device: str
+    ok: bool = False
+    reason: str = ""
+    target: str = ""
+    copied: bool = False
+    machine: dict[str, Any] = field(default_factory=dict)
+    verify: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, Any] = field(default_factory=dict)
+    doctor: dict[str, Any] = field(default_factory=dict)
+
+
+PROBE = ("uname -m; getconf GNU_LIBC_VERSION 2>/dev/null || echo none; "
+         "if command -v python3 >/dev/null 2>&1; then python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'; "
+         "else echo none; fi; mkdir -p {path} && df -Pk {path} | tail -n 1; cat {path}/*/" + KIT + " 2>/dev/null || true")
+
+
+@dataclass(frozen=True)
+class Probe:
+    machine: str
+    glibc: str | None
+    python: str | None
+    free_bytes: int
+    kits: dict[str, dict]  # the kits already on the device, by folder (<name>-<target>)
+
+
+def probe(ssh: Ssh) -> Probe:
+    done = ssh.run(PROBE.format(path=shlex.quote(ssh.device.path)), timeout=60)
+    lines = done.stdout.splitlines()
+    if len(lines) < 4:
+        raise DeviceError(f"could not look at the device: {_last(done.stderr or done.stdout)}")
+    machine, glibc, python, df = lines[:4]
+    kits = {}
+    decoder, rest = json.JSONDecoder(), "\n".join(lines[4:]).strip()
+    while rest:
+        try:
+            kit, end = decoder.raw_decode(rest)
+        except ValueError:
+            break
+        kits[f"{kit.get('name')}-{kit.get('target')}"] = kit
+        rest = rest[end:].strip()
+    try:
+        free = int(df.split()[3]) * 1024
+    except (IndexError, ValueError):
+        raise DeviceError(f"could not create or measure {ssh.device.path!r} on the device: {_last(done.stderr or df)}")
+    version = glibc.split()[-1] if glibc.startswith("glibc") else None
+    return Probe(machine.strip(), version, None if python.strip() == "none" else python.strip(), free, kits)
+
+
+class _Kits:
+    """One kit per (target, Python), packed the first time a device needs it."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self._kits: dict[tuple[str, str], Path] = {}
+        self._lock = threading.Lock()
+
+    def get(self, target: str, python: str) -> tuple[Path, dict]:
+        with self._lock:
+            if (target, python) not in self._kits:
+                with _manifest_lock:
+                    self._kits[target, python] = pack_kit(self.bundle.path, target, python=python)
+            archive = self._kits[target, python]
+        return archive, json.loads(archive_member(archive, f"{archive.name.removesuffix('.tar.gz')}/{KIT}"))
+
+
+def _target_of(p: Probe) -> str:
+    for name, t in TARGETS.items():
+        if t.machine == p.machine:
+            return name
+    raise DeviceError(f"the device is {p.machine}; edge-export packs for {', '.join(TARGETS)}")
+
+
+def _json_of(done: subprocess.CompletedProcess, what: str) -> dict:
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        raise DeviceError(f"{what} failed there: {_last(done.stderr or done.stdout)}") from None
+
+
+def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool) -> DeviceResult:
+    result = DeviceResult(device.label)
+    try:
+        p = probe(ssh)
+        result.target = target = _target_of(p)
+        if p.python is None:
+            raise DeviceError("no python3 on the device's PATH (for a non-interactive login); install Python 3 there "
+                              "(Debian, Ubuntu, Raspberry Pi OS: apt install python3)")
+        if version_tuple(p.python) < (3, 10):
+            raise DeviceError(f"the device runs Python {p.python}; the runtime needs 3.10 or newer")
+        archive, kit = kits.get(target, p.python)
+        if kit["glibc"] and (p.glibc is None or version_tuple(p.glibc) < version_tuple(kit["glibc"])):
+            raise DeviceError(f"the device has {'glibc ' + p.glibc if p.glibc else 'no glibc'}, the kit's wheels need "
+                              f"glibc {kit['glibc']} or newer: pack for it with --glibc {p.glibc or '...'} "
+                              "(fewer backends may have wheels that old)")
+        folder = f"{device.path}/{archive.name.removesuffix('.tar.gz')}"
+        q = shlex.quote
+        there = p.kits.get(Path(folder).name, {})
+        if force or there.get("digest") != kit["digest"]:
+            need = archive.stat().st_size * UNPACKED
+            if p.free_bytes < need:
+                raise DeviceError(f"not enough disk at {device.path!r}: {p.free_bytes / 1e6:.0f} MB free, the kit "
+                                  f"needs about {need / 1e6:.0f} MB")
+            ssh.copy(archive, f"{device.path}/{archive.name}")
+            unpack = ssh.run(f"cd {q(device.path)} && rm -rf {q(Path(folder).name)} && tar -xzf {q(archive.name)} "
+                             f"&& rm -f {q(archive.name)}")
+            if unpack.returncode != 0:
+                raise DeviceError(f"unpacking the kit failed: {_last(unpack.stderr)}")
+            result.copied = True
+        install = ssh.run(f"sh {q(folder + '/install.sh')}")
+        if install.returncode != 0:
+            raise DeviceError(f"install failed: {_last(install.stderr or install.stdout).removeprefix('error: ')}")
+        runtime = f"{q(folder + '/' + LAUNCHER)}"
+        bundle_there = q(f"{folder}/{kit['bundle']}")
+        result.doctor = _json_of(ssh.run(f"{runtime} doctor {bundle_there} --json"), "doctor")
+        result.machine = result.doctor["machine"]
+        result.verify = _json_of(ssh.run(f"{runtime} verify {bundle_there} --json"), "verify")
+        if bench and not result.verify["file_problems"]:
+            done = ssh.run(f"{runtime} bench {bundle_there} --choose --json")
+            result.bench = _json_of(done, "bench --choose") if done.returncode == 0 else {"error": _last(done.stderr)}
+        result.ok = result.verify["passed"]
+        if not result.ok:
+            changed = result.verify["file_problems"]
+            failed = [f"{a['backend']} {a['precision']}" for a in result.verify["artifacts"] if a["status"] == "FAIL"]
+            result.reason = "verify failed there: " + "; ".join(
+                changed + ([f"parity fails for {', '.join(failed)}"] if failed else []))
+    except DeviceError as err:
+        result.reason = str(err)
+    except subprocess.TimeoutExpired as err:
+        result.reason = f"no answer within {err.timeout:.0f} s"
+    return result
+
+
+def deploy(bundle_dir: str | Path, to: list[str], identity: Path | None = None, known_hosts: Path | None = None,
+           accept_new_host_key: bool = False, bench: bool = False, force: bool = False) -> list[DeviceResult]:
+    """Deploy to every device in `to`, concurrently; results kept under BUNDLE/devices/."""
+    devices = [Device.parse(t) for t in to]
+    if len({d.stem for d in devices}) < len(devices):
+        raise UserError("--to names the same device twice; give each device once")
+    if identity is not None and not Path(identity).is_file():
+        raise UserError(f"--identity {str(identity)!r} is not a file; expected an SSH private key")
+    bundle = Bundle.open(bundle_dir)
+    problems = bundle.check_files()
+    if problems:
+        raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest ({'; '.join(problems)}); "
+                        "rebuild it before deploying")
+    kits = _Kits(bundle)
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        results = list(pool.map(lambda d: deploy_one(d, Ssh(d, identity, known_hosts, accept_new_host_key),
+                                                     kits, bench, force), devices))
+    folder = bundle.path / DEVICES
+    folder.mkdir(exist_ok=True)
+    for device, result in zip(devices, results):
+        with atomic_file(folder / f"{device.stem}.json") as partial:
+            partial.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    _report(bundle)
+    return results
+
+
+def rows(results: list[DeviceResult]) -> list[list[str]]:
+    """One row per device and artifact: device, CPU, artifact, parity, p50, p90, the device's choice."""
+    out = []
+    for r in results:
+        if not r.verify:
+            out.append([r.device, "", "", "FAILED (below)", "", "", ""])
+            continue
+        m = r.machine
+        cpu = f"{m['cpu']} ({m['machine']}, {m['logical_cores']} cores{', emulated' if m['emulated'] else ''})"
+        timed = r.bench.get("artifacts", {})
+        chosen = r.bench.get("choice") or {}
+        for a in r.verify["artifacts"]:
+            key = f"{a['backend']} {a['precision']}"
+            t = timed.get(key, {})
+            parity = {"pass": f"pass ({a.get('max_rel', 0):.1e} <= {a.get('bound', 0):.0e})",
+                      "skipped": f"skipped: {a.get('why')}"}.get(a["status"], a["status"])
+            out.append([r.device, cpu, key, parity, f"{t['p50_ms']:.2f}" if t else "", f"{t['p90_ms']:.2f}" if t else "",
+                        "recommended" if (chosen.get("backend"), chosen.get("precision")) ==
+                        (a["backend"], a["precision"]) else ""])
+        for problem in r.verify["file_problems"]:
+            out.append([r.device, cpu, "", "FAIL", "", "", problem])
+    return out
+
+
+def status_line(r: DeviceResult) -> str:
+    return f"{'ok    ' if r.ok else 'FAILED'} {r.device}: " + (r.reason or (
+        ("kit copied and installed" if r.copied else "the same kit was there") + ", verify passed"))
+
+
+COLUMNS = ["device", "CPU", "artifact", "parity", "p50 ms", "p90 ms", "device's choice"]
+
+
+def _report(bundle: Bundle) -> None:
+    """report.md's devices section, from every devices/*.json; the manifest gets report.md's new hash."""
+    from runtime.cli import format_table
+
+    results = []
+    for file in sorted((bundle.path / DEVICES).glob("*.json")):
+        try:
+            results.append(DeviceResult(**json.loads(file.read_text())))
+        except (ValueError, TypeError):
+            continue
+    report = bundle.path / "report.md"
+    text = report.read_text() if report.is_file() else f"# {bundle.name}\n"
+    text = text.split("\n## Devices\n")[0].rstrip("\n")
+    table = format_table(COLUMNS, rows(results)) + "".join(f"\n{status_line(r)}" for r in results)
+    text += ("\n\n## Devices\n\nWhat `python -m export deploy` found on each device (latest run per device; "
+             "an emulated CPU's times say nothing about a real board):\n\n```\n" + table + "\n```\n")
+    with _manifest_lock:
+        with atomic_file(report) as partial:
+            partial.write_text(text)
+        update_manifest(bundle.path, rehash=("report.md",))

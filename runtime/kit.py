@@ -1,0 +1,140 @@
+"""Install an offline kit on the device: `sh install.sh` in the unpacked kit runs this file.
+
+Standard library only, run as a plain script before anything is installed (so
+no imports from the rest of the package). It checks that the device is one the
+kit was packed for (architecture, Python, glibc, CPU features) and that every
+file matches SHA256SUMS, then installs the kit's wheels into `lib/` with the
+pip wheel the kit carries (`--no-index`: nothing is fetched), and writes the
+`edge-runtime` launcher. Each refusal is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+KIT = "kit.json"
+SUMS = "SHA256SUMS"
+INSTALLED = ".installed"
+LAUNCHER = "edge-runtime"
+
+
+class KitError(Exception):
+    pass
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def device_glibc() -> str | None:
+    """The C library's version ("2.36"), or None where it is not glibc (musl, macOS)."""
+    try:
+        name, _, version = os.confstr("CS_GNU_LIBC_VERSION").partition(" ")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return version if name == "glibc" else None
+
+
+def cpu_flags() -> tuple[set[str], bool]:
+    """(the CPU's flags, whether /proc/cpuinfo describes another architecture: an emulator's host)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    arm = platform.machine() in ("aarch64", "arm64")
+                    return set(value.split()), (key.strip() == "flags") == arm
+    except OSError:
+        pass
+    return set(), False
+
+
+def check_device(kit: dict) -> list[str]:
+    """Why this device cannot use the kit (empty when it can)."""
+    problems = []
+    if platform.machine() != kit["machine"]:
+        problems.append(f"this kit is for {kit['target']}, this device is {platform.system().lower()}-"
+                        f"{platform.machine()}: pack it again with --target linux-{platform.machine()}")
+    have = "%d.%d" % sys.version_info[:2]
+    if have != kit["python"]:
+        problems.append(f"this kit's wheels are for Python {kit['python']}, this device runs Python {have} "
+                        f"({sys.executable}): pack it again with --python {have}")
+    glibc = device_glibc()
+    if kit.get("glibc") and (glibc is None or version_tuple(glibc) < version_tuple(kit["glibc"])):
+        problems.append(f"this kit's wheels need glibc {kit['glibc']} or newer, this device has "
+                        f"{'glibc ' + glibc if glibc else 'no glibc'}: pack it again with --glibc {glibc or '...'} "
+                        "(fewer backends may have wheels that old)")
+    flags, foreign = cpu_flags()
+    missing = [f for f in kit.get("cpu_flags", []) if f not in flags]
+    if missing and not foreign:
+        problems.append(f"this kit needs a CPU with {kit['cpu']} (flags {', '.join(missing)} are missing here)")
+    return problems
+
+
+def check_files(folder: Path, skip: str | None = None) -> list[str]:
+    """The kit's files that are missing or differ from SHA256SUMS (but those under `skip`/)."""
+    problems = []
+    for line in (folder / SUMS).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = folder / name
+        if skip and name.startswith(skip + "/"):
+            continue
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != digest:
+            problems.append(f"{name} has changed (sha256 differs from {SUMS})")
+    return problems
+
+
+def install(folder: Path) -> str:
+    kit = json.loads((folder / KIT).read_text())
+    marker = folder / "lib" / INSTALLED
+    installed = marker.is_file() and marker.read_text().strip() == kit["runtime_digest"]
+    # once installed, the bundle's files are verify's to check (it names the artifact a change breaks)
+    problems = check_device(kit) + check_files(folder, skip=kit["bundle"] if installed else None)
+    if problems:
+        raise KitError("; ".join(problems))
+    if installed:
+        return f"already installed in {folder / 'lib'}"
+    pip = folder / "wheels" / kit["pip"] / "pip"
+    command = [sys.executable, str(pip), "install", "--isolated", "--no-index", "--find-links",
+               str(folder / "wheels"), "--target", str(folder / "lib"), "--no-compile", "--upgrade",
+               "--disable-pip-version-check", "--root-user-action", "ignore", "--quiet", *kit["requirements"]]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise KitError(f"pip could not install the kit's wheels offline: {last}")
+    launcher = folder / LAUNCHER
+    launcher.write_text('#!/bin/sh\n# edge-export runtime of this kit; no network, no torch\n'
+                        'here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)\n'
+                        f'PYTHONPATH="$here/lib${{PYTHONPATH:+:$PYTHONPATH}}" exec {sys.executable} -m runtime "$@"\n')
+    launcher.chmod(0o755)
+    marker.write_text(kit["runtime_digest"] + "\n")
+    return f"installed {len(kit['requirements'])} packages and the runtime in {folder / 'lib'}"
+
+
+def main() -> int:
+    folder = Path(__file__).resolve().parent.parent.parent  # <kit>/lib/runtime/kit.py
+    try:
+        done = install(folder)
+    except KitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    kit = json.loads((folder / KIT).read_text())
+    print(f"{done}; now: {folder / LAUNCHER} verify {folder / kit['bundle']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

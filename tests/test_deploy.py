@@ -1,0 +1,178 @@
+"""On devices over SSH: `python -m export deploy` against real OpenSSH servers on 127.0.0.1.
+
+Each server is a device with its own PATH; the kit is the real offline kit of
+the dsc bundle (wheels from the package index at pack time, installed there
+with `--no-index`). Devices that fail are reported with their reason while the
+others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.devices import SshServers, old_glibc_tools, tools_without_python
+
+
+def deploy(bundle: Path, servers: SshServers, *targets: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "export", "deploy", str(bundle), "--known-hosts", str(servers.known_hosts)]
+    for target in targets:
+        args += ["--to", target]
+    if "--identity" not in extra:
+        args += ["--identity", str(servers.client_key)]
+    return subprocess.run([*args, *extra], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "COLUMNS": "250"})
+
+
+@pytest.fixture(scope="module")
+def servers():
+    s = SshServers()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def bundle(built, tmp_path_factory):
+    """A copy of the dsc bundle (deploy adds devices/, report.md's section and the manifest's targets)."""
+    copy = tmp_path_factory.mktemp("deploy") / "dsc"
+    shutil.copytree(built("dsc").bundle, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def two_devices(servers, bundle):
+    """One deploy to two devices at once (two servers, two ports), with --bench; then the same again."""
+    ports = [servers.start(), servers.start()]
+    for port in ports:
+        servers.trust(port)
+    targets = [f"edge-device@127.0.0.1:{port}{servers.device_folder()}" for port in ports]
+    first = deploy(bundle, servers, *targets, extra=("--bench",))
+    records = {p.stem: json.loads(p.read_text()) for p in (bundle / "devices").glob("*.json")}
+    again = deploy(bundle, servers, *targets, extra=("--json",))
+    return targets, first, records, again
+
+
+def test_deploys_to_two_devices_at_once_and_brings_back_one_table(two_devices, bundle):
+    targets, first, records, _ = two_devices
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    shipped = len(json.loads((bundle / "manifest.json").read_text())["artifacts"])
+    labels = [t.split("/", 1)[0] for t in targets]
+    for label in labels:
+        rows = [line for line in lines if line.startswith(label + " ")]
+        # one row per artifact: CPU, parity within the stored bound, p50 and p90 timed on the device
+        assert len(rows) == shipped >= 2, first.stdout
+        assert all("x86_64" in r and "pass (" in r for r in rows), rows
+        assert sum("recommended" in r for r in rows) == 1, rows
+        assert f"ok     {label}: kit copied and installed, verify passed" in first.stdout
+    for label in labels:
+        stem = label.replace(":", "-")
+        record = records[stem]
+        assert record["ok"] and record["copied"] and record["target"] == "linux-x86_64"
+        assert record["verify"]["passed"] and len(record["verify"]["artifacts"]) == shipped
+        assert all(a["max_rel"] <= a["bound"] for a in record["verify"]["artifacts"])
+        choice = record["bench"]["choice"]
+        assert (choice["backend"], choice["precision"]) in {(a["backend"], a["precision"])
+                                                            for a in record["verify"]["artifacts"]}
+        assert all(t["p50_ms"] > 0 and t["p90_ms"] >= t["p50_ms"] for t in record["bench"]["artifacts"].values())
+        assert record["doctor"]["versions"]["onnxruntime"] and record["machine"]["glibc"]
+    report = (bundle / "report.md").read_text()
+    assert report.count("## Devices") == 1 and all(label in report for label in labels)
+    # the bundle here still verifies: deploy recorded report.md's new hash and the kit's targets
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["targets"]["linux-x86_64"]["glibc"] == "2.28"
+    check = subprocess.run([sys.executable, "-m", "runtime", "verify", str(bundle)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+
+
+def test_a_second_deploy_finds_the_same_kit_and_copies_nothing(two_devices):
+    *_, again = two_devices
+    assert again.returncode == 0, again.stderr
+    results = json.loads(again.stdout)
+    assert [r["copied"] for r in results] == [False, False] and all(r["ok"] for r in results)
+
+
+def test_a_tampered_file_on_a_device_fails_verify_there_and_is_named(two_devices, servers, bundle):
+    targets, *_ = two_devices
+    folder = Path("/" + targets[0].split("/", 1)[1]) / "dsc-linux-x86_64" / "dsc"
+    with open(folder / "openvino" / "model.bin", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x7f" * 64)
+    result = deploy(bundle, servers, *targets)
+    assert result.returncode == 1, result.stdout
+    label = targets[0].split("/", 1)[0]
+    assert (f"FAILED {label}: verify failed there: openvino/model.bin has changed (sha256 differs from the manifest)"
+            in result.stdout), result.stdout
+    assert f"ok     {targets[1].split('/', 1)[0]}: the same kit was there, verify passed" in result.stdout
+    record = json.loads((bundle / "devices" / f"{label.replace(':', '-')}.json").read_text())
+    assert not record["ok"] and record["verify"]["file_problems"]
+
+
+@pytest.fixture(scope="module")
+def failing(servers, bundle):
+    """One deploy to a healthy device and to every kind of broken one, all at once."""
+    tools = servers.folder / "tools"
+    good = servers.start()
+    no_python = servers.start(path=str(tools_without_python(tools / "bare")))
+    old = servers.start(path=f"{old_glibc_tools(tools / 'old')}:/usr/bin:/bin")
+    unknown_host = servers.start()
+    for port in (good, no_python, old):
+        servers.trust(port)
+    devices = {"good": f"edge-device@127.0.0.1:{good}{servers.device_folder()}",
+               "no_python": f"edge-device@127.0.0.1:{no_python}{servers.device_folder()}",
+               "old_glibc": f"edge-device@127.0.0.1:{old}{servers.device_folder()}",
+               "unknown_host": f"edge-device@127.0.0.1:{unknown_host}",
+               "unreachable": "edge-device@127.0.0.1:1"}
+    result = deploy(bundle, servers, *devices.values())
+    wrong_key = deploy(bundle, servers, f"edge-device@127.0.0.1:{good}",
+                       extra=("--identity", str(servers.stranger_key)))
+    return devices, result, wrong_key
+
+
+@pytest.mark.parametrize("device, reason", [
+    ("no_python", "no python3 on the device's PATH (for a non-interactive login); install Python 3 there"),
+    ("old_glibc", "the device has glibc 2.17, the kit's wheels need glibc 2.28 or newer: pack for it with "
+                  "--glibc 2.17"),
+    ("unknown_host", "is not known: check its fingerprint and add it to known_hosts (ssh-keyscan), or pass "
+                     "--accept-new-host-key to trust it on this first contact"),
+    ("unreachable", "127.0.0.1 port 1 is unreachable (connect to host 127.0.0.1 port 1: Connection refused)"),
+])
+def test_each_broken_device_gets_its_reason_and_the_others_go_on(failing, device, reason):
+    devices, result, _ = failing
+    assert result.returncode == 1
+    line = next(line for line in result.stdout.splitlines() if line.startswith(f"FAILED {devices[device].split('/')[0]}:"))
+    assert reason in line, line
+    assert f"ok     {devices['good'].split('/')[0]}: kit copied and installed, verify passed" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_key_the_device_does_not_hold_is_refused_in_one_line(failing):
+    devices, _, wrong_key = failing
+    assert wrong_key.returncode == 1
+    assert "refused the login of edge-device@127.0.0.1" in wrong_key.stdout
+    assert "pass --identity with a key its authorized_keys holds" in wrong_key.stdout
+
+
+def test_no_host_key_is_accepted_silently(failing, servers):
+    """The unknown device's key was not added: only --accept-new-host-key adds it."""
+    devices, _, _ = failing
+    port = devices["unknown_host"].split(":")[-1]
+    assert f"[127.0.0.1]:{port} " not in servers.known_hosts.read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--to", "pi@"], "error: --to 'pi@' is not a device; expected user@host[:port][/path]"),
+    (["--to", "pi@host:99999"], "error: --to 'pi@host:99999' is not a device"),
+    (["--to", "a@h", "--to", "a@h"], "error: --to names the same device twice"),
+    (["--to", "a@h", "--identity", "/no/such/key"], "error: --identity '/no/such/key' is not a file"),
+])
+def test_bad_deploy_arguments_are_refused_before_any_connection(bundle, args, message):
+    result = subprocess.run([sys.executable, "-m", "export", "deploy", str(bundle), *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
