@@ -41,18 +41,19 @@ def device_glibc() -> str | None:
     return version if name == "glibc" else None
 
 
-def cpu_flags() -> tuple[set[str], bool]:
-    """(the CPU's flags, whether /proc/cpuinfo describes another architecture: an emulator's host)."""
+def cpu_flags() -> set[str] | None:
+    """The CPU's flags, or None where they cannot be told: no /proc/cpuinfo, or one that
+    describes another architecture (an emulator's host)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
                     arm = platform.machine() in ("aarch64", "arm64")
-                    return set(value.split()), (key.strip() == "flags") == arm
+                    return None if (key.strip() == "flags") == arm else set(value.split())
     except OSError:
         pass
-    return set(), False
+    return None
 
 
 def check_device(kit: dict) -> list[str]:
@@ -70,9 +71,9 @@ def check_device(kit: dict) -> list[str]:
         problems.append(f"this kit's wheels need glibc {kit['glibc']} or newer, this device has "
                         f"{'glibc ' + glibc if glibc else 'no glibc'}: pack it again with --glibc {glibc or '...'} "
                         "(fewer backends may have wheels that old)")
-    flags, foreign = cpu_flags()
-    missing = [f for f in kit.get("cpu_flags", []) if f not in flags]
-    if missing and not foreign:
+    flags = cpu_flags()
+    missing = [f for f in kit.get("cpu_flags", []) if flags is not None and f not in flags]
+    if missing:
         problems.append(f"this kit needs a CPU with {kit['cpu']} (flags {', '.join(missing)} are missing here)")
     return problems
 

@@ -1,0 +1,132 @@
+"""What a board needs from a bundle: `runtime doctor`, `runtime bench --choose` and the choice
+`runtime.load` follows, and `export pack --target`'s offline kit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import pytest
+
+import runtime
+from export.pack import pack, wheel_floor
+from runtime.bundle import DEVICE_CHOICE, Bundle
+from runtime.doctor import CANNOT, EMULATED, RUNS, SLOW, artifact_status
+from runtime.machine import cpu_signature, machine_info
+from tests.test_cli import run
+
+
+@pytest.fixture
+def bundle(built, tmp_path):
+    copy = tmp_path / "dsc"
+    shutil.copytree(built("dsc").bundle, copy)
+    return copy
+
+
+def test_bench_choose_times_every_artifact_and_load_follows_the_choice(bundle):
+    result = run("runtime", "bench", str(bundle), "--choose", "--runs", "5", "--warmup", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    shipped = {f"{a['backend']} {a['precision']}" for a in Bundle.open(bundle).artifacts}
+    assert set(figures["artifacts"]) == shipped and all(f["runs"] == 5 for f in figures["artifacts"].values())
+    fastest = min(figures["artifacts"], key=lambda k: figures["artifacts"][k]["p50_ms"])
+    assert f"{figures['choice']['backend']} {figures['choice']['precision']}" == fastest
+    choices = json.loads((bundle / DEVICE_CHOICE).read_text())
+    assert list(choices) == [figures["cpu_signature"]] == [cpu_signature()]
+    with runtime.load(bundle) as runner:
+        assert f"{runner.backend} {runner.precision}" == fastest
+    # load reads the file: another choice for this CPU is followed, one for another CPU is not
+    other = next(k for k in sorted(shipped) if k != fastest)
+    backend, precision = other.split()
+    choices[cpu_signature()].update(backend=backend, precision=precision)
+    (bundle / DEVICE_CHOICE).write_text(json.dumps(choices))
+    with runtime.load(bundle) as runner:
+        assert (runner.backend, runner.precision) == (backend, precision)
+    (bundle / DEVICE_CHOICE).write_text(json.dumps({"aarch64-000000000000": choices[cpu_signature()]}))
+    recommended = Bundle.open(bundle).manifest["recommended"]
+    with runtime.load(bundle) as runner:
+        assert (runner.backend, runner.precision) == (recommended["backend"], recommended["precision"])
+    # the choice sits beside the hashed files: the bundle still verifies, and is packed without it
+    assert run("runtime", "verify", str(bundle)).returncode == 0
+    with tarfile.open(pack(bundle)) as tar:
+        assert f"dsc/{DEVICE_CHOICE}" not in tar.getnames()
+
+
+def test_bench_choose_takes_no_artifact_options(bundle):
+    result = run("runtime", "bench", str(bundle), "--choose", "--backend", "openvino")
+    assert result.returncode == 2 and "error: --choose times every artifact at batch 1" in result.stderr
+
+
+def test_doctor_names_this_machine_and_what_of_the_bundle_runs(bundle):
+    result = run("runtime", "doctor", str(bundle), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["machine"] == machine_info() and report["cpu_signature"] == cpu_signature()
+    assert report["versions"]["onnxruntime"] and report["versions"]["openvino"] and report["versions"]["numpy"]
+    assert [a["file"] for a in report["artifacts"]] == [a["file"] for a in Bundle.open(bundle).artifacts]
+    assert all(a["status"] == RUNS for a in report["artifacts"] if a["precision"] == "fp32")
+    table = run("runtime", "doctor", str(bundle)).stdout
+    assert "CPU signature" in table and f"glibc {machine_info()['glibc']}" in table
+
+
+@pytest.mark.parametrize("machine, flags, backend, precision, status, why", [
+    ("aarch64", ["asimd", "asimddp"], "openvino", "int8", EMULATED, "executes INT8 models in floating point"),
+    ("aarch64", ["asimd", "asimddp"], "onnxruntime", "int8", RUNS, "Arm dot product (SDOT)"),
+    ("aarch64", ["asimd"], "openvino", "fp16", SLOW, "no FP16 arithmetic here: computed in FP32"),
+    ("aarch64", ["asimd", "asimdhp"], "openvino", "fp16", RUNS, "FP16 arithmetic (NEON FP16)"),
+    ("x86_64", ["avx2", "fma"], "onnxruntime", "int8", SLOW, "no INT8 dot-product instruction"),
+    ("x86_64", ["avx2", "avx512f", "avx512_vnni"], "onnxruntime", "int8", RUNS, "AVX-512 VNNI"),
+    ("x86_64", ["avx2", "avx512_bf16"], "openvino", "fp16", RUNS, "computed in BF16"),
+    ("x86_64", ["avx2"], "openvino", "fp32", CANNOT, "openvino is not installed"),
+])
+def test_what_runs_where(machine, flags, backend, precision, status, why):
+    installed = {"onnxruntime": "1.32.0", "openvino": None if status == CANNOT else "2026.4.1"}
+    found = artifact_status({"file": "m", "backend": backend, "precision": precision},
+                            {"machine": machine, "flags": flags, "flags_known": True}, installed)
+    assert found.status == status and why in found.why, found
+
+
+@pytest.mark.parametrize("name, floor", [
+    ("numpy-2.4.6-cp311-cp311-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl", (2, 27)),
+    ("protobuf-7.36.2-cp310-abi3-manylinux2014_aarch64.whl", (2, 17)),
+    ("openvino-2026.4.1-22982-cp311-cp311-manylinux_2_35_aarch64.whl", (2, 35)),
+    ("packaging-26.4-py3-none-any.whl", None),
+])
+def test_a_wheels_glibc_floor_is_read_from_its_platform_tags(name, floor):
+    assert wheel_floor(name) == floor
+
+
+def test_an_aarch64_kit_holds_the_bundle_runtime_wheels_and_their_floors(bundle, tmp_path):
+    result = run("export", "pack", str(bundle), "--target", "linux-aarch64", "--python", "3.11",
+                 "--out", str(tmp_path / "kits"))
+    assert result.returncode == 0, result.stderr
+    archive = tmp_path / "kits" / "dsc-linux-aarch64.tar.gz"
+    assert "for linux-aarch64, Python 3.11, glibc 2.35 or newer, a CPU with ARMv8-A with NEON" in result.stdout
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        kit = json.load(tar.extractfile("dsc-linux-aarch64/kit.json"))
+    wheels = [n.rsplit("/", 1)[1] for n in names if n.endswith(".whl")]
+    assert all("aarch64" in w or w.endswith("-none-any.whl") or "abi3" in w for w in wheels), wheels
+    assert {w.split("-")[0] for w in wheels} >= {"numpy", "onnxruntime", "openvino", "pillow", "pip"}
+    assert kit["glibc"] == "2.35" == max(kit["wheels"].values()).removeprefix("glibc ")  # openvino's
+    manifest = Bundle.open(bundle).manifest
+    assert kit["requirements"] == [f"numpy=={manifest['versions']['numpy']}",
+                                   f"onnxruntime=={manifest['versions']['onnxruntime']}",
+                                   f"openvino=={manifest['versions']['openvino']}", kit["requirements"][3]]
+    assert manifest["targets"]["linux-aarch64"]["wheels"] == kit["wheels"]
+    for needed in ("install.sh", "SHA256SUMS", "lib/runtime/kit.py", "dsc/manifest.json", "dsc/model.onnx"):
+        assert f"dsc-linux-aarch64/{needed}" in names
+    assert run("runtime", "verify", str(bundle)).returncode == 0  # the manifest's new entry keeps it whole
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "android"], "error: unknown --target 'android'; valid: linux-aarch64, linux-x86_64"),
+    (["--target", "linux-aarch64", "--glibc", "2.5"], "error: --glibc '2.5' is not a glibc version of 2.17 or newer"),
+    (["--target", "linux-aarch64", "--python", "3"], "error: --python '3' is not a Python 3 version such as 3.11"),
+    (["--python", "3.11"], "error: --python and --glibc choose the wheels of an install kit; add --target"),
+])
+def test_bad_pack_options_are_refused_in_one_line(bundle, args, message):
+    result = run("export", "pack", str(bundle), *args)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    assert not list(bundle.parent.glob("*.tar.gz"))
