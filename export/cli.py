@@ -366,8 +366,9 @@ def _print_packed(archive: Path) -> None:
     console.print("The device needs the runtime too (numpy, onnxruntime, openvino, Pillow; no torch). Here: "
                   "pip wheel --no-deps -w dist . ; copy both files of the archive and "
                   "dist/edge_export-*.whl to the device; there: pip install edge_export-*.whl && "
-                  f"sha256sum -c {archive.name}.sha256 && tar xzf {archive.name} && python -m runtime verify {name}",
-                  markup=False, soft_wrap=True)
+                  f"sha256sum -c {archive.name}.sha256 && tar xzf {archive.name} && python -m runtime verify {name}. "
+                  "A device without internet takes an offline kit instead: pack --target linux-aarch64 "
+                  "(or linux-x86_64), or python -m export deploy over SSH", markup=False, soft_wrap=True)
 
 
 def cmd_pack(args) -> int:
