@@ -48,7 +48,8 @@ class SshServers:
             pytest.skip("the deploy tests start sshd and add a user for it: they need root")
         if not SSHD.is_file() or shutil.which("ssh") is None:
             pytest.skip("OpenSSH is not installed (Debian: apt install openssh-server openssh-client)")
-        if _run("id", USER).returncode != 0:
+        self.made_user = _run("id", USER).returncode != 0
+        if self.made_user:
             made = _run("useradd", "--create-home", "--shell", "/bin/sh", USER)
             assert made.returncode == 0, made.stderr
         _run("usermod", "-p", "*", USER)  # no password, but not a locked account: sshd lets a key in
@@ -64,6 +65,7 @@ class SshServers:
         self.known_hosts = folder / "known_hosts"
         self.processes: list[subprocess.Popen] = []
         self.homes: list[Path] = []
+        self.mounts: list[Path] = []
 
     def start(self, path: str = "/usr/bin:/bin") -> int:
         """A new sshd whose sessions get PATH=`path`; returns its port."""
@@ -91,6 +93,15 @@ class SshServers:
         self.homes.append(home)
         return home
 
+    def small_disk(self, megabytes: int = 8) -> Path:
+        """A device folder on a file system of `megabytes` (a tmpfs): a device whose disk is nearly full."""
+        folder = self.device_folder()
+        mounted = _run("mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0755", "tmpfs", str(folder))
+        assert mounted.returncode == 0, mounted.stderr
+        shutil.chown(folder, USER, USER)
+        self.mounts.append(folder)
+        return folder
+
     def trust(self, port: int) -> None:
         """Add a server's host key to the test's known_hosts (what a careful user does first)."""
         key = (self.folder / "host_key.pub").read_text().split()
@@ -101,8 +112,12 @@ class SshServers:
         for p in self.processes:
             p.terminate()
             p.wait(timeout=10)
+        for folder in self.mounts:
+            _run("umount", str(folder))
         for home in [*self.homes, self.folder]:
             shutil.rmtree(home, ignore_errors=True)
+        if self.made_user:
+            _run("userdel", "--remove", USER)
 
 
 def tools_without_python(folder: Path) -> Path:

@@ -122,12 +122,14 @@ def failing(servers, bundle):
     no_python = servers.start(path=str(tools_without_python(tools / "bare")))
     old = servers.start(path=f"{old_glibc_tools(tools / 'old')}:/usr/bin:/bin")
     unknown_host = servers.start()
-    for port in (good, no_python, old):
+    small = servers.start()
+    for port in (good, no_python, old, small):
         servers.trust(port)
     devices = {"good": f"edge-device@127.0.0.1:{good}{servers.device_folder()}",
                "no_python": f"edge-device@127.0.0.1:{no_python}{servers.device_folder()}",
                "old_glibc": f"edge-device@127.0.0.1:{old}{servers.device_folder()}",
                "unknown_host": f"edge-device@127.0.0.1:{unknown_host}",
+               "full_disk": f"edge-device@127.0.0.1:{small}{servers.small_disk()}",
                "unreachable": "edge-device@127.0.0.1:1"}
     result = deploy(bundle, servers, *devices.values())
     wrong_key = deploy(bundle, servers, f"edge-device@127.0.0.1:{good}",
@@ -141,6 +143,7 @@ def failing(servers, bundle):
                   "--glibc 2.17"),
     ("unknown_host", "is not known: check its fingerprint and add it to known_hosts (ssh-keyscan), or pass "
                      "--accept-new-host-key to trust it on this first contact"),
+    ("full_disk", "not enough disk at '/tmp/edge-device-"),
     ("unreachable", "127.0.0.1 port 1 is unreachable (connect to host 127.0.0.1 port 1: Connection refused)"),
 ])
 def test_each_broken_device_gets_its_reason_and_the_others_go_on(failing, device, reason):
