@@ -35,8 +35,8 @@ def main() -> None:
         f"eager {args.against}": TorchRunner(models.create(args.against), args.threads),
     }
     for art in bundle.artifacts:
-        contenders[f"{variant} {art['backend']} {art['precision']}"] = runtime.load(
-            bundle, art["backend"], art["precision"], args.threads)
+        contenders[f"{variant} {art.backend} {art.precision}"] = runtime.load(bundle, art.backend, art.precision,
+                                                                              args.threads)
     stats = bench_interleaved(contenders, feeds, warmup=10, runs=args.runs, rounds=10)
 
     own, other = stats[f"eager {variant}"]["p50_ms"], stats[f"eager {args.against}"]["p50_ms"]

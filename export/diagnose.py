@@ -232,7 +232,7 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
         work = Path(work)
         if opened is not None:
             feeds = {k: v[:1] for k, v in opened.golden()[0].items()}
-            files = {a["backend"]: opened.path / a["file"] for a in opened.artifacts if a["precision"] == "fp32"}
+            files = {a.backend: opened.path / a.file for a in opened.artifacts if a.precision == "fp32"}
         else:
             feeds = golden.golden_inputs(spec, 2, 0)  # batch 2: the batch axis stays dynamic
             made = make_fp32_artifacts(model, feeds, work, opset, ("fp32",))

@@ -137,7 +137,7 @@ def _parse_glibc(text: str) -> tuple[int, int]:
 def requirements(bundle: Bundle) -> list[str]:
     """What the runtime needs on the device for this bundle, pinned to the versions it was proven with."""
     proven = bundle.manifest.get("versions", {})
-    names = ["numpy", *sorted({a["backend"] for a in bundle.artifacts}), "pillow"]
+    names = ["numpy", *sorted({a.backend for a in bundle.artifacts}), "pillow"]
     pins = []
     for name in names:
         version = proven.get(name)

@@ -24,7 +24,7 @@ from torch import nn
 
 import models
 from runtime import runners as rt
-from runtime.bundle import GOLDEN, Bundle, sha256
+from runtime.bundle import GOLDEN, Artifact, Bundle, sha256
 from runtime.compare import BOUNDS, Parity, effective_bounds
 from runtime.errors import UserError
 from runtime.files import clean_leftovers, publish, temporary_name
@@ -67,23 +67,19 @@ def _manifest_of(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = False) -> list[dict[str, Any]]:
-    entries = []
+def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = False) -> list[Artifact]:
+    """The artifacts a build makes, each with its nominal bound (and INT8's task bounds)."""
+    files = []
     if "onnxruntime" in backends:
-        entries.append({"file": ONNX_FILE, "backend": "onnxruntime", "precision": "fp32"})
+        files.append((ONNX_FILE, "onnxruntime", "fp32"))
     if "openvino" in backends:
-        for precision, name in openvino_convert.IR_FILES.items():
-            entries.append({"file": name, "backend": "openvino", "precision": precision})
+        files += [(name, "openvino", precision) for precision, name in openvino_convert.IR_FILES.items()]
     if int8:
-        entries += [{"file": INT8_FILES[b], "backend": b, "precision": "int8"} for b in backends]
+        files += [(INT8_FILES[b], b, "int8") for b in backends]
     task = task_of(spec)
-    for e in entries:
-        e["key"] = f"{e['backend']}/{e['precision']}"
-        e["bound"] = spec.bound(e["backend"], e["precision"], BOUNDS[(e["backend"], e["precision"])])
-        e["bound_metric"] = "max_rel"
-        if e["precision"] == "int8" and task.int8_bounds:
-            e["task_bounds"] = dict(task.int8_bounds)
-    return entries
+    return [Artifact(file, backend, precision, spec.bound(backend, precision, BOUNDS[(backend, precision)]),
+                     task_bounds=dict(task.int8_bounds) if precision == "int8" and task.int8_bounds else {})
+            for file, backend, precision in files]
 
 
 def model_for(s: BuildSettings) -> tuple[nn.Module, ModelSpec, dict | None]:
@@ -197,7 +193,7 @@ class BuildState:
     noise: dict[str, float] = field(default_factory=dict)
     made: FP32Artifacts | None = None
     int8: "_Int8 | None" = None
-    artifacts: list[dict[str, Any]] = field(default_factory=list)  # what ships, as the manifest lists it
+    artifacts: list[Artifact] = field(default_factory=list)  # what ships
     runners: dict[str, rt.Runner] = field(default_factory=dict)
     parity: dict[str, Parity] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # FP32 parity failures: the build fails
@@ -262,24 +258,24 @@ def _describe_stage(st: BuildState) -> None:
     """The artifacts with their bounds, and the manifest the runtime loads them through."""
     st.artifacts = artifact_entries(st.spec, st.s.backends, int8=bool(st.s.quantize))
     for a in st.artifacts:
-        if a["precision"] == "int8" and "task" in st.sets:
-            a["judged_on"] = "task"
-        a["bounds"] = effective_bounds(a["bound"], st.noise)
+        if a.precision == "int8" and "task" in st.sets:
+            a.judged_on = "task"
+        a.bounds = effective_bounds(a.bound, st.noise)
     st.manifest.update({
         "golden": {"file": GOLDEN, "seed": st.s.seed, "batch": st.s.golden_batch,
                    "sets": {name: len(next(iter(x.values()))) for name, (x, _) in st.sets.items()}},
         "reference_noise": {"what": "largest max rel err of PyTorch fp32 against fp64, and against fp32 "
                             "with the golden inputs moved by one ulp; an output's bound is raised to twice "
                             "this where it is larger", "outputs": st.noise},
-        "artifacts": st.artifacts, "versions": tool_versions(), "machine": machine_info()})
+        "artifacts": [a.to_dict() for a in st.artifacts], "versions": tool_versions(), "machine": machine_info()})
     write_manifest(st.folder, st.manifest)
 
 
 def _load_stage(st: BuildState, stack: contextlib.ExitStack) -> None:
     loaded = Bundle.open(st.folder)
     with st.stage("load artifacts"):
-        st.runners = {a["key"]: stack.enter_context(rt.load(loaded, a["backend"], a["precision"], st.s.threads,
-                                                               cache=False)) for a in st.artifacts}
+        st.runners = {a.key: stack.enter_context(rt.load(loaded, a.backend, a.precision, st.s.threads, cache=False))
+                      for a in st.artifacts}
 
 
 def _parity_stage(st: BuildState) -> None:
@@ -287,13 +283,13 @@ def _parity_stage(st: BuildState) -> None:
     divergence localised); FP16 that fails is not shipped."""
     sizes = len([k for k in st.sets if k.startswith("size.")])
     with st.stage("parity against PyTorch" + (f" at {sizes + 1} sizes" if sizes else "")):
-        st.parity = validate(st.runners, {a["key"]: a for a in st.artifacts}, st.sets, task_of(st.spec))
+        st.parity = validate(st.runners, {a.key: a for a in st.artifacts}, st.sets, task_of(st.spec))
     for a in list(st.artifacts):
-        a["parity"] = st.parity[a["key"]].to_dict()
-        problems = [f"{a['file']} on {a['backend']} ({a['precision']}): {f}" for f in st.parity[a["key"]].failures()]
-        if problems and a["precision"] == "fp16":
+        a.parity = st.parity[a.key].to_dict()
+        problems = [f"{a.file} on {a.backend} ({a.precision}): {f}" for f in st.parity[a.key].failures()]
+        if problems and a.precision == "fp16":
             _reject(a, "; ".join(problems), st)
-        st.failures += [] if a["precision"] != "fp32" else problems
+        st.failures += [] if a.precision != "fp32" else problems
     if st.failures:
         with st.stage("localising the divergence"):
             st.manifest["diagnosis"] = [d.summary() for d in _localise(st.folder, st.s, st.model, st.feeds,
@@ -309,22 +305,22 @@ def _latency_stage(st: BuildState) -> None:
 def _int8_stage(st: BuildState) -> None:
     """Per INT8 artifact, the policy's search; what it ships replaces the full plan's model, or nothing ships."""
     q, latency = st.manifest["quantization"], st.manifest["latency"]
-    for a in [a for a in st.artifacts if a["precision"] == "int8"]:
-        with st.stage(f"INT8 on {a['backend']}: sensitivity and frontier (budget {st.s.int8_budget:.0f} s)"):
-            found = st.int8.search(a, st.runners, st.parity[a["key"]], latency, st.sets, task_of(st.spec),
+    for a in [a for a in st.artifacts if a.precision == "int8"]:
+        with st.stage(f"INT8 on {a.backend}: sensitivity and frontier (budget {st.s.int8_budget:.0f} s)"):
+            found = st.int8.search(a, st.runners, st.parity[a.key], latency, st.sets, task_of(st.spec),
                                    st.made.modules)
-        q["search"][a["backend"]] = found.to_dict()
+        q["search"][a.backend] = found.to_dict()
         shipped = found.shipped
         if shipped is None:
-            latency.pop(a["key"])
+            latency.pop(a.key)
             _reject(a, found.reason(), st)
             continue
         if shipped.file is not None:  # a plan other than the full one: its model replaces the full plan's
-            st.runners.pop(a["key"]).close()
-            quantize.install(shipped, st.folder / a["file"])
-            q["plans"][a["backend"]] = shipped.made
-        a.update(plan=shipped.plan.name, method=shipped.method, parity=shipped.parity.to_dict())
-        latency[a["key"]] = shipped.latency
+            st.runners.pop(a.key).close()
+            quantize.install(shipped, st.folder / a.file)
+            q["plans"][a.backend] = shipped.made
+        a.plan, a.method, a.parity = shipped.plan.name, shipped.method, shipped.parity.to_dict()
+        latency[a.key] = shipped.latency
 
 
 def _finish_stage(st: BuildState) -> None:
@@ -338,18 +334,18 @@ def _finish_stage(st: BuildState) -> None:
     if "onnxruntime" not in s.backends:
         (folder / ONNX_FILE).unlink()  # only the source of the IRs (and of INT8's plans)
     for a in st.artifacts:  # size on disk: an IR's .xml and .bin together
-        a["bytes"] = sum(f.stat().st_size for f in {folder / a["file"], folder / (a["file"].removesuffix(".xml") + ".bin")}
-                         if f.is_file())
+        a.bytes = sum((folder / f).stat().st_size for f in a.files)
+    m["artifacts"] = [a.to_dict() for a in st.artifacts]
     plot_frontier(m, folder / FRONTIER_PLOT)
     (folder / "report.md").write_text(report_markdown(m))
     write_manifest(folder, m)
 
 
-def recommend(latency: dict[str, dict], artifacts: list[dict]) -> dict[str, Any]:
+def recommend(latency: dict[str, dict], artifacts: list[Artifact]) -> dict[str, Any]:
     """The shipped artifact with the lowest p50 in this build: what `runtime.load` runs by default."""
-    shipped = {a["key"]: a for a in artifacts}
+    shipped = {a.key: a for a in artifacts}
     best = min((k for k in latency if k in shipped), key=lambda k: latency[k]["p50_ms"])
-    return {"backend": shipped[best]["backend"], "precision": shipped[best]["precision"],
+    return {"backend": shipped[best].backend, "precision": shipped[best].precision,
             "p50_ms": latency[best]["p50_ms"], "why": "the fastest shipped artifact in this build's interleaved run"}
 
 
@@ -383,17 +379,17 @@ class _Int8:
             made = self.ov.quantize(quantize.full_plan(self.keep), dst)
             return {**made, "note": f"NNCF failed ({type(err).__name__}: {err}); ONNX Runtime's QDQ model instead"}
 
-    def search(self, a: dict, runners: dict, parity: Parity, latency: dict, sets: dict, task: Task,
+    def search(self, a: Artifact, runners: dict, parity: Parity, latency: dict, sets: dict, task: Task,
                modules: dict[str, str]) -> quantize.Search:
         """The INT8 policy for the artifact `a`; with `--calib-method all`, ONNX Runtime's
         search goes on with the method whose full plan did least damage."""
-        s, backend, twin = self.s, a["backend"], runners[f"{a['backend']}/fp32"]
+        s, backend, twin = self.s, a.backend, runners[f"{a.backend}/fp32"]
         loaded = Bundle.open(self.bundle)
         judge = quantize.Judge(a, sets, task, lambda file, profile=False: rt.RUNNERS[backend](
             file, loaded.spec.inputs, loaded.manifest["outputs"], "int8", s.threads, profile=profile),
-            self.bundle / loaded.artifact(backend, "fp32")["file"], s.warmup, s.runs)
+            self.bundle / loaded.artifact(backend, "fp32").file, s.warmup, s.runs)
         full = quantize.Attempt(quantize.full_plan(self.keep), self.quantizer(backend).method, parity,
-                                latency[a["key"]], latency[f"{backend}/fp32"]["p50_ms"])
+                                latency[a.key], latency[f"{backend}/fp32"]["p50_ms"])
         others = []
         if backend == "onnxruntime" and len(self.ort) > 1:
             for method in list(self.ort)[1:]:
@@ -437,19 +433,18 @@ class _Int8:
                                self.work / "qat-search", self.s.int8_budget)
 
 
-def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, artifacts: list[dict]) -> list:
+def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, artifacts: list[Artifact]) -> list:
     from .diagnose import localise_files
 
-    files = {a["backend"]: bundle / a["file"] for a in artifacts if a["precision"] == "fp32"}
+    files = {a.backend: bundle / a.file for a in artifacts if a.precision == "fp32"}
     feeds = {k: v[:1] for k, v in inputs.items()}
     return localise_files(model, feeds, files, s.opset, s.threads)
 
 
-def _reject(a: dict, reason: str, st: BuildState) -> None:
+def _reject(a: Artifact, reason: str, st: BuildState) -> None:
     """An optional precision that loses is not shipped; the manifest says why."""
     st.artifacts.remove(a)
-    st.runners.pop(a["key"]).close()
-    (st.folder / a["file"]).unlink()
-    if a["file"].endswith(".xml"):  # its weights: model.fp16.xml -> model.fp16.bin
-        (st.folder / (a["file"].removesuffix(".xml") + ".bin")).unlink()
-    st.rejected.append({**a, "reason": reason})
+    st.runners.pop(a.key).close()
+    for file in a.files:  # an IR's weights too: model.fp16.xml -> model.fp16.bin
+        (st.folder / file).unlink()
+    st.rejected.append({**a.to_dict(), "reason": reason})

@@ -41,6 +41,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from runtime.bench import bench_interleaved
+from runtime.bundle import Artifact
 from runtime.compare import Parity, check_artifact, compare
 from runtime.runners import Runner
 from runtime.tasks import Task
@@ -268,7 +269,7 @@ class Judge:
     """How a candidate INT8 model is measured on one backend: against PyTorch on the
     artifact's sets, and timed interleaved against another runner."""
 
-    entry: Mapping[str, Any]  # the artifact's manifest entry: bounds, task bounds, judged_on
+    artifact: Artifact  # its bounds, task bounds and the set it is judged on
     sets: Mapping[str, tuple[dict, dict]]
     task: Task
     open: Callable[..., Runner]  # (a model file, profile=False) -> a runner on the backend
@@ -283,10 +284,9 @@ class Judge:
     def parity(self, runner: Runner, every_set: bool = True) -> Parity:
         """On every set (the judged one and every other size), or on the judged set alone."""
         if every_set:
-            return check_artifact(runner, self.entry, self.sets, self.task)
-        inputs, reference = self.sets[self.entry.get("judged_on", "golden")]
-        return compare(reference, runner.infer(inputs), self.entry["bounds"], self.task,
-                       self.entry.get("task_bounds"))
+            return check_artifact(runner, self.artifact, self.sets, self.task)
+        inputs, reference = self.sets[self.artifact.judged_on]
+        return compare(reference, runner.infer(inputs), self.artifact.bounds, self.task, self.artifact.task_bounds)
 
     def race(self, runner: Runner, other: Runner) -> tuple[dict, dict]:
         lat = bench_interleaved({"int8": runner, "other": other}, self.feeds, self.warmup, self.runs)

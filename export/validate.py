@@ -6,11 +6,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from runtime.bundle import Artifact
 from runtime.compare import Parity, check_artifact
 from runtime.tasks import Task
 
 
-def validate(runners: Mapping[str, Any], artifacts: Mapping[str, Mapping[str, Any]],
+def validate(runners: Mapping[str, Any], artifacts: Mapping[str, Artifact],
              sets: Mapping[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], task: Task) -> dict[str, Parity]:
     """Parity per artifact (keyed like `runners`), as `runtime.compare.check_artifact` judges it."""
     return {key: check_artifact(runner, artifacts[key], sets, task) for key, runner in runners.items()}

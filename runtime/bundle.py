@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,46 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass
+class Artifact:
+    """One model file of a bundle, as its manifest lists it: which backend runs it in which
+    precision, the bounds it is held to against PyTorch and the parity it showed. The build
+    fills one in stage by stage; the runtime reads it back (`from_dict`)."""
+
+    file: str  # relative to the bundle; an IR's weights sit beside it (.bin)
+    backend: str
+    precision: str
+    bound: float  # the nominal bound on the max relative error against PyTorch
+    bounds: dict[str, float] = field(default_factory=dict)  # per output: `bound`, raised to the reference's noise
+    bound_metric: str = "max_rel"
+    task_bounds: dict[str, Any] = field(default_factory=dict)  # INT8: task figure -> ["max" | "min", limit]
+    judged_on: str = "golden"  # the set of golden.npz its parity is taken on
+    parity: dict[str, Any] | None = None  # `runtime.compare.Parity.to_dict()` of the build's check
+    plan: str | None = None  # INT8: the plan that shipped, and its calibration method
+    method: str | None = None
+    bytes: int | None = None  # size on disk, an IR's .bin included
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}/{self.precision}"
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The bundle's files this artifact is made of."""
+        return (self.file, self.file.removesuffix(".xml") + ".bin") if self.file.endswith(".xml") else (self.file,)
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> "Artifact":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in entry.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's entry: its fields (those that apply) and the key readers look it up by."""
+        entry = {"file": self.file, "backend": self.backend, "precision": self.precision, "key": self.key}
+        entry.update((k, v) for k, v in asdict(self).items() if k not in entry and v not in (None, {}))
+        return entry
 
 
 @dataclass(frozen=True)
@@ -78,15 +118,15 @@ class Bundle:
         return ModelSpec.from_dict(self.manifest["spec"])
 
     @property
-    def artifacts(self) -> list[dict[str, Any]]:
-        return self.manifest["artifacts"]
+    def artifacts(self) -> list[Artifact]:
+        return [Artifact.from_dict(entry) for entry in self.manifest["artifacts"]]
 
-    def artifact(self, backend: str, precision: str) -> dict[str, Any]:
+    def artifact(self, backend: str, precision: str) -> Artifact:
         check_choice("backend", backend, BACKENDS)
-        for entry in self.artifacts:
-            if entry["backend"] == backend and entry["precision"] == precision:
-                return entry
-        have = [a["precision"] for a in self.artifacts if a["backend"] == backend]
+        for a in self.artifacts:
+            if a.backend == backend and a.precision == precision:
+                return a
+        have = [a.precision for a in self.artifacts if a.backend == backend]
         raise UserError(f"bundle {str(self.path)!r} has no {precision!r} artifact for {backend}; "
                         f"it has: {', '.join(have) or 'none'}")
 
@@ -110,7 +150,7 @@ class Bundle:
             return None
         if not isinstance(chosen, dict):
             return None
-        have = {(a["backend"], a["precision"]) for a in self.artifacts}
+        have = {(a.backend, a.precision) for a in self.artifacts}
         return chosen if (chosen.get("backend"), chosen.get("precision")) in have else None
 
     def record_device_choice(self, signature: str, choice: dict[str, Any]) -> Path:

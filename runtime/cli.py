@@ -60,15 +60,15 @@ def cmd_verify(args) -> int:
     for c in result.checks:
         a = c.artifact
         if c.skipped:
-            rows.append([a["file"], a["backend"], a["precision"], "skipped", c.skipped, "", ""])
+            rows.append([a.file, a.backend, a.precision, "skipped", c.skipped, "", ""])
             continue
         worst = c.parity.worst
-        rows.append([a["file"], a["backend"], a["precision"], "pass" if c.passed else "FAIL",
+        rows.append([a.file, a.backend, a.precision, "pass" if c.passed else "FAIL",
                      f"{worst.max_rel:.1e} ({worst.name})", f"{worst.bound:.1e}", task.describe(c.parity.task)])
     print(format_table(["artifact", "backend", "precision", "parity", "max rel err", "bound", "task vs PyTorch"], rows))
     for c in result.checks:
         for failure in c.parity.failures() if c.parity else []:
-            print(f"FAIL  {c.artifact['file']} ({c.artifact['backend']} {c.artifact['precision']}): {failure}")
+            print(f"FAIL  {c.artifact.file} ({c.artifact.backend} {c.artifact.precision}): {failure}")
     print("verify: " + ("passed" if result.passed else "FAILED"))
     return 0 if result.passed else 1
 
@@ -140,8 +140,8 @@ def _bench_choose(bundle, args) -> int:
     if checked.file_problems:
         raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest "
                         f"({'; '.join(checked.file_problems)}); copy it again before choosing")
-    passed = [(c.artifact["backend"], c.artifact["precision"]) for c in checked.checks if c.passed]
-    refused = {(c.artifact["backend"], c.artifact["precision"]): c.skipped or "fails parity here"
+    passed = [(c.artifact.backend, c.artifact.precision) for c in checked.checks if c.passed]
+    refused = {(c.artifact.backend, c.artifact.precision): c.skipped or "fails parity here"
                for c in checked.checks if not c.passed}
     if not passed:
         raise UserError(f"no artifact of {bundle.name} runs within its bounds here: "

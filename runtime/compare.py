@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .bundle import Artifact
 from .tasks import Task
 
 # Bounds on max relative error, by backend and precision (recorded in the manifest).
@@ -109,16 +110,16 @@ def compare(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], bound:
     return Parity(outputs, task.agreement(ref, out) if task is not None else {}, limits)
 
 
-def check_artifact(runner: Any, artifact: Mapping[str, Any], sets: Mapping[str, tuple[dict, dict]],
+def check_artifact(runner: Any, artifact: Artifact, sets: Mapping[str, tuple[dict, dict]],
                    task: Task | None) -> Parity:
     """An artifact's parity on its set of inputs (`judged_on`: "golden" unless said
     otherwise) and, for a model with dynamic sides, on every other size stored
     (sets named "size.HxW"; their outputs reported as "logits@HxW")."""
-    inputs, reference = sets[artifact.get("judged_on", "golden")]
-    parity = compare(reference, runner.infer(inputs), artifact["bounds"], task, artifact.get("task_bounds"))
+    inputs, reference = sets[artifact.judged_on]
+    parity = compare(reference, runner.infer(inputs), artifact.bounds, task, artifact.task_bounds)
     for name, (inputs, reference) in sets.items():
         if name.startswith("size."):
-            other = compare(reference, runner.infer(inputs), artifact["bounds"])
+            other = compare(reference, runner.infer(inputs), artifact.bounds)
             size = name.removeprefix("size.")
             parity = replace(parity, outputs=parity.outputs + [replace(o, name=f"{o.name}@{size}")
                                                                for o in other.outputs])

@@ -12,7 +12,7 @@ import importlib.metadata
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .bundle import BACKENDS, Bundle
+from .bundle import BACKENDS, Artifact, Bundle
 from .machine import ARM, FEATURES, cpu_signature, int8_instructions, machine_info
 
 RUNS, SLOW, EMULATED, CANNOT = "runs", "runs, no speed-up", "emulated", "cannot run"
@@ -38,9 +38,9 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def artifact_status(art: dict[str, Any], machine: dict[str, Any], installed: dict[str, str | None]) -> ArtifactStatus:
-    backend, precision, flags = art["backend"], art["precision"], set(machine["flags"])
-    status = lambda s, why="": ArtifactStatus(art["file"], backend, precision, s, why)  # noqa: E731
+def artifact_status(art: Artifact, machine: dict[str, Any], installed: dict[str, str | None]) -> ArtifactStatus:
+    backend, precision, flags = art.backend, art.precision, set(machine["flags"])
+    status = lambda s, why="": ArtifactStatus(art.file, backend, precision, s, why)  # noqa: E731
     arm = machine["machine"] in ARM
     if not installed.get(backend):
         return status(CANNOT, f"{backend} is not installed")

@@ -364,7 +364,7 @@ def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str
     entry = bundle.artifact(backend, precision)
     try:
         runner_cls = RUNNERS[backend]
-        return runner_cls(bundle.path / entry["file"], bundle.spec.inputs,
+        return runner_cls(bundle.path / entry.file, bundle.spec.inputs,
                           bundle.manifest["outputs"], precision, threads, mode, profile, cache)
     except ImportError:
         raise UserError(f"backend {backend!r} is not installed here; pip install {backend}") from None

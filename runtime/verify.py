@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle
+from .bundle import Artifact, Bundle
 from .compare import Parity, check_artifact
 from .runners import installed_backends, load
 from .tasks import task_of
@@ -15,7 +15,7 @@ from .tasks import task_of
 
 @dataclass
 class ArtifactCheck:
-    artifact: dict[str, Any]
+    artifact: Artifact
     parity: Parity | None = None
     skipped: str = ""
 
@@ -40,7 +40,7 @@ class Verification:
         """What `verify --json` prints (and `export deploy` reads back from a device)."""
         def check(c: ArtifactCheck) -> dict[str, Any]:
             a = c.artifact
-            entry = {"file": a["file"], "backend": a["backend"], "precision": a["precision"]}
+            entry = {"file": a.file, "backend": a.backend, "precision": a.precision}
             if c.skipped:
                 return {**entry, "status": "skipped", "why": c.skipped}
             worst = c.parity.worst
@@ -64,14 +64,13 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
     for art in bundle.artifacts:
         check = ArtifactCheck(art)
         result.checks.append(check)
-        files = [f for f in bundle.manifest["files"] if f.removesuffix(".bin") == art["file"].removesuffix(".xml")]
-        if art["backend"] not in have:
-            check.skipped = f"{art['backend']} is not installed"
+        if art.backend not in have:
+            check.skipped = f"{art.backend} is not installed"
         elif not sets:
             check.skipped = "golden.npz is missing or changed"
-        elif broken & set(files):
+        elif broken & set(art.files):
             check.skipped = "its file is missing or changed"
         else:
-            with load(bundle, art["backend"], art["precision"], threads) as runner:
+            with load(bundle, art.backend, art.precision, threads) as runner:
                 check.parity = check_artifact(runner, art, sets, task)
     return result

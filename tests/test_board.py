@@ -11,7 +11,7 @@ import pytest
 
 import runtime
 from export.pack import pack, wheel_floor
-from runtime.bundle import DEVICE_CHOICE, Bundle
+from runtime.bundle import DEVICE_CHOICE, Artifact, Bundle
 from runtime.doctor import CANNOT, EMULATED, RUNS, SLOW, artifact_status
 from runtime.machine import cpu_signature, machine_info
 from tests.test_cli import run
@@ -28,7 +28,7 @@ def test_bench_choose_times_every_artifact_and_load_follows_the_choice(bundle):
     result = run("runtime", "bench", str(bundle), "--choose", "--runs", "5", "--warmup", "1", "--json")
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    shipped = {f"{a['backend']} {a['precision']}" for a in Bundle.open(bundle).artifacts}
+    shipped = {f"{a.backend} {a.precision}" for a in Bundle.open(bundle).artifacts}
     assert set(figures["artifacts"]) == shipped and all(f["runs"] == 5 for f in figures["artifacts"].values())
     fastest = min(figures["artifacts"], key=lambda k: figures["artifacts"][k]["p50_ms"])
     assert f"{figures['choice']['backend']} {figures['choice']['precision']}" == fastest
@@ -64,7 +64,7 @@ def test_doctor_names_this_machine_and_what_of_the_bundle_runs(bundle):
     report = json.loads(result.stdout)
     assert report["machine"] == machine_info() and report["cpu_signature"] == cpu_signature()
     assert report["versions"]["onnxruntime"] and report["versions"]["openvino"] and report["versions"]["numpy"]
-    assert [a["file"] for a in report["artifacts"]] == [a["file"] for a in Bundle.open(bundle).artifacts]
+    assert [a["file"] for a in report["artifacts"]] == [a.file for a in Bundle.open(bundle).artifacts]
     assert all(a["status"] == RUNS for a in report["artifacts"] if a["precision"] == "fp32")
     table = run("runtime", "doctor", str(bundle)).stdout
     assert "CPU signature" in table and f"glibc {machine_info()['glibc']}" in table
@@ -82,7 +82,7 @@ def test_doctor_names_this_machine_and_what_of_the_bundle_runs(bundle):
 ])
 def test_what_runs_where(machine, flags, backend, precision, status, why):
     installed = {"onnxruntime": "1.32.0", "openvino": None if status == CANNOT else "2026.4.1"}
-    found = artifact_status({"file": "m", "backend": backend, "precision": precision},
+    found = artifact_status(Artifact("m", backend, precision, 1e-3),
                             {"machine": machine, "flags": flags, "flags_known": True}, installed)
     assert found.status == status and why in found.why, found
 

@@ -77,7 +77,7 @@ def test_load_runs_the_recommended_artifact_by_default(built):
     bundle = runtime.Bundle.open(built("dsc").bundle)
     recommended = bundle.manifest["recommended"]
     latency = bundle.manifest["latency"]
-    shipped = {a["key"] for a in bundle.artifacts}
+    shipped = {a.key for a in bundle.artifacts}
     assert latency[f"{recommended['backend']}/{recommended['precision']}"]["p50_ms"] == min(
         v["p50_ms"] for k, v in latency.items() if k in shipped)
     with runtime.load(bundle) as runner:

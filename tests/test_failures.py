@@ -159,7 +159,7 @@ def runners(built):
 def between_backends(built):
     """Each FP32 artifact is within its recorded bound of PyTorch, so the two are within the sum of each other."""
     bundle = runtime.Bundle.open(built("dsc").bundle)
-    ort, ov = (bundle.artifact(backend, "fp32")["bounds"] for backend in ("onnxruntime", "openvino"))
+    ort, ov = (bundle.artifact(backend, "fp32").bounds for backend in ("onnxruntime", "openvino"))
     return {name: ort[name] + ov[name] for name in ort}
 
 

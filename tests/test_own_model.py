@@ -62,8 +62,8 @@ def test_a_model_written_by_others_builds_verifies_without_torch_and_infers(name
     bundle = runtime.Bundle.open(tmp_path / name)
     spec = bundle.spec
     assert spec.source["model"] == ref
-    assert {a["key"] for a in bundle.artifacts} >= {"onnxruntime/fp32", "openvino/fp32"}
-    assert all(a["parity"]["passed"] for a in bundle.artifacts)
+    assert {a.key for a in bundle.artifacts} >= {"onnxruntime/fp32", "openvino/fp32"}
+    assert all(a.parity["passed"] for a in bundle.artifacts)
 
     verify = run_without_torch("verify", str(bundle.path))
     assert verify.returncode == 0 and verify.stdout.strip().endswith("verify: passed"), verify.stdout + verify.stderr
@@ -231,7 +231,7 @@ def test_a_zoo_segmenter_is_proven_at_two_sizes_and_runs_at_any_multiple(built):
     bundle = runtime.Bundle.open(built("erfnet").bundle)
     assert bundle.golden_sets() == ["golden", "size.192x640"]
     for a in bundle.artifacts:
-        assert set(a["parity"]["outputs"]) == {"logits", "logits@192x640"} and a["parity"]["passed"]
+        assert set(a.parity["outputs"]) == {"logits", "logits@192x640"} and a.parity["passed"]
     with runtime.load(bundle, "onnxruntime") as runner:
         assert runner.infer(np.full((1, 3, 72, 136), 0.5, np.float32))["logits"].shape == (1, 19, 72, 136)
         with pytest.raises(ValueError, match=r"input 'image': expected shape \(batch, 3, height, width\) with "

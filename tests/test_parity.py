@@ -15,7 +15,7 @@ from runtime.compare import BOUNDS, check_artifact
 from runtime.tasks import task_of
 
 # what a build makes without --quantize (INT8 has its own tests)
-ARTIFACTS = [(a["backend"], a["precision"]) for a in artifact_entries(models.spec("dsc"), BACKENDS)]
+ARTIFACTS = [(a.backend, a.precision) for a in artifact_entries(models.spec("dsc"), BACKENDS)]
 
 
 @pytest.mark.parametrize("backend, precision", ARTIFACTS, ids=[f"{b}-{p}" for b, p in ARTIFACTS])
@@ -36,7 +36,7 @@ def test_artifact_matches_pytorch(built, variant, backend, precision):
     bundle = runtime.Bundle.open(result.bundle)
     sets = {name: bundle.golden(name) for name in bundle.golden_sets()}
     with runtime.load(bundle, backend, precision, threads=2) as runner:
-        parity = check_artifact(runner, entry, sets, task_of(bundle.spec))
+        parity = check_artifact(runner, bundle.artifact(backend, precision), sets, task_of(bundle.spec))
     assert parity.passed, parity.failures()
     if precision == "fp32" and "keypoint_error_px" in parity.task:
         assert parity.task["keypoint_error_px"] < 0.01

@@ -79,9 +79,9 @@ def test_a_published_encoder_decoder_checkpoint_builds_and_matches_the_published
         expected = theirs(torch.from_numpy(x)).numpy()
     bundle = runtime.Bundle.open(result.bundle)
     for a in bundle.artifacts:
-        with runtime.load(bundle, a["backend"], a["precision"]) as runner:
-            figures = output_parity("logits", expected, runner.infer(x)["logits"], a["bounds"]["logits"])
-        assert figures.passed, (a["key"], figures)
+        with runtime.load(bundle, a.backend, a.precision) as runner:
+            figures = output_parity("logits", expected, runner.infer(x)["logits"], a.bounds["logits"])
+        assert figures.passed, (a.key, figures)
 
 
 def test_the_cli_reads_a_published_checkpoint_and_names_what_it_skipped(tmp_path):
@@ -121,11 +121,11 @@ def test_a_first_order_model_kp_detector_checkpoint_matches_the_published_detect
     with torch.no_grad():
         expected = {k: v.numpy() for k, v in theirs(torch.from_numpy(x)).items()}
     for a in bundle.artifacts:
-        with runtime.load(bundle, a["backend"], a["precision"]) as runner:
+        with runtime.load(bundle, a.backend, a.precision) as runner:
             got = runner.infer(x)
         for name in ("value", "jacobian"):
-            figures = output_parity(name, expected[name], got[name], a["bounds"][name])
-            assert figures.passed, (a["key"], figures)
+            figures = output_parity(name, expected[name], got[name], a.bounds[name])
+            assert figures.passed, (a.key, figures)
 
 
 def test_the_zoo_computes_exactly_what_the_published_modules_compute(tmp_path):

@@ -45,8 +45,8 @@ def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dic
     contenders = dict(made)
     with contextlib.ExitStack() as stack:
         for a in bundle.artifacts:
-            name = f"{a['backend']} {a['precision']}"
-            contenders[name] = stack.enter_context(runtime.load(bundle, a["backend"], a["precision"], threads))
+            contenders[f"{a.backend} {a.precision}"] = stack.enter_context(runtime.load(bundle, a.backend,
+                                                                                         a.precision, threads))
         stats = bench_interleaved(contenders, feeds, warmup=5, runs=runs, rounds=5, max_seconds=5.0 * len(contenders))
     work = flops(model, shape)
     best_peer = min((n for n in made), key=lambda n: stats[n]["p50_ms"])
@@ -80,7 +80,7 @@ def cold_start(bundle: Bundle, feeds: Mapping[str, np.ndarray], threads: int) ->
         os.environ["EDGE_EXPORT_CACHE"] = cache
         try:
             for a in bundle.artifacts:
-                b, p = a["backend"], a["precision"]
+                b, p = a.backend, a.precision
                 row = {"no_cache_ms": once(b, p, cache=False)}
                 once(b, p, cache=True)  # writes the cache
                 row["warm_cache_ms"] = once(b, p, cache=True)

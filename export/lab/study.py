@@ -64,8 +64,8 @@ def _int8_runners(s: StudySettings, variant: str) -> dict[tuple, Any]:
     if not (path / "manifest.json").is_file():
         return {}
     bundle = Bundle.open(path)
-    return {(variant, f"{a['backend']} int8"): rt.load(bundle, a["backend"], "int8", s.threads, cache=False)
-            for a in bundle.artifacts if a["precision"] == "int8"}
+    return {(variant, f"{a.backend} int8"): rt.load(bundle, a.backend, "int8", s.threads, cache=False)
+            for a in bundle.artifacts if a.precision == "int8"}
 
 
 def convolution(st: Study) -> list[Section]:
