@@ -41,19 +41,20 @@ def device_glibc() -> str | None:
     return version if name == "glibc" else None
 
 
-def cpu_flags() -> set[str] | None:
-    """The CPU's flags, or None where they cannot be told: no /proc/cpuinfo, or one that
-    describes another architecture (an emulator's host)."""
+def cpu_flags() -> tuple[set[str] | None, bool]:
+    """(The CPU's flags from /proc/cpuinfo, or None where they cannot be told; whether it describes
+    another architecture). Under user-mode emulation (qemu-user) the CPU described is the host's:
+    x86 "flags" where Arm has "Features"."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
-                    arm = platform.machine() in ("aarch64", "arm64")
-                    return None if (key.strip() == "flags") == arm else set(value.split())
+                    foreign = (key.strip() == "flags") == (platform.machine() in ("aarch64", "arm64"))
+                    return (None if foreign else set(value.split())), foreign
     except OSError:
         pass
-    return None
+    return None, False
 
 
 def check_device(kit: dict) -> list[str]:
@@ -71,7 +72,7 @@ def check_device(kit: dict) -> list[str]:
         problems.append(f"this kit's wheels need glibc {kit['glibc']} or newer, this device has "
                         f"{'glibc ' + glibc if glibc else 'no glibc'}: pack it again with --glibc {glibc or '...'} "
                         "(fewer backends may have wheels that old)")
-    flags = cpu_flags()
+    flags, _ = cpu_flags()
     missing = [f for f in kit.get("cpu_flags", []) if flags is not None and f not in flags]
     if missing:
         problems.append(f"this kit needs a CPU with {kit['cpu']} (flags {', '.join(missing)} are missing here)")

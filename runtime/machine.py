@@ -6,7 +6,7 @@ import hashlib
 import os
 import platform
 
-from .kit import device_glibc as glibc  # the installer's own check, which runs before the rest can
+from .kit import cpu_flags, device_glibc as glibc  # the installer's own checks, which run before the rest can
 
 # instructions that make INT8 convolutions pay: without one, an INT8 model runs about as fast as FP32
 INT8_INSTRUCTIONS = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
@@ -24,35 +24,27 @@ FLAGS = tuple(FEATURES)
 ARM = ("aarch64", "arm64")
 
 
-def _cpuinfo() -> tuple[str, set[str], str]:
-    """(CPU model, CPU flags, the key they were under) from /proc/cpuinfo."""
-    model, flags, key_seen = platform.processor() or "unknown", set(), ""
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (an Arm core's part number where it has no name)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model in ("unknown", "", platform.machine()):
-                    model = value.strip()
-                elif key == "CPU part" and model in ("unknown", "", platform.machine()):  # Arm without a model name
-                    model = f"Arm CPU part {value.strip()}"
-                elif key in ("flags", "Features") and not flags:  # x86, Arm
-                    flags, key_seen = set(value.split()), key
+                if key.strip() == "model name":
+                    return value.strip()
+                if key.strip() == "CPU part":
+                    return f"Arm CPU part {value.strip()}"
     except OSError:
         pass
-    return model, flags, key_seen
+    return platform.processor() or "unknown"
 
 
 def machine_info() -> dict[str, object]:
-    model, flags, key = _cpuinfo()
-    machine = platform.machine()
-    # Under user-mode emulation (qemu-user) the CPU described is the host's: x86 "flags" on an Arm machine.
-    emulated = bool(key) and (key == "flags") == (machine in ARM)
-    known = bool(key) and not emulated
-    return {"cpu": model, "logical_cores": os.cpu_count(), "machine": machine,
+    flags, emulated = cpu_flags()
+    return {"cpu": _cpu_model(), "logical_cores": os.cpu_count(), "machine": platform.machine(),
             "system": platform.system(), "python": platform.python_version(), "glibc": glibc(),
-            "flags": sorted(f for f in FLAGS if f in flags) if known else [], "flags_known": known,
-            "emulated": emulated}
+            "flags": sorted(f for f in FLAGS if f in flags) if flags is not None else [],
+            "flags_known": flags is not None, "emulated": emulated}
 
 
 def int8_instructions(flags) -> list[str]:
