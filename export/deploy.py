@@ -29,7 +29,7 @@ from typing import Any
 from runtime.bundle import DEVICES, Bundle
 from runtime.errors import UserError
 from runtime.files import atomic_file
-from runtime.kit import KIT, LAUNCHER, version_tuple
+from runtime.kit import KIT, LAUNCHER, glibc_too_old, version_tuple
 
 from .manifest import update_manifest
 from .pack import TARGETS, archive_member, pack_kit
@@ -180,20 +180,21 @@ def probe(ssh: Ssh) -> Probe:
 
 
 class _Kits:
-    """One kit per (target, Python), packed the first time a device needs it."""
+    """One kit per (target, Python), packed (and its kit.json read) the first time a device needs it."""
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
-        self._kits: dict[tuple[str, str], Path] = {}
+        self._kits: dict[tuple[str, str], tuple[Path, dict]] = {}
         self._lock = threading.Lock()
 
     def get(self, target: str, python: str) -> tuple[Path, dict]:
         with self._lock:
             if (target, python) not in self._kits:
                 with _manifest_lock:
-                    self._kits[target, python] = pack_kit(self.bundle.path, target, python=python)
-            archive = self._kits[target, python]
-        return archive, json.loads(archive_member(archive, f"{archive.name.removesuffix('.tar.gz')}/{KIT}"))
+                    archive = pack_kit(self.bundle.path, target, python=python)
+                kit = json.loads(archive_member(archive, f"{archive.name.removesuffix('.tar.gz')}/{KIT}"))
+                self._kits[target, python] = archive, kit
+            return self._kits[target, python]
 
 
 def _target_of(p: Probe) -> str:
@@ -221,7 +222,7 @@ def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool) 
         if version_tuple(p.python) < (3, 10):
             raise DeviceError(f"the device runs Python {p.python}; the runtime needs 3.10 or newer")
         archive, kit = kits.get(target, p.python)
-        if kit["glibc"] and (p.glibc is None or version_tuple(p.glibc) < version_tuple(kit["glibc"])):
+        if glibc_too_old(p.glibc, kit["glibc"]):
             raise DeviceError(f"the device has {'glibc ' + p.glibc if p.glibc else 'no glibc'}, the kit's wheels need "
                               f"glibc {kit['glibc']} or newer: pack for it with --glibc {p.glibc or '...'} "
                               "(fewer backends may have wheels that old)")

@@ -32,6 +32,11 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split("."))
 
 
+def glibc_too_old(have: str | None, floor: str | None) -> bool:
+    """Whether a device with glibc `have` (None: another C library) is below a kit's `floor` (None: no floor)."""
+    return bool(floor) and (have is None or version_tuple(have) < version_tuple(floor))
+
+
 def device_glibc() -> str | None:
     """The C library's version ("2.36"), or None where it is not glibc (musl, macOS)."""
     try:
@@ -68,7 +73,7 @@ def check_device(kit: dict) -> list[str]:
         problems.append(f"this kit's wheels are for Python {kit['python']}, this device runs Python {have} "
                         f"({sys.executable}): pack it again with --python {have}")
     glibc = device_glibc()
-    if kit.get("glibc") and (glibc is None or version_tuple(glibc) < version_tuple(kit["glibc"])):
+    if glibc_too_old(glibc, kit.get("glibc")):
         problems.append(f"this kit's wheels need glibc {kit['glibc']} or newer, this device has "
                         f"{'glibc ' + glibc if glibc else 'no glibc'}: pack it again with --glibc {glibc or '...'} "
                         "(fewer backends may have wheels that old)")
