@@ -1,8 +1,9 @@
 """Stages: the FP32 artifacts of a module, made one way for the build, the study and diagnose.
 
 Export to ONNX (and `onnx.checker`), simplify with onnxsim and check the
-simplified graph against the exported one on real inputs, convert to OpenVINO
-IR: `model.onnx` and `openvino/model[.fp16].xml` in a folder.
+simplified graph against the exported one on real inputs, rewrite it
+(`export.rewrite`: the same function with less work, checked the same way),
+convert to OpenVINO IR: `model.onnx` and `openvino/model[.fp16].xml` in a folder.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import numpy as np
 
 from runtime.compare import ParityError
 
-from . import openvino_convert
+from . import golden, openvino_convert
 from .contract import Exportable, module_nodes, node_modules
 from .onnx_export import export_onnx
+from .rewrite import rewrite
 from .simplify import simplify
 
 ONNX_FILE = "model.onnx"
@@ -33,24 +35,26 @@ def silent(name: str) -> Iterator[None]:
 
 @dataclass
 class FP32Artifacts:
-    """What `make_fp32_artifacts` wrote and how: the files, the exporter's and onnxsim's
-    records for the manifest, the ONNX nodes of the modules INT8 leaves in float, and the
-    module every node was made in."""
+    """What `make_fp32_artifacts` wrote and how: the files, the exporter's, onnxsim's and
+    the rewrites' records for the manifest, the ONNX nodes of the modules INT8 leaves in
+    float, and the module every node was made in."""
 
     onnx: Path
     irs: dict[str, Path] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
     simplify: dict[str, Any] = field(default_factory=dict)
+    rewrites: dict[str, Any] = field(default_factory=dict)
     keep_nodes: list[str] = field(default_factory=list)
     modules: dict[str, str] = field(default_factory=dict)  # ONNX node -> the module path it was made in
 
 
 def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], folder: Path, opset: int,
                         ir_precisions: Sequence[str] = tuple(openvino_convert.IR_FILES),
-                        stage: Stage = silent) -> FP32Artifacts:
+                        stage: Stage = silent, rewrites: bool = True) -> FP32Artifacts:
     """Write `folder/model.onnx` and the OpenVINO IRs of `ir_precisions` (none: no
     OpenVINO). `feeds` are real inputs (batch 2 or more keeps the batch axis dynamic).
-    Raises ParityError where simplification changed the outputs."""
+    `rewrites` False leaves the simplified graph as it is. Raises ParityError where
+    simplification or a rewrite changed the outputs."""
     made = FP32Artifacts(folder / ONNX_FILE)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".work-") as work:  # inside: a killed build's goes with it
         raw = Path(work) / "exported.onnx"
@@ -58,10 +62,23 @@ def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], fold
             made.export = export_onnx(model, feeds, raw, opset)
             made.keep_nodes = module_nodes(raw, model.spec.keep_fp32) if model.spec.keep_fp32 else []
             made.modules = node_modules(raw)
+        simplified = Path(work) / "simplified.onnx"
         with stage("onnxsim + numeric check"):
-            made.simplify = simplify(raw, made.onnx, model.spec, feeds)
-    if not made.simplify["check"]["passed"]:
-        raise ParityError(f"simplification changed the model's outputs: {made.simplify['check']}")
+            made.simplify = simplify(raw, simplified, model.spec, feeds)
+        if not made.simplify["check"]["passed"]:
+            raise ParityError(f"simplification changed the model's outputs: {made.simplify['check']}")
+        batch = len(next(iter(feeds.values())))
+        with stage("graph rewrites + numeric check"):
+            made.rewrites, applied = rewrite(simplified, made.onnx, model.spec, feeds, rewrites,
+                                             lambda seed: golden.golden_inputs(model.spec, batch, 1000 + seed))
+    check = made.rewrites["check"]
+    if check is not None and not check["passed"]:
+        raise ParityError(f"a graph rewrite changed the model's outputs: {check}")
+    for a, record in zip(applied, made.rewrites["applied"]):  # the new nodes belong to the replaced node's module
+        module = record["module"] = made.modules.get(a.where)
+        made.modules.update(dict.fromkeys(a.added, module) if module else {})
+        if a.where in made.keep_nodes:
+            made.keep_nodes += list(a.added)
     if ir_precisions:
         with stage(f"OpenVINO IR ({', '.join(ir_precisions)})"):
             openvino_convert.convert(made.onnx, folder, tuple(ir_precisions))

@@ -52,6 +52,8 @@ def _build_command(sub) -> None:
                    help=f"comma-separated subset of {','.join(BACKENDS)} (default: both)")
     b.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
     b.add_argument("--pack", action="store_true", help="also write <out>/<name>.tar.gz to copy to a device")
+    b.add_argument("--no-rewrites", dest="rewrites", action="store_false",
+                   help="leave the simplified graph as it is (default: apply the graph rewrites that do less work)")
     _int8_arguments(b.add_argument_group("INT8"))
 
 
@@ -291,16 +293,16 @@ def _build_settings(args):
         threads=args.threads if args.threads is not None else os.cpu_count() or 1,
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
-        int8_anyway=args.int8_anyway, qat=args.qat,
+        int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
     )
     check_settings(settings)
     return settings
 
 
 def _print_notes(manifest: dict, settings) -> None:
-    """What the build inferred or worked around: the user's contract, a published checkpoint's renaming,
-    the exporter it fell back to."""
-    from .report import spec_line
+    """What the build inferred, rewrote or worked around: the user's contract, a published checkpoint's
+    renaming, the graph rewrites, the exporter it fell back to."""
+    from .report import rewrite_lines, spec_line
 
     if settings.model is not None:
         console.print(f"model contract: {spec_line(manifest['spec'])}", markup=False, soft_wrap=True)
@@ -309,6 +311,9 @@ def _print_notes(manifest: dict, settings) -> None:
         console.print(f"checkpoint: read as published {read['layout']}, renamed to the zoo's names" + (
             f"; skipped {len(read['unused'])} tensors its forward never uses: {', '.join(read['unused'])}"
             if read["unused"] else ""), markup=False, soft_wrap=True)
+    for line in rewrite_lines(manifest["rewrites"]) if manifest["rewrites"]["applied"] else []:
+        console.print(line.removeprefix("- ").replace("Graph rewrite", "graph rewrite", 1), markup=False,
+                      soft_wrap=True)
     failure = manifest["export"].get("dynamo_failure")
     if failure:
         console.print(f"[yellow]warning[/]: the dynamo exporter could not export {manifest['name']} "

@@ -15,7 +15,7 @@ import ast
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -30,7 +30,8 @@ from .contract import Exportable, example_tensors
 
 @dataclass(frozen=True)
 class Point:
-    """One module output compared: its path, the ONNX tensor and node it maps to, and the figures."""
+    """One module output compared (or, last, one of the model's outputs: module `output NAME`):
+    its path, the ONNX tensor and node it maps to, and the figures."""
 
     module: str
     tensor: str
@@ -51,6 +52,9 @@ class Diagnosis:
     # layers PyTorch ran between the last agreeing module and the first diverging one,
     # whose outputs the graph does not hold (fused into it): the suspects beside it
     fused: list[str] = field(default_factory=list)
+    # modules a graph rewrite computes inside a reordered expression (module -> rewrite): their
+    # own outputs no longer exist, so they are judged through the model outputs they feed
+    rewritten: dict[str, str] = field(default_factory=dict)
 
     @property
     def first_divergence(self) -> Point | None:
@@ -61,10 +65,18 @@ class Diagnosis:
         if first is None:
             worst = max(self.points, key=lambda p: p.max_rel / p.bound, default=None)
             figure = f"; worst {worst.max_rel:.1e} at {worst.module!r}" if worst else ""
-            return f"{self.backend}: no divergence: all {len(self.points)} module outputs within bound{figure}"
+            outputs = sum(p.module.startswith("output ") for p in self.points)
+            return (f"{self.backend}: no divergence: all {len(self.points) - outputs} module outputs and "
+                    f"{outputs} model output{'s' if outputs != 1 else ''} within bound{figure}")
         fused = f"; computed together with {', '.join(map(repr, self.fused))} (fused)" if self.fused else ""
-        return (f"{self.backend}: first divergence at module {first.module!r} ({first.op_type} -> {first.tensor!r}): "
-                f"max relative error {first.max_rel:.2e} > bound {first.bound:.1e}{fused}")
+        where = (f"the model's {first.tensor!r} output" if first.module.startswith("output ")
+                 else f"module {first.module!r} ({first.op_type} -> {first.tensor!r})")
+        rewritten = ""
+        if first.module.startswith("output ") and self.rewritten:
+            rewritten = "; before it, " + ", ".join(f"{m!r} (computed by the graph rewrite {r})"
+                                                    for m, r in self.rewritten.items())
+        return (f"{self.backend}: first divergence at {where}: "
+                f"max relative error {first.max_rel:.2e} > bound {first.bound:.1e}{fused}{rewritten}")
 
 
 def module_scopes(exported: onnx.ModelProto) -> dict[str, list[str]]:
@@ -88,6 +100,11 @@ def module_tensors(graph: onnx.ModelProto, scopes: Mapping[str, list[str]]) -> d
             for module in scopes.get(out, []):
                 last[module] = (out, node.op_type)
     return last
+
+
+def golden_outputs(model: Exportable, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [t.numpy() for t in model(*example_tensors(model.spec, feeds))]
 
 
 def torch_activations(model: Exportable, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,19 +166,21 @@ def _tensors(backend: str, exposed: tuple[Path, list[str]], model: Exportable, f
 
 def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
              bounds: Mapping[str, float], onnx_file: Path | None = None, openvino_file: Path | None = None,
-             threads: int = 1) -> list[Diagnosis]:
+             threads: int = 1, rewritten: Mapping[str, str] | None = None) -> list[Diagnosis]:
     """Compare every module output of `model` with the matching tensor of the ONNX
     graph `onnx_file` on ONNX Runtime and of the IR `openvino_file` on OpenVINO
     (either may be None). `exported` is the exporter's own graph of the same
     model: its metadata map tensors to modules (onnxsim and the OpenVINO
     converter keep tensor names). `bounds` maps backend -> bound on the max
-    relative error."""
+    relative error. The model's outputs are compared last; `rewritten` names the
+    modules a graph rewrite computes (module -> rewrite), judged through them."""
     tensors = module_tensors(exported, module_scopes(exported))
     acts = torch_activations(model, feeds)
     order = {t: i for i, node in enumerate(exported.graph.node) for t in node.output}
     # graph order; a module and its parent can end on the same tensor: name the innermost
     modules = sorted((m for m in tensors if m in acts), key=lambda m: (order[tensors[m][0]], -m.count(".")))
-    names = sorted({tensors[m][0] for m in modules})
+    outputs = dict(zip(model.spec.outputs, golden_outputs(model, feeds)))
+    names = sorted({tensors[m][0] for m in modules} | set(outputs))
     leaves = {name for name, module in model.named_modules() if not any(module.children())}
     runs = {}
     if onnx_file is not None:
@@ -172,7 +191,7 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
     for backend, expose in runs.items():
         with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as folder:
             got = _tensors(backend, expose(Path(folder)), model, feeds, threads)
-        diagnosis = Diagnosis(backend)
+        diagnosis = Diagnosis(backend, rewritten=dict(rewritten or {}))
         for m in modules:
             tensor, op_type = tensors[m]
             if tensor not in got or got[tensor].shape != acts[m].shape:
@@ -180,6 +199,9 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
                 continue
             figures = output_parity(m, acts[m], got[tensor], bounds[backend])
             diagnosis.points.append(Point(_shown(m), tensor, op_type, figures.max_rel, bounds[backend]))
+        for name, value in outputs.items():
+            figures = output_parity(name, value, got[name], bounds[backend])
+            diagnosis.points.append(Point(f"output {name}", name, "output", figures.max_rel, bounds[backend]))
         diagnosis.unmatched += len([m for m in acts if m not in tensors])
         diagnosis.fused = _fused_before(diagnosis, [_shown(m) for m in acts], {_shown(m) for m in leaves})
         diagnoses.append(diagnosis)
@@ -193,7 +215,7 @@ def _shown(path: str) -> str:
 
 def _fused_before(diagnosis: Diagnosis, executed: list[str], leaves: set[str]) -> list[str]:
     first = diagnosis.first_divergence
-    if first is None:
+    if first is None or first.module.startswith("output "):  # every module agreed: nothing fused before it
         return []
     matched = {p.module for p in diagnosis.points}
     agreeing = [p.module for p in diagnosis.points[: diagnosis.points.index(first)]]
@@ -233,19 +255,24 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
         if opened is not None:
             feeds = {k: v[:1] for k, v in opened.golden()[0].items()}
             files = {a.backend: opened.path / a.file for a in opened.artifacts if a.precision == "fp32"}
+            rewrites = opened.manifest.get("rewrites")
         else:
             feeds = golden.golden_inputs(spec, 2, 0)  # batch 2: the batch axis stays dynamic
             made = make_fp32_artifacts(model, feeds, work, opset, ("fp32",))
             files = {"onnxruntime": made.onnx, "openvino": made.irs["fp32"]}
+            rewrites = made.rewrites
             feeds = {k: v[:1] for k, v in feeds.items()}
-        return localise_files(model, feeds, files, opset, threads)
+        return localise_files(model, feeds, files, opset, threads, rewrites)
 
 
 def localise_files(model: Exportable, feeds: dict[str, np.ndarray], files: Mapping[str, Path], opset: int,
-                   threads: int) -> list[Diagnosis]:
-    """`localise` against FP32 artifacts by backend (`files`), at their nominal FP32 bounds."""
+                   threads: int, rewrites: Mapping[str, Any] | None = None) -> list[Diagnosis]:
+    """`localise` against FP32 artifacts by backend (`files`), at their nominal FP32 bounds;
+    `rewrites` is the build's record of the graph rewrites the artifacts went through."""
     from runtime.compare import BOUNDS
 
     exported = export_for_diagnosis(model, {k: np.concatenate([v, v]) for k, v in feeds.items()}, opset)
     bounds = {backend: BOUNDS[(backend, "fp32")] for backend in ("onnxruntime", "openvino")}
-    return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), threads)
+    rewritten = {a["module"] or a["where"]: a["rewrite"] for a in (rewrites or {}).get("applied", [])}
+    return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), threads,
+                    rewritten)

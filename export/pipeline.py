@@ -234,8 +234,9 @@ def _golden_stage(st: BuildState) -> None:
 
 def _fp32_stage(st: BuildState) -> None:
     st.made = make_fp32_artifacts(st.model, st.feeds, st.folder, st.s.opset,
-                                  tuple(openvino_convert.IR_FILES) if "openvino" in st.s.backends else (), st.stage)
-    st.manifest.update(export=st.made.export, simplify=st.made.simplify)
+                                  tuple(openvino_convert.IR_FILES) if "openvino" in st.s.backends else (), st.stage,
+                                  st.s.rewrites)
+    st.manifest.update(export=st.made.export, simplify=st.made.simplify, rewrites=st.made.rewrites)
 
 
 def _int8_plans_stage(st: BuildState) -> None:
@@ -293,7 +294,7 @@ def _parity_stage(st: BuildState) -> None:
     if st.failures:
         with st.stage("localising the divergence"):
             st.manifest["diagnosis"] = [d.summary() for d in _localise(st.folder, st.s, st.model, st.feeds,
-                                                                       st.artifacts)]
+                                                                       st.artifacts, st.made.rewrites)]
 
 
 def _latency_stage(st: BuildState) -> None:
@@ -433,12 +434,13 @@ class _Int8:
                                self.work / "qat-search", self.s.int8_budget)
 
 
-def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, artifacts: list[Artifact]) -> list:
+def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, artifacts: list[Artifact],
+              rewrites: dict) -> list:
     from .diagnose import localise_files
 
     files = {a.backend: bundle / a.file for a in artifacts if a.precision == "fp32"}
     feeds = {k: v[:1] for k, v in inputs.items()}
-    return localise_files(model, feeds, files, s.opset, s.threads)
+    return localise_files(model, feeds, files, s.opset, s.threads, rewrites)
 
 
 def _reject(a: Artifact, reason: str, st: BuildState) -> None:

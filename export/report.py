@@ -59,6 +59,18 @@ def bundle_summary(manifest: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def rewrite_lines(rewrites: dict[str, Any] | None) -> list[str]:
+    """One line per graph rewrite the build applied (bundles built before rewrites have none)."""
+    if not rewrites:
+        return []
+    if not rewrites["applied"]:
+        return [f"- Graph rewrites: {'none matched' if rewrites['enabled'] else 'off (--no-rewrites)'}"]
+    worst = max(o["max_rel"] for o in rewrites["check"]["outputs"].values())
+    return [f"- Graph rewrite {a['rewrite']} at {a['module'] or a['where']}: {a['mult_adds_before'] / 1e6:.1f} M -> "
+            f"{a['mult_adds_after'] / 1e6:.1f} M mult-adds; rewritten vs simplified max rel err {worst:.1e} "
+            f"on {rewrites['check']['inputs']} input sets" for a in rewrites["applied"]]
+
+
 def source_line(source: dict[str, Any]) -> str:
     """Where a bundle's module came from: a zoo variant and its overrides, or a user's code and its arguments."""
     if "variant" in source:
@@ -212,6 +224,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         f"- Export: {manifest['export']['exporter']}, opset {manifest['export']['opset']}; onnxsim "
         f"{manifest['simplify']['nodes_before']} -> {manifest['simplify']['nodes_after']} nodes, simplified vs original "
         f"max rel err {max(o['max_rel'] for o in manifest['simplify']['check']['outputs'].values()):.1e}",
+        *rewrite_lines(manifest.get("rewrites")),
         "",
         "## Parity and latency",
         "",

@@ -87,6 +87,7 @@ class BuildSettings:
     int8_budget: float = 120.0  # seconds per backend for the INT8 search beyond the full plan
     int8_anyway: bool = False  # quantize on a CPU without INT8 dot-product instructions too
     qat: int = 0  # steps of quantization-aware fine-tuning when post-training quantization loses (0: none)
+    rewrites: bool = True  # the graph rewrites of `export.rewrite` (False: the simplified graph as it is)
     seed: int = 0
     golden_batch: int = 2
     warmup: int = 10

@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # writes every one (the stages of export/pipeline.py fill them in, export/manifest.py checks them).
 READ_BY_RUNTIME = ("name", "spec", "outputs", "artifacts", "files")
 MANIFEST_KEYS = (
-    "name", "spec", "model", "checkpoint", "outputs", "export", "simplify", "quantization", "golden",
+    "name", "spec", "model", "checkpoint", "outputs", "export", "simplify", "rewrites", "quantization", "golden",
     "reference_noise", "artifacts", "versions", "machine", "latency", "rejected", "recommended", "benchmark",
     "targets", "format", "files",
 )

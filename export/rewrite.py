@@ -1,0 +1,322 @@
+"""Stage: graph rewrites that compute the same function with less work.
+
+Run on the simplified ONNX graph, before conversion, so every backend gets
+them; each is exact up to float rounding and checked against the graph it
+came from on the golden inputs and on random ones (`check`). What a
+rewrite changed is recorded in the manifest (`rewrites`).
+
+The rewrite here is algebra a JIT does not do: a linear map whose output is
+only used through a data-dependent weighted sum is reordered so that the sum
+is taken first.
+
+`ReduceBeforeConv`: FOMM's keypoint detector, and any model with the same
+shape of computation, computes a Jacobian map with a convolution
+`Y = conv(X, W) + b` of K*C' channels and uses it only through a heatmap-
+weighted sum over the positions p: `J[b,k,c'] = sum_p Y[b, k*C'+c', p] U[b,k,p]`.
+Because the convolution is linear,
+
+    J[b,k,c'] = sum_{c,d} W[k*C'+c', c, d] Z[b,k,c,d] + b[k*C'+c'] sum_p U[b,k,p]
+    Z[b,k,c,d] = sum_p X[b, c, p+d] U[b,k,p]
+
+Z correlates the features with the heatmap as a data-dependent kernel:
+K*C*kh*kw*Ho*Wo mult-adds instead of the convolution's K*C'*C*kh*kw*Ho*Wo, so
+C' times less work (4x for a 2x2 Jacobian). Z is one batched matrix product
+of the features' kh*kw shifted windows with the heatmap, so any batch size
+runs it without cross-batch work. The pattern is matched on shapes and ops,
+not names: MatMul(Reshape(Conv) [B,K,C',P], U [B,K,P,1]) (the zoo's
+detectors) or ReduceSum(Mul(Reshape(Conv) [B,K,C',P], U [B,K,1,P]), -1)
+(the published FOMM code's broadcast multiply-and-sum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from runtime.compare import compare
+from runtime.runners import OnnxRuntimeRunner
+from runtime.spec import ModelSpec
+
+# A rewrite reorders sums: the graphs agree to float32 rounding of the reordered sums.
+REWRITE_BOUND = 1e-5
+RANDOM_CHECKS = 3  # random inputs each rewritten graph is checked on, besides the golden ones
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One rewrite at one place: what it replaced, and the work before and after."""
+
+    rewrite: str
+    where: str  # the node it rewrote (and the module it was made in, where known)
+    replaced: tuple[str, ...]  # the nodes that are gone
+    added: tuple[str, ...]  # the nodes that compute the same in their place
+    mult_adds_before: int
+    mult_adds_after: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rewrite": self.rewrite, "where": self.where, "replaced": list(self.replaced),
+                "nodes_added": len(self.added), "mult_adds_before": self.mult_adds_before,
+                "mult_adds_after": self.mult_adds_after}
+
+
+@dataclass
+class Graph:
+    """An ONNX model with the lookups a rewrite needs: shapes, producers, consumers, constants."""
+
+    model: onnx.ModelProto
+    shapes: dict[str, list[int | str]] = field(default_factory=dict)
+    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "Graph":
+        inferred = onnx.shape_inference.infer_shapes(model)
+        g = cls(model)
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+            g.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                                 for d in vi.type.tensor_type.shape.dim]
+        for init in model.graph.initializer:
+            g.constants[init.name] = numpy_helper.to_array(init)
+            g.shapes[init.name] = list(init.dims)
+        for node in model.graph.node:
+            for out in node.output:
+                g.producer[out] = node
+            for i in node.input:
+                g.consumers.setdefault(i, []).append(node)
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                g.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        return g
+
+    def static(self, name: str, skip_batch: bool = True) -> list[int] | None:
+        """The shape of `name` if every dim (but the batch, with `skip_batch`) is known."""
+        shape = self.shapes.get(name)
+        if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape[1 if skip_batch else 0:]):
+            return None
+        return shape
+
+    def only_use(self, name: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(name, [])
+        outputs = {o.name for o in self.model.graph.output}
+        return users[0] if len(users) == 1 and name not in outputs else None
+
+
+def attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+class Emitter:
+    """New nodes and constants for one rewrite, named under a prefix and carrying the
+    exporter's metadata of the node they replace (so tools that map nodes to modules still do)."""
+
+    def __init__(self, prefix: str, like: onnx.NodeProto):
+        self.prefix, self.like = prefix, like
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        full = f"{self.prefix}/{name}"
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), full))
+        return full
+
+    def ints(self, name: str, values: list[int]) -> str:
+        return self.const(name, np.asarray(values, dtype=np.int64))
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attributes: Any) -> str:
+        self.count += 1
+        out = output or f"{self.prefix}/{op_type.lower()}_{self.count}"
+        node = helper.make_node(op_type, inputs, [out], name=f"{self.prefix}/{op_type}_{self.count}", **attributes)
+        node.metadata_props.extend(self.like.metadata_props)
+        self.nodes.append(node)
+        return out
+
+
+@dataclass(frozen=True)
+class _Match:
+    conv: onnx.NodeProto
+    reshape: onnx.NodeProto
+    reduce: tuple[onnx.NodeProto, ...]  # the MatMul, or the Mul and ReduceSum
+    features: str  # X
+    weights: np.ndarray  # W [K*C', C, kh, kw]
+    bias: np.ndarray | None
+    pads: tuple[int, int, int, int]  # top, left, bottom, right
+    heat: str  # U
+    heat_layout: str  # "column" [B,K,P,1] or "row" [B,K,1,P]
+    k: int
+    c_out: int  # C'
+    out_hw: tuple[int, int]
+    output: str  # the tensor the reduction wrote
+    output_shape: list[int | str]
+
+
+class ReduceBeforeConv:
+    """A convolution used only through a weighted sum over its positions: the sum first."""
+
+    name = "reduce-before-conv"
+
+    def matches(self, g: Graph) -> list[_Match]:
+        return [m for m in (self._match(g, node) for node in g.model.graph.node) if m is not None]
+
+    def _match(self, g: Graph, conv: onnx.NodeProto) -> _Match | None:
+        if conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in g.constants:
+            return None
+        a = attrs(conv)
+        w = g.constants[conv.input[1]]
+        if (w.ndim != 4 or w.dtype != np.float32 or a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+                or any(s != 1 for s in a.get("strides", [1, 1])) or any(d != 1 for d in a.get("dilations", [1, 1]))):
+            return None
+        bias = g.constants.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if len(conv.input) > 2 and conv.input[2] and bias is None:
+            return None
+        y, x = g.static(conv.output[0]), g.static(conv.input[0])
+        reshape = g.only_use(conv.output[0])
+        if y is None or x is None or reshape is None or reshape.op_type != "Reshape":
+            return None
+        r = g.static(reshape.output[0])
+        if r is None or len(r) != 4 or r[1] * r[2] != y[1] or r[3] != y[2] * y[3]:
+            return None
+        k, c_out = r[1], r[2]
+        use = g.only_use(reshape.output[0])
+        if use is None:
+            return None
+        if use.op_type == "MatMul" and use.input[0] == reshape.output[0]:
+            heat, layout, reduce, out = use.input[1], "column", (use,), use.output[0]
+            if g.static(heat) != [g.shapes[heat][0], k, r[3], 1]:
+                return None
+        elif use.op_type == "Mul":
+            other = use.input[1] if use.input[0] == reshape.output[0] else use.input[0]
+            summed = g.only_use(use.output[0])
+            if summed is None or summed.op_type != "ReduceSum" or g.static(other) != [g.shapes[other][0], k, 1, r[3]]:
+                return None
+            axes = (g.constants.get(summed.input[1]) if len(summed.input) > 1 else np.asarray(attrs(summed).get("axes", [])))
+            if axes is None or [int(v) % 4 for v in np.atleast_1d(axes)] != [3]:
+                return None
+            heat, layout, reduce, out = other, "row", (use, summed), summed.output[0]
+        else:
+            return None
+        if g.shapes[heat][0] != r[0]:  # the same batch, never a heatmap broadcast over it
+            return None
+        pads = tuple(a.get("pads", [0, 0, 0, 0]))
+        return _Match(conv, reshape, reduce, conv.input[0], w, bias, (pads[0], pads[1], pads[2], pads[3]), heat,
+                      layout, k, c_out, (y[2], y[3]), out, g.shapes[out])
+
+    def _correlate(self, e: Emitter, x: str, heat: str, m: _Match) -> str:
+        """Z = the features correlated with the heatmap, [B, K, C*kh*kw, 1] in the weights' (c, dy, dx) order.
+
+        One batched matrix product: the heatmap moved right by each dx (kw copies of a
+        heatmap, small) against the features' rows dy .. dy+Ho, which flattened are one
+        contiguous run of Ho*Wp values (kh slices): [B, kh, C, Ho*Wp] @ [B, 1, Ho*Wp, K*kw]."""
+        c, kh, kw = m.weights.shape[1:]
+        ho, wo = m.out_hw
+        hp, wp = ho + kh - 1, wo + kw - 1
+        h4 = e.op("Reshape", [heat, e.ints("h4", [0, m.k, ho, wo])])
+        shifted = []
+        for dx in range(kw):  # the heatmap moved right by dx in the features' width
+            p = e.op("Pad", [h4, e.ints(f"pad{dx}", [0, 0, 0, dx, 0, 0, 0, kw - 1 - dx])])
+            shifted.append(e.op("Unsqueeze", [p, e.ints("at2", [2]) if not shifted else f"{e.prefix}/at2"]))
+        hs = e.op("Concat", shifted, axis=2)  # [B, K, kw, Ho, Wp]
+        hs = e.op("Reshape", [hs, e.ints("hs", [0, 1, m.k * kw, ho * wp])])
+        hs = e.op("Transpose", [hs], perm=[0, 1, 3, 2])  # [B, 1, Ho*Wp, K*kw]
+        xf = e.op("Reshape", [x, e.ints("xf", [0, c, hp * wp])])
+        rows = []
+        for dy in range(kh):  # rows dy .. dy+Ho of the features: one contiguous run of Ho*Wp values
+            r = e.op("Slice", [xf, e.ints(f"s{dy}", [dy * wp]), e.ints(f"e{dy}", [dy * wp + ho * wp]),
+                               e.ints("axis2", [2]) if not rows else f"{e.prefix}/axis2"])
+            rows.append(e.op("Unsqueeze", [r, e.ints("at1", [1]) if not rows else f"{e.prefix}/at1"]))
+        xs = e.op("Concat", rows, axis=1)  # [B, kh, C, Ho*Wp]
+        z = e.op("MatMul", [xs, hs])  # [B, kh, C, K*kw]
+        z = e.op("Reshape", [z, e.ints("z", [0, kh, c, m.k, kw])])
+        z = e.op("Transpose", [z], perm=[0, 3, 2, 1, 4])  # [B, K, C, kh, kw]
+        return e.op("Reshape", [z, e.ints("last4", [0, m.k, c * kh * kw, 1])])
+
+    def emit(self, g: Graph, m: _Match) -> tuple[Emitter, Applied]:
+        e = Emitter(f"{m.conv.name}/{self.name}", m.conv)
+        o, c, kh, kw = m.weights.shape
+        ho, wo = m.out_hw
+        x = m.features
+        if any(m.pads):
+            top, left, bottom, right = m.pads
+            x = e.op("Pad", [x, e.ints("pads", [0, 0, top, left, 0, 0, bottom, right])])
+        heat = e.op("Reshape", [m.heat, e.ints("heat", [0, m.k, ho * wo])])  # [B, K, P]
+        z = self._correlate(e, x, heat, m)
+        w = m.weights.reshape(m.k, m.c_out, c * kh * kw).astype(np.float32)
+        # [B, K, C', 1], as the MatMul gave it; the multiply-and-sum form without keepdims drops the 1
+        squeeze = m.heat_layout == "row" and len(m.output_shape) == 3
+        last = None if squeeze else m.output
+        w = m.weights.reshape(m.k, m.c_out, c * kh * kw).astype(np.float32)
+        j = e.op("MatMul", [e.const("weights", w), z], output=None if m.bias is not None else last)
+        if m.bias is not None:  # the bias, weighted by the heatmap's sum over positions
+            total = e.op("ReduceSum", [heat, e.ints("positions", [2])], keepdims=1)  # [B, K, 1]
+            total = e.op("Unsqueeze", [total, e.ints("last1", [-1])])  # [B, K, 1, 1]
+            b = m.bias.reshape(m.k, m.c_out, 1).astype(np.float32)
+            j = e.op("Add", [j, e.op("Mul", [total, e.const("bias", b)])], output=last)
+        if squeeze:
+            e.op("Squeeze", [j, e.ints("last2", [-1])], output=m.output)
+        wp = wo + kw - 1
+        before = o * c * kh * kw * ho * wo + o * ho * wo  # the convolution and the weighted sum
+        after = kh * c * ho * wp * m.k * kw + m.k * m.c_out * c * kh * kw  # the correlation and the weights
+        replaced = (m.conv.name, m.reshape.name, *(n.name for n in m.reduce))
+        return e, Applied(self.name, m.conv.name, replaced, tuple(n.name for n in e.nodes), before, after)
+
+
+REWRITES = (ReduceBeforeConv(),)
+
+
+def rewrite(src: Path, dst: Path, spec: ModelSpec, feeds: Mapping[str, np.ndarray], enabled: bool = True,
+            random_inputs: Callable[[int], Mapping[str, np.ndarray]] | None = None) -> tuple[dict, list[Applied]]:
+    """Write `src`'s graph, rewritten, to `dst`, and check it against `src` on `feeds`
+    and on `random_inputs(seed)` for RANDOM_CHECKS seeds; the stage's manifest record,
+    and what was applied. With `enabled` False, `dst` is `src` unchanged."""
+    model = onnx.load(str(src))
+    rewritten, applied = apply_rewrites(model) if enabled else (model, [])
+    onnx.save(rewritten, str(dst))
+    record: dict[str, Any] = {"enabled": enabled, "applied": [a.to_dict() for a in applied], "check": None}
+    if applied:
+        sets = [feeds, *(random_inputs(seed) for seed in range(RANDOM_CHECKS))] if random_inputs else [feeds]
+        outputs = [{"name": n} for n in spec.outputs]
+        with (OnnxRuntimeRunner(src, spec.inputs, outputs, "fp32", threads=None) as before,
+              OnnxRuntimeRunner(dst, spec.inputs, outputs, "fp32", threads=None) as after):
+            checks = [compare(before.infer(x), after.infer(x), REWRITE_BOUND) for x in sets]
+        worst = min(checks, key=lambda p: (p.passed, -max(o.max_rel for o in p.outputs)))  # a failure first
+        record["check"] = {**worst.to_dict(), "inputs": len(sets)}
+    return record, applied
+
+
+def apply_rewrites(model: onnx.ModelProto, rewrites=REWRITES) -> tuple[onnx.ModelProto, list[Applied]]:
+    """`model` with every match of every rewrite replaced (a copy), and what was applied."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    applied: list[Applied] = []
+    for rewrite in rewrites:
+        g = Graph.of(out)
+        for m in rewrite.matches(g):
+            e, done = rewrite.emit(g, m)
+            gone = set(done.replaced)
+            nodes = list(out.graph.node)
+            # where the reduction was: every tensor the new nodes read is made before it
+            at = max(i for i, n in enumerate(nodes) if n.name in gone)
+            del out.graph.node[:]
+            out.graph.node.extend([n for n in nodes[:at] if n.name not in gone] + e.nodes
+                                  + [n for n in nodes[at + 1:] if n.name not in gone])
+            out.graph.initializer.extend(e.initializers)
+            applied.append(done)
+        _drop_unused(out)
+    onnx.checker.check_model(out)
+    return out, applied
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    """Constants nothing reads any more, and shapes of tensors nothing makes any more."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    made = {o for n in model.graph.node for o in n.output}
+    initializers = [i for i in model.graph.initializer if i.name in used]
+    shapes = [v for v in model.graph.value_info if v.name in made]
+    del model.graph.initializer[:], model.graph.value_info[:]
+    model.graph.initializer.extend(initializers)
+    model.graph.value_info.extend(shapes)

@@ -1,0 +1,137 @@
+"""Graph rewrites: each computes the original graph's function (checked on random
+inputs, at several batch sizes), is matched by the shape of the computation and
+not by names, and is recorded in the manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import models
+from export.artifacts import make_fp32_artifacts
+from export.contract import Exportable, infer_spec
+from export.golden import golden_inputs
+from export.rewrite import REWRITE_BOUND, apply_rewrites
+from runtime.compare import compare
+
+
+def _outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+def _exported(module: nn.Module, example: dict[str, torch.Tensor], folder, rewrites=False) -> onnx.ModelProto:
+    spec = infer_spec(module, example, type(module).__name__)
+    feeds = golden_inputs(spec, 2, 0)
+    made = make_fp32_artifacts(Exportable(module, spec).eval(), feeds, folder, 20, (), rewrites=rewrites)
+    return onnx.load(str(made.onnx))
+
+
+def _same_on_random_inputs(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes: dict[str, tuple]):
+    rng = np.random.default_rng(7)
+    for batch in (1, 3):
+        feeds = {k: rng.standard_normal((batch, *s)).astype(np.float32) for k, s in shapes.items()}
+        parity = compare(_outputs(original, feeds), _outputs(rewritten, feeds), REWRITE_BOUND)
+        assert parity.passed, parity.to_dict()
+
+
+def test_the_jacobian_head_is_reduced_before_its_convolution(tmp_path):
+    """dsc's 35 -> 40 channel 7x7 Jacobian head over 58x58, used only through the heatmap-weighted sum."""
+    original = _exported(models.create("dsc").eval(), {"image": torch.rand(1, 3, 256, 256)}, tmp_path)
+    rewritten, applied = apply_rewrites(original)
+    assert [a.rewrite for a in applied] == ["reduce-before-conv"]
+    a = applied[0]
+    assert a.mult_adds_before == 40 * 35 * 49 * 58 * 58 + 40 * 58 * 58  # 230.9 M: the conv and the weighted sum
+    assert a.mult_adds_after == 7 * 35 * 58 * 64 * 10 * 7 + 10 * 4 * 35 * 49  # 63.7 M: the correlation, the weights
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("Conv") == [n.op_type for n in original.graph.node].count("Conv") - 1
+    assert not any(init.name.endswith("jacobian.weight") for init in rewritten.graph.initializer)
+    _same_on_random_inputs(original, rewritten, {"image": (3, 256, 256)})
+
+
+class MultiplyAndSum(nn.Module):
+    """The published FOMM code's form, in a user's model: a padded conv with a bias, the
+    map broadcast-multiplied by softmaxed heatmaps and summed over positions."""
+
+    def __init__(self, keepdim: bool):
+        super().__init__()
+        self.keepdim = keepdim
+        self.features = nn.Conv2d(3, 8, 3, padding=1)
+        self.heat = nn.Conv2d(8, 5, 3, padding=1)
+        self.linear = nn.Conv2d(8, 5 * 6, 5, padding=2)
+
+    def forward(self, x):
+        f = torch.relu(self.features(x))
+        b, _, h, w = f.shape
+        heat = torch.softmax(self.heat(f).reshape(b, 5, 1, h * w), dim=-1)
+        maps = self.linear(f).reshape(b, 5, 6, h * w)
+        return (maps * heat).sum(dim=-1, keepdim=self.keepdim), heat
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_a_users_multiply_and_sum_gets_the_rewrite_too(keepdim, tmp_path):
+    original = _exported(MultiplyAndSum(keepdim).eval(), {"x": torch.rand(1, 3, 20, 24)}, tmp_path)
+    rewritten, applied = apply_rewrites(original)
+    assert len(applied) == 1 and applied[0].mult_adds_before == 30 * 8 * 25 * 20 * 24 + 30 * 20 * 24
+    _same_on_random_inputs(original, rewritten, {"x": (3, 20, 24)})
+
+
+class MapAlsoReturned(nn.Module):
+    """The convolution's output is also an output: reordering would lose it, so nothing is rewritten."""
+
+    def __init__(self):
+        super().__init__()
+        self.heat = nn.Conv2d(3, 2, 3, padding=1)
+        self.linear = nn.Conv2d(3, 2 * 4, 3, padding=1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        heat = torch.softmax(self.heat(x).reshape(b, 2, h * w), dim=-1).unsqueeze(-1)
+        maps = self.linear(x)
+        return maps.reshape(b, 2, 4, h * w) @ heat, maps
+
+
+def test_a_map_used_elsewhere_is_left_alone(tmp_path):
+    original = _exported(MapAlsoReturned().eval(), {"x": torch.rand(1, 3, 16, 16)}, tmp_path)
+    rewritten, applied = apply_rewrites(original)
+    assert applied == []
+    assert [n.op_type for n in rewritten.graph.node] == [n.op_type for n in original.graph.node]
+
+
+def test_the_build_records_the_rewrite_and_runs_it_on_both_backends(built):
+    result = built("dsc")
+    record = result.manifest["rewrites"]
+    assert record["enabled"] and record["check"]["passed"] and record["check"]["inputs"] == 4
+    (applied,) = record["applied"]
+    assert applied["rewrite"] == "reduce-before-conv" and applied["module"] == "jacobian"
+    assert (applied["mult_adds_before"], applied["mult_adds_after"]) == (230_904_960, 63_729_400)
+    assert max(o["max_rel"] for o in record["check"]["outputs"].values()) <= REWRITE_BOUND
+    fp32 = [a for a in result.manifest["artifacts"] if a["precision"] == "fp32"]
+    assert {a["backend"] for a in fp32} == {"onnxruntime", "openvino"}
+    assert all(a["parity"]["passed"] for a in fp32)
+    report = (result.bundle / "report.md").read_text()
+    assert "- Graph rewrite reduce-before-conv at jacobian: 230.9 M -> 63.7 M mult-adds" in report
+
+
+def test_diagnose_names_the_module_a_rewrite_computes(built, tmp_path):
+    """The Jacobian head's own output is gone from the rewritten graph: a changed head
+    is found at the model output it feeds, and named as the module the rewrite computes."""
+    from tests.test_cli import run
+
+    bundle = built("dsc")
+    model = models.create("dsc", checkpoint=bundle.manifest["checkpoint"]["path"])
+    with torch.no_grad():
+        model.jacobian.weight.add_(0.01 * torch.randn_like(model.jacobian.weight))
+    torch.save(model.state_dict(), tmp_path / "changed.pt")
+    result = run("export", "diagnose", "--variant", "dsc", "--checkpoint", str(tmp_path / "changed.pt"),
+                 "--bundle", str(bundle.bundle))
+    assert result.returncode == 1, result.stdout + result.stderr
+    for backend in ("onnxruntime", "openvino"):
+        line = next(x for x in result.stdout.splitlines() if x.startswith(f"{backend}: "))
+        assert line.startswith(f"{backend}: first divergence at the model's 'jacobian' output: max relative error ")
+        assert line.endswith("before it, 'jacobian' (computed by the graph rewrite reduce-before-conv)")
+    assert "'predictor" not in result.stdout.split("first divergence")[1]  # every module before it agreed
