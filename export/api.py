@@ -36,11 +36,12 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
     image file becomes the first input (default: RGB scaled by 1/255).
     `checkpoint` is a state_dict file loaded into `module` first. `options` are
     the other build settings: backends, opset, threads, quantize, calib_dir,
-    calib_samples, calib_method, keep_fp32, int8_budget, int8_anyway, qat, rewrites, warmup, runs."""
+    calib_samples, calib_method, keep_fp32, int8_budget, int8_anyway, qat, rewrites,
+    tune_budget, warmup, runs."""
     if not isinstance(module, nn.Module):
         raise UserError(f"export.build takes a torch.nn.Module, not a {type(module).__name__}")
     valid = {"backends", "opset", "threads", "quantize", "calib_dir", "calib_samples", "calib_method", "keep_fp32",
-             "int8_budget", "int8_anyway", "qat", "rewrites", "warmup", "runs", "seed", "golden_batch"}
+             "int8_budget", "int8_anyway", "qat", "rewrites", "tune_budget", "warmup", "runs", "seed", "golden_batch"}
     unknown = sorted(set(options) - valid)
     if unknown:
         raise UserError(f"export.build has no option {unknown[0]!r}; valid: {', '.join(sorted(valid))}")

@@ -54,6 +54,9 @@ def _build_command(sub) -> None:
     b.add_argument("--pack", action="store_true", help="also write <out>/<name>.tar.gz to copy to a device")
     b.add_argument("--no-rewrites", dest="rewrites", action="store_false",
                    help="leave the simplified graph as it is (default: apply the graph rewrites that do less work)")
+    b.add_argument("--tune-budget", type=float, default=2.0, metavar="SECONDS",
+                   help="seconds of timed calls per artifact to choose its backend settings, up to --threads "
+                        "threads (default 2; 0: the backends' defaults)")
     _int8_arguments(b.add_argument_group("INT8"))
 
 
@@ -294,6 +297,7 @@ def _build_settings(args):
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
         int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
+        tune_budget=args.tune_budget,
     )
     check_settings(settings)
     return settings
@@ -322,7 +326,7 @@ def _print_notes(manifest: dict, settings) -> None:
 
 
 def _print_results(manifest: dict, settings, passed: bool) -> None:
-    from .report import COLUMNS, busy_line, recommended_line, rows
+    from .report import COLUMNS, busy_line, recommended_line, rows, tuning_line
 
     console.print(_table(f"{manifest['name']}: parity against PyTorch and latency "
                          f"(batch 1, {settings.threads} threads)", COLUMNS, rows(manifest)))
@@ -331,6 +335,8 @@ def _print_results(manifest: dict, settings, passed: bool) -> None:
         console.print(f"[yellow]warning[/]: {busy}", soft_wrap=True)
     for r in manifest.get("rejected", []):
         console.print(f"[yellow]not shipped[/]: {r['reason']}", soft_wrap=True)
+    if manifest.get("tuning"):
+        console.print(tuning_line(manifest), markup=False, soft_wrap=True)
     if passed:
         console.print(recommended_line(manifest), markup=False, soft_wrap=True)
 

@@ -32,7 +32,7 @@ from runtime.machine import int8_instructions, machine_info
 from runtime.spec import ModelSpec
 from runtime.tasks import Task, task_of
 
-from . import golden, openvino_convert, quantize
+from . import golden, openvino_convert, quantize, tune
 from .benchmark import measure
 from .calibration import CALIB_METHODS, calibration_set, task_images
 from .artifacts import ONNX_FILE, FP32Artifacts, Stage, make_fp32_artifacts, silent
@@ -216,6 +216,7 @@ def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportab
     _describe_stage(st)
     with contextlib.ExitStack() as stack:
         _load_stage(st, stack)
+        _tune_stage(st, stack)
         _parity_stage(st)
         _latency_stage(st)
         _int8_stage(st)
@@ -277,6 +278,27 @@ def _load_stage(st: BuildState, stack: contextlib.ExitStack) -> None:
     with st.stage("load artifacts"):
         st.runners = {a.key: stack.enter_context(rt.load(loaded, a.backend, a.precision, st.s.threads, cache=False))
                       for a in st.artifacts}
+
+
+def _tune_stage(st: BuildState, stack: contextlib.ExitStack) -> None:
+    """Each FP32/FP16 artifact's backend settings, measured; the runners reloaded with the choice
+    (INT8's plans are searched on the backends' defaults)."""
+    st.manifest["tuning"] = None
+    if st.s.tune_budget <= 0:
+        return
+    tuned = [a for a in st.artifacts if a.precision != "int8"]
+    with st.stage(f"backend settings ({st.s.tune_budget:g} s per artifact)"):
+        one = {k: v[:1] for k, v in st.feeds.items()}
+        st.manifest["tuning"] = {"budget_s": st.s.tune_budget, "margin": tune.MARGIN, "threads": st.s.threads,
+                                 "artifacts": tune.tune(tuned, st.folder, st.spec, st.manifest["outputs"], one,
+                                                        st.s.threads, st.s.tune_budget)}
+        st.manifest["artifacts"] = [a.to_dict() for a in st.artifacts]
+        write_manifest(st.folder, st.manifest)
+        loaded = Bundle.open(st.folder)
+        for a in tuned:
+            st.runners.pop(a.key).close()
+            threads = None if "threads" in a.settings else st.s.threads
+            st.runners[a.key] = stack.enter_context(rt.load(loaded, a.backend, a.precision, threads, cache=False))
 
 
 def _parity_stage(st: BuildState) -> None:

@@ -71,6 +71,21 @@ def rewrite_lines(rewrites: dict[str, Any] | None) -> list[str]:
             f"on {rewrites['check']['inputs']} input sets" for a in rewrites["applied"]]
 
 
+def tuning_line(manifest: dict[str, Any]) -> str:
+    """The backend settings the build measured per artifact, in one line ('' where it did not tune)."""
+    tuning = manifest.get("tuning")
+    if not tuning:
+        return ""
+    parts = []
+    for key, t in tuning["artifacts"].items():
+        changed = {k: v for k, v in t["chosen"].items() if t["defaults"].get(k) != v}
+        what = ", ".join(f"{k} {v}" for k, v in changed.items())
+        parts.append(f"{key.replace('/', ' ')}: " + (f"{what} ({t['speedup']:.2f}x the defaults' p50)" if changed
+                                                     else "the defaults"))
+    return (f"Backend settings, chosen by timing each backend's candidates interleaved ({tuning['budget_s']:g} s "
+            f"per artifact; a change must win by {tuning['margin']:.0%}): " + "; ".join(parts) + ".")
+
+
 def source_line(source: dict[str, Any]) -> str:
     """Where a bundle's module came from: a zoo variant and its overrides, or a user's code and its arguments."""
     if "variant" in source:
@@ -239,6 +254,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         *([f"Warning: {busy}.", ""] if busy else []),
         recommended_line(manifest),
         "",
+        *([tuning_line(manifest), ""] if manifest.get("tuning") else []),
         *rejected_lines(manifest),
         *quantization_lines(manifest),
         *([f"Where the artifacts part ways with PyTorch (first module output past the bound): "

@@ -24,7 +24,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 READ_BY_RUNTIME = ("name", "spec", "outputs", "artifacts", "files")
 MANIFEST_KEYS = (
     "name", "spec", "model", "checkpoint", "outputs", "export", "simplify", "rewrites", "quantization", "golden",
-    "reference_noise", "artifacts", "versions", "machine", "latency", "rejected", "recommended", "benchmark",
+    "reference_noise", "artifacts", "versions", "machine", "tuning", "latency", "rejected", "recommended", "benchmark",
     "targets", "format", "files",
 )
 # What a device writes beside the hashed files, in the bundle's folder: never hashed, never packed.
@@ -59,6 +59,7 @@ class Artifact:
     plan: str | None = None  # INT8: the plan that shipped, and its calibration method
     method: str | None = None
     bytes: int | None = None  # size on disk, an IR's .bin included
+    settings: dict[str, Any] = field(default_factory=dict)  # the backend's settings the build measured fastest
 
     @property
     def key(self) -> str:

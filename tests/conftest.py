@@ -56,14 +56,14 @@ def checkpoint_for(tmp_path_factory):
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, checkpoint_for):
     """built(variant) -> BuildResult of a full build with a perturbed checkpoint
-    (few timed runs: the tests check figures, not speed)."""
+    (few timed runs and the backends' default settings: the tests check figures, not speed)."""
     cache = {}
 
     def make(variant: str):
         if variant not in cache:
             out = tmp_path_factory.mktemp("artifacts")
             cache[variant] = build(BuildSettings(variant=variant, checkpoint=checkpoint_for(variant), out=out,
-                                                 warmup=1, runs=5))
+                                                 warmup=1, runs=5, tune_budget=0))
         return cache[variant]
 
     return make

@@ -1,0 +1,76 @@
+"""Backend settings chosen by measurement at build time, recorded per artifact and
+used by `runtime.load`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import runtime
+from export.pipeline import BuildSettings, build
+from export.tune import MARGIN, candidates
+from runtime.runners import ORT_DEFAULTS
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_candidates_are_the_defaults_then_one_change_each(backend):
+    tried = candidates(backend, threads=4)
+    default = tried[0]
+    assert "threads" not in default  # the device's own core count unless fewer measured faster
+    for c in tried[1:]:
+        changed = {k for k in c if c.get(k) != default.get(k)}
+        assert len(changed) == 1, c
+    assert sorted(c["threads"] for c in tried if "threads" in c) == [1, 2]
+    if backend == "onnxruntime":
+        assert default == ORT_DEFAULTS
+        assert tried[3] == {**default, "spinning": False}
+    assert candidates(backend, threads=1) == [default, *(c for c in tried[1:] if "threads" not in c)]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned")
+    return build(BuildSettings(variant="dsc", out=out, threads=2, warmup=2, runs=20, tune_budget=0.5))
+
+
+def test_the_build_records_each_artifacts_measured_choice(tuned):
+    m = tuned.manifest
+    assert tuned.passed
+    records = m["tuning"]["artifacts"]
+    shipped = {a["key"]: a for a in m["artifacts"]}
+    assert set(records) == {k for k in shipped if not k.endswith("/int8")}
+    for key, record in records.items():
+        p50 = {json.dumps(c["settings"], sort_keys=True): c["p50_ms"] for c in record["candidates"]}
+        backend = key.split("/")[0]
+        assert [c["settings"] for c in record["candidates"]] == candidates(backend, 2)
+        assert len({c["runs"] for c in record["candidates"]}) == 1  # every candidate timed as often
+        chosen, default = (p50[json.dumps(record[k], sort_keys=True)] for k in ("chosen", "defaults"))
+        assert record["chosen"] == record["defaults"] or chosen < (1 - MARGIN) * default
+        assert record["speedup"] == pytest.approx(default / chosen)
+        assert shipped[key]["settings"] == record["chosen"]
+        # the latency table measured the artifact with the settings it ships with
+        ran = m["latency"][key]["settings"]
+        assert all(ran[k] == v for k, v in record["chosen"].items() if k in ran), (ran, record["chosen"])
+    assert "Backend settings, chosen by timing each backend's candidates interleaved" in (
+        tuned.bundle / "report.md").read_text()
+
+
+def test_runtime_load_uses_the_recorded_settings(tuned, tmp_path):
+    manifest_path = tuned.bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for a in manifest["artifacts"]:
+        if a["key"] == "onnxruntime/fp32":
+            a["settings"] = {**ORT_DEFAULTS, "spinning": False, "graph_optimization": "basic", "threads": 1}
+        if a["key"] == "openvino/fp32":
+            a["settings"] = {"streams": 1, "pinning": False, "threads": 1}
+    manifest_path.write_text(json.dumps(manifest))  # the manifest is not among the hashed files
+    with runtime.load(tuned.bundle, "onnxruntime", "fp32", cache=False) as r:
+        assert (r.settings["spinning"], r.settings["graph_optimization"], r.settings["threads"]) == (False, "basic", 1)
+    with runtime.load(tuned.bundle, "onnxruntime", "fp32", threads=2, cache=False) as r:
+        assert r.settings["threads"] == 2  # a caller's thread count comes first
+    with runtime.load(tuned.bundle, "openvino", "fp32", cache=False) as r:
+        assert (r.settings["pinning"], r.settings["threads"]) == (False, 1)
+    with runtime.load(tuned.bundle, "openvino", "fp32", mode="throughput", cache=False) as r:
+        assert r.settings["threads"] == "default"  # latency settings do not apply to throughput
+    assert runtime.verify(tuned.bundle).passed
