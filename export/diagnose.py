@@ -191,7 +191,7 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
     for backend, expose in runs.items():
         with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as folder:
             got = _tensors(backend, expose(Path(folder)), model, feeds, threads)
-        diagnosis = Diagnosis(backend, rewritten=dict(rewritten or {}))
+        diagnosis = Diagnosis(backend)
         for m in modules:
             tensor, op_type = tensors[m]
             if tensor not in got or got[tensor].shape != acts[m].shape:
@@ -199,6 +199,8 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
                 continue
             figures = output_parity(m, acts[m], got[tensor], bounds[backend])
             diagnosis.points.append(Point(_shown(m), tensor, op_type, figures.max_rel, bounds[backend]))
+        matched = {p.module for p in diagnosis.points}  # a rewrite that kept a module's output leaves it judged
+        diagnosis.rewritten = {m: r for m, r in (rewritten or {}).items() if m not in matched}
         for name, value in outputs.items():
             figures = output_parity(name, value, got[name], bounds[backend])
             diagnosis.points.append(Point(f"output {name}", name, "output", figures.max_rel, bounds[backend]))

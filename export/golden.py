@@ -81,12 +81,13 @@ def reference_noise(model: Exportable, inputs: Mapping[str, np.ndarray], referen
         noise = {k: output_parity(k, e.numpy(), reference[k], 0.0).max_rel for k, e in zip(model.spec.outputs, exact)}
     rng = np.random.default_rng(0)
     for _ in range(NOISE_DRAWS):
-        moved = reference_outputs(model, {k: _one_ulp(v, rng) for k, v in inputs.items()})
+        moved = reference_outputs(model, {k: one_ulp(v, rng) for k, v in inputs.items()})
         noise = {k: max(n, output_parity(k, reference[k], moved[k], 0.0).max_rel) for k, n in noise.items()}
     return noise
 
 
-def _one_ulp(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def one_ulp(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`x` with each float32 value moved up or down by one ulp, at random."""
     if x.dtype != np.float32:
         return x
     return (x * (1 + rng.choice(np.float32([-1, 1]), x.shape) * np.finfo(np.float32).eps)).astype(np.float32)

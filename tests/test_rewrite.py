@@ -43,23 +43,23 @@ def test_the_jacobian_head_is_reduced_before_its_convolution(tmp_path):
     """dsc's 35 -> 40 channel 7x7 Jacobian head over 58x58, used only through the heatmap-weighted sum."""
     original = _exported(models.create("dsc").eval(), {"image": torch.rand(1, 3, 256, 256)}, tmp_path)
     rewritten, applied = apply_rewrites(original)
-    assert [a.rewrite for a in applied] == ["reduce-before-conv"]
+    assert [a.rewrite for a in applied] == ["reduce-before-conv", "separable-depthwise"]
     a = applied[0]
     assert a.mult_adds_before == 40 * 35 * 49 * 58 * 58 + 40 * 58 * 58  # 230.9 M: the conv and the weighted sum
     assert a.mult_adds_after == 7 * 35 * 58 * 64 * 10 * 7 + 10 * 4 * 35 * 49  # 63.7 M: the correlation, the weights
     ops = [n.op_type for n in rewritten.graph.node]
-    assert ops.count("Conv") == [n.op_type for n in original.graph.node].count("Conv") - 1
+    assert ops.count("Conv") == [n.op_type for n in original.graph.node].count("Conv")  # one gone, one split
     assert not any(init.name.endswith("jacobian.weight") for init in rewritten.graph.initializer)
     _same_on_random_inputs(original, rewritten, {"image": (3, 256, 256)})
 
 
 class MultiplyAndSum(nn.Module):
     """The published FOMM code's form, in a user's model: a padded conv with a bias, the
-    map broadcast-multiplied by softmaxed heatmaps and summed over positions."""
+    map broadcast-multiplied by heatmaps (softmaxed: they sum to one; or not) and summed over positions."""
 
-    def __init__(self, keepdim: bool):
+    def __init__(self, keepdim: bool, softmax: bool):
         super().__init__()
-        self.keepdim = keepdim
+        self.keepdim, self.softmax = keepdim, softmax
         self.features = nn.Conv2d(3, 8, 3, padding=1)
         self.heat = nn.Conv2d(8, 5, 3, padding=1)
         self.linear = nn.Conv2d(8, 5 * 6, 5, padding=2)
@@ -67,16 +67,19 @@ class MultiplyAndSum(nn.Module):
     def forward(self, x):
         f = torch.relu(self.features(x))
         b, _, h, w = f.shape
-        heat = torch.softmax(self.heat(f).reshape(b, 5, 1, h * w), dim=-1)
+        logits = self.heat(f).reshape(b, 5, 1, h * w)
+        heat = torch.softmax(logits, dim=-1) if self.softmax else torch.sigmoid(logits)
         maps = self.linear(f).reshape(b, 5, 6, h * w)
         return (maps * heat).sum(dim=-1, keepdim=self.keepdim), heat
 
 
-@pytest.mark.parametrize("keepdim", [False, True])
-def test_a_users_multiply_and_sum_gets_the_rewrite_too(keepdim, tmp_path):
-    original = _exported(MultiplyAndSum(keepdim).eval(), {"x": torch.rand(1, 3, 20, 24)}, tmp_path)
+@pytest.mark.parametrize("keepdim, softmax", [(False, True), (True, False)])
+def test_a_users_multiply_and_sum_gets_the_rewrite_too(keepdim, softmax, tmp_path):
+    original = _exported(MultiplyAndSum(keepdim, softmax).eval(), {"x": torch.rand(1, 3, 20, 24)}, tmp_path)
     rewritten, applied = apply_rewrites(original)
     assert len(applied) == 1 and applied[0].mult_adds_before == 30 * 8 * 25 * 20 * 24 + 30 * 20 * 24
+    # the bias is weighted by the heatmaps' sums, which a softmax makes one
+    assert ("ReduceSum" in {n.op_type for n in rewritten.graph.node if "reduce-before-conv" in n.name}) != softmax
     _same_on_random_inputs(original, rewritten, {"x": (3, 20, 24)})
 
 
@@ -106,10 +109,15 @@ def test_the_build_records_the_rewrite_and_runs_it_on_both_backends(built):
     result = built("dsc")
     record = result.manifest["rewrites"]
     assert record["enabled"] and record["check"]["passed"] and record["check"]["inputs"] == 4
-    (applied,) = record["applied"]
-    assert applied["rewrite"] == "reduce-before-conv" and applied["module"] == "jacobian"
-    assert (applied["mult_adds_before"], applied["mult_adds_after"]) == (230_904_960, 63_729_400)
-    assert max(o["max_rel"] for o in record["check"]["outputs"].values()) <= REWRITE_BOUND
+    reduce, separable = record["applied"]
+    assert (reduce["rewrite"], reduce["module"]) == ("reduce-before-conv", "jacobian")
+    assert (reduce["mult_adds_before"], reduce["mult_adds_after"]) == (230_904_960, 63_729_400)
+    # the anti-aliased resize: a 13x13 Gaussian at stride 4 over 3 channels, as a 13x1 then a 1x13
+    assert (separable["rewrite"], separable["module"]) == ("separable-depthwise", "down")
+    assert (separable["mult_adds_before"], separable["mult_adds_after"]) == (
+        3 * 13 * 13 * 64 * 64, 3 * 13 * 64 * (256 + 12) + 3 * 13 * 64 * 64)
+    for o in record["check"]["outputs"].values():  # within the bound, raised where the graph amplifies rounding
+        assert o["max_rel"] <= o["bound"] and o["bound"] >= REWRITE_BOUND
     fp32 = [a for a in result.manifest["artifacts"] if a["precision"] == "fp32"]
     assert {a["backend"] for a in fp32} == {"onnxruntime", "openvino"}
     assert all(a["parity"]["passed"] for a in fp32)
@@ -135,3 +143,28 @@ def test_diagnose_names_the_module_a_rewrite_computes(built, tmp_path):
         assert line.startswith(f"{backend}: first divergence at the model's 'jacobian' output: max relative error ")
         assert line.endswith("before it, 'jacobian' (computed by the graph rewrite reduce-before-conv)")
     assert "'predictor" not in result.stdout.split("first divergence")[1]  # every module before it agreed
+
+
+class Blurs(nn.Module):
+    """A separable depthwise blur with a stride and a bias, beside a depthwise conv that is not separable."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.exp(-torch.linspace(-2, 2, 5) ** 2)
+        self.blur = nn.Conv2d(4, 4, 5, stride=2, padding=2, groups=4)
+        self.other = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        with torch.no_grad():
+            self.blur.weight.copy_(torch.outer(g, g * 0.5).expand(4, 1, 5, 5) * torch.arange(1.0, 5.0)[:, None, None, None])
+
+    def forward(self, x):
+        return self.other(torch.relu(self.blur(x)))
+
+
+def test_a_separable_depthwise_conv_becomes_a_column_then_a_row(tmp_path):
+    original = _exported(Blurs().eval(), {"x": torch.rand(1, 4, 30, 34)}, tmp_path)
+    rewritten, applied = apply_rewrites(original)
+    assert [a.rewrite for a in applied] == ["separable-depthwise"]  # the random 3x3 is left alone
+    kernels = sorted(tuple(a.ints) for n in rewritten.graph.node for a in n.attribute if a.name == "kernel_shape")
+    assert kernels == [(1, 5), (3, 3), (5, 1)]
+    assert applied[0].mult_adds_before == 4 * 25 * 15 * 17
+    _same_on_random_inputs(original, rewritten, {"x": (4, 30, 34)})
