@@ -5,9 +5,9 @@ them; each is exact up to float rounding and checked against the graph it
 came from on the golden inputs and on random ones (`check`). What a
 rewrite changed is recorded in the manifest (`rewrites`).
 
-The rewrite here is algebra a JIT does not do: a linear map whose output is
-only used through a data-dependent weighted sum is reordered so that the sum
-is taken first.
+The rewrites are algebra a JIT compiler does not do, matched on ops and
+static shapes, never on names, so a user's model with the same computation
+gets them too:
 
 `ReduceBeforeConv`: FOMM's keypoint detector, and any model with the same
 shape of computation, computes a Jacobian map with a convolution
@@ -19,13 +19,15 @@ Because the convolution is linear,
     Z[b,k,c,d] = sum_p X[b, c, p+d] U[b,k,p]
 
 Z correlates the features with the heatmap as a data-dependent kernel:
-K*C*kh*kw*Ho*Wo mult-adds instead of the convolution's K*C'*C*kh*kw*Ho*Wo, so
+about K*C*kh*kw*Ho*Wo mult-adds instead of the convolution's K*C'*C*kh*kw*Ho*Wo,
 C' times less work (4x for a 2x2 Jacobian). Z is one batched matrix product
-of the features' kh*kw shifted windows with the heatmap, so any batch size
-runs it without cross-batch work. The pattern is matched on shapes and ops,
-not names: MatMul(Reshape(Conv) [B,K,C',P], U [B,K,P,1]) (the zoo's
-detectors) or ReduceSum(Mul(Reshape(Conv) [B,K,C',P], U [B,K,1,P]), -1)
+(see `_correlate`) per image of the batch, so any batch size runs it without
+cross-batch work. Matched: MatMul(Reshape(Conv) [B,K,C',P], U [B,K,P,1]) (the
+zoo's detectors) and ReduceSum(Mul(Reshape(Conv) [B,K,C',P], U [B,K,1,P]), -1)
 (the published FOMM code's broadcast multiply-and-sum).
+
+`SeparableDepthwise`: a depthwise convolution whose kernels are outer products
+(a Gaussian blur) as a column pass, then a row pass.
 """
 
 from __future__ import annotations

@@ -55,6 +55,10 @@ def test_every_contender_in_one_run(figures, built):
     assert dsc["best_artifact"] in artifacts
     assert dsc["speedup"]["torch.compile"] == pytest.approx(
         dsc["contenders"]["torch.compile"]["p50_ms"] / dsc["contenders"][dsc["best_artifact"]]["p50_ms"])
+    fp32 = {a for a in artifacts if a.endswith(" fp32")}
+    assert dsc["best_fp32"] == min(fp32, key=lambda a: dsc["contenders"][a]["p50_ms"])
+    assert dsc["fp32_speedup"]["torch.compile"] == pytest.approx(
+        dsc["contenders"]["torch.compile"]["p50_ms"] / dsc["contenders"][dsc["best_fp32"]]["p50_ms"])
     assert 0.8 < dsc["gflop"] < 0.85  # 410.6 M mult-adds of convs plus the heads' contractions, x2
 
 
