@@ -118,11 +118,11 @@ def attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 class Emitter:
-    """New nodes and constants for one rewrite, named under a prefix and carrying the
-    exporter's metadata of the node they replace (so tools that map nodes to modules still do)."""
+    """New nodes and constants for one rewrite, named under a prefix (the replaced node's name;
+    the build maps them to that node's module)."""
 
-    def __init__(self, prefix: str, like: onnx.NodeProto):
-        self.prefix, self.like = prefix, like
+    def __init__(self, prefix: str):
+        self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.count = 0
@@ -139,7 +139,6 @@ class Emitter:
         self.count += 1
         out = output or f"{self.prefix}/{op_type.lower()}_{self.count}"
         node = helper.make_node(op_type, inputs, [out], name=f"{self.prefix}/{op_type}_{self.count}", **attributes)
-        node.metadata_props.extend(self.like.metadata_props)
         self.nodes.append(node)
         return out
 
@@ -245,7 +244,7 @@ class ReduceBeforeConv:
         return e.op("Reshape", [z, e.ints("last4", [0, m.k, c * kh * kw, 1])])
 
     def emit(self, g: Graph, m: _Match) -> tuple[Emitter, Applied]:
-        e = Emitter(f"{m.conv.name}/{self.name}", m.conv)
+        e = Emitter(f"{m.conv.name}/{self.name}")
         o, c, kh, kw = m.weights.shape
         ho, wo = m.out_hw
         x = m.features
@@ -309,7 +308,7 @@ class SeparableDepthwise:
         c, _, kh, kw = g.constants[conv.input[1]].shape
         sh, sw = a.get("strides", [1, 1])
         top, left, bottom, right = a.get("pads", [0, 0, 0, 0])
-        e = Emitter(f"{conv.name}/{self.name}", conv)
+        e = Emitter(f"{conv.name}/{self.name}")
         down = e.op("Conv", [conv.input[0], e.const("column", column.reshape(c, 1, kh, 1).astype(np.float32))],
                     group=c, kernel_shape=[kh, 1], strides=[sh, 1], pads=[top, 0, bottom, 0])
         bias = [conv.input[2]] if len(conv.input) > 2 and conv.input[2] else []
