@@ -24,6 +24,7 @@ import torch
 from runtime.compare import output_parity
 from runtime.errors import UserError
 from runtime.spec import ModelSpec
+from runtime.tasks import task_of
 
 from .contract import Exportable, example_tensors
 
@@ -201,8 +202,9 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
             diagnosis.points.append(Point(_shown(m), tensor, op_type, figures.max_rel, bounds[backend]))
         matched = {p.module for p in diagnosis.points}  # a rewrite that kept a module's output leaves it judged
         diagnosis.rewritten = {m: r for m, r in (rewritten or {}).items() if m not in matched}
+        floors = task_of(model.spec).scales()
         for name, value in outputs.items():
-            figures = output_parity(name, value, got[name], bounds[backend])
+            figures = output_parity(name, value, got[name], bounds[backend], floors.get(name, 0.0))
             diagnosis.points.append(Point(f"output {name}", name, "output", figures.max_rel, bounds[backend]))
         diagnosis.unmatched += len([m for m in acts if m not in tensors])
         diagnosis.fused = _fused_before(diagnosis, [_shown(m) for m in acts], {_shown(m) for m in leaves})

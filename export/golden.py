@@ -11,6 +11,7 @@ import torch
 
 from runtime.compare import output_parity
 from runtime.spec import ModelSpec
+from runtime.tasks import task_of
 
 from .contract import Exportable, example_tensors
 
@@ -74,15 +75,18 @@ def reference_noise(model: Exportable, inputs: Mapping[str, np.ndarray], referen
     route values through an argmax (max-unpool with indices) flip near-ties under
     any rounding difference; one comparison alone samples only some of those flips."""
     noise = dict.fromkeys(model.spec.outputs, 0.0)
+    floors = task_of(model.spec).scales()  # measured on the scale parity measures artifacts on
     if float64:
         with torch.no_grad():
             exact = copy.deepcopy(model).double()(*(x.double() if x.is_floating_point() else x
                                                     for x in example_tensors(model.spec, inputs)))
-        noise = {k: output_parity(k, e.numpy(), reference[k], 0.0).max_rel for k, e in zip(model.spec.outputs, exact)}
+        noise = {k: output_parity(k, e.numpy(), reference[k], 0.0, floors.get(k, 0.0)).max_rel
+                 for k, e in zip(model.spec.outputs, exact)}
     rng = np.random.default_rng(0)
     for _ in range(NOISE_DRAWS):
         moved = reference_outputs(model, {k: one_ulp(v, rng) for k, v in inputs.items()})
-        noise = {k: max(n, output_parity(k, reference[k], moved[k], 0.0).max_rel) for k, n in noise.items()}
+        noise = {k: max(n, output_parity(k, reference[k], moved[k], 0.0, floors.get(k, 0.0)).max_rel)
+                 for k, n in noise.items()}
     return noise
 
 

@@ -2,9 +2,9 @@
 
 Works on dicts of numpy arrays and imports no backend (Polygraphy's
 runner/comparator split). Figures per output: max abs, mean abs, max relative
-(max abs over the reference's range, so a bound means the same for a heatmap
-in [0, 0.01] and a Jacobian around 1), cosine similarity; and the task's own figures (`runtime.tasks`), such as the
-keypoint error in pixels of the input image.
+(max abs over the output's scale, see `scale`), cosine similarity; and the
+task's own figures (`runtime.tasks`), such as the keypoint error in pixels of
+the input image.
 """
 
 from __future__ import annotations
@@ -77,12 +77,29 @@ class ParityError(Exception):
     """Artifacts disagree with the reference; the message lists every failing output."""
 
 
-def output_parity(name: str, ref: np.ndarray, out: np.ndarray, bound: float) -> OutputParity:
+def scale(ref: np.ndarray, floor: float = 0.0) -> float:
+    """What an output's errors are measured against: the largest of its range, its
+    root mean square and the extent its task gives it (`floor`). The range makes a
+    bound mean the same for a heatmap in [0, 0.01] (mostly zeros, so its RMS is far
+    smaller) and for logits in [-8, 8]; the RMS keeps a near-constant output fair:
+    a pooled score of 0.5 +- 0.001 over the inputs has a range of 0.002, yet float
+    rounding is proportional to 0.5 (FP16 rounds it by 2.4e-4, which over the range
+    alone would read 1.2e-1). The floor is for values whose meaning has a size of
+    its own: keypoints in [-1, 1] are measured on the image's extent, 2, even when an
+    untrained detector puts them all within 0.01 of the centre. An all-zero output
+    with no floor is measured in absolute terms (scale 1)."""
+    ref = np.asarray(ref, np.float64)
+    if ref.size == 0:
+        return floor or 1.0
+    return max(float(ref.max() - ref.min()), float(np.sqrt(np.mean(ref * ref))), floor) or 1.0
+
+
+def output_parity(name: str, ref: np.ndarray, out: np.ndarray, bound: float, floor: float = 0.0) -> OutputParity:
     ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     if ref64.shape != out64.shape:
         return OutputParity(name, float("inf"), float("inf"), float("inf"), 0.0, bound)
     diff = np.abs(ref64 - out64)
-    span = float(ref64.max() - ref64.min()) or float(np.abs(ref64).max()) or 1.0
+    span = scale(ref64, floor)
     a, b = ref64.ravel(), out64.ravel()
     norms = float(np.linalg.norm(a) * np.linalg.norm(b))
     cosine = float(a @ b / norms) if norms else float(np.array_equal(a, b))
@@ -97,13 +114,18 @@ def effective_bounds(bound: float, noise: Mapping[str, float]) -> dict[str, floa
 
 
 def compare(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], bound: float | Mapping[str, float],
-            task: Task | None = None, task_bounds: Mapping[str, Any] | None = None) -> Parity:
+            task: Task | None = None, task_bounds: Mapping[str, Any] | None = None,
+            scales: Mapping[str, float] | None = None) -> Parity:
     """Figures for every output of `ref` (bound: one for all, or one per output);
     an output missing from `out` fails. The task's figures are gated by
-    `task_bounds` (figure -> ("max" | "min", limit), e.g. `Task.int8_bounds`)."""
+    `task_bounds` (figure -> ("max" | "min", limit), e.g. `Task.int8_bounds`).
+    `scales`: the extent of an output's values where it has one (`Task.scales`;
+    the task's own when a task is given)."""
     bounds = bound if isinstance(bound, Mapping) else dict.fromkeys(ref, bound)
     bounds = {name: bounds.get(name, bounds.get(name.split("@")[0])) for name in ref}  # logits@192x320: logits' bound
-    outputs = [output_parity(name, r, out[name], bounds[name]) if name in out
+    scales = {**(task.scales() if task is not None else {}), **(scales or {})}
+    floors = {name: scales.get(name.split("@")[0], 0.0) for name in ref}
+    outputs = [output_parity(name, r, out[name], bounds[name], floors[name]) if name in out
                else OutputParity(name, float("inf"), float("inf"), float("inf"), 0.0, bounds[name])
                for name, r in ref.items()]
     limits = {name: (kind, float(limit)) for name, (kind, limit) in (task_bounds or {}).items()}
@@ -119,7 +141,8 @@ def check_artifact(runner: Any, artifact: Artifact, sets: Mapping[str, tuple[dic
     parity = compare(reference, runner.infer(inputs), artifact.bounds, task, artifact.task_bounds)
     for name, (inputs, reference) in sets.items():
         if name.startswith("size."):
-            other = compare(reference, runner.infer(inputs), artifact.bounds)
+            other = compare(reference, runner.infer(inputs), artifact.bounds,
+                            scales=task.scales() if task is not None else None)
             size = name.removeprefix("size.")
             parity = replace(parity, outputs=parity.outputs + [replace(o, name=f"{o.name}@{size}")
                                                                for o in other.outputs])

@@ -40,6 +40,11 @@ class Task:
         """The task's settings with what the model's shapes tell filled in (`image`: the first input's spec)."""
         return settings
 
+    def scales(self) -> dict[str, float]:
+        """Outputs whose values have an extent of their own, which parity measures errors
+        against when it is larger than the output's spread (`runtime.compare.scale`)."""
+        return {}
+
     def agreement(self, ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Task figures of an artifact's outputs against the reference outputs."""
         return {}
@@ -78,6 +83,10 @@ class Keypoints(Task):
         if len(image.example) == 4:
             settings.setdefault("image_size", int(image.example[3]))
         return settings
+
+    def scales(self):
+        """Keypoints in [-1, 1] are measured on the image's extent, 2."""
+        return {self.output: 2.0}
 
     def error_px(self, ref_value: np.ndarray, value: np.ndarray) -> float:
         """Mean Euclidean distance between keypoints in [-1, 1], in pixels of the input image."""

@@ -73,3 +73,31 @@ def test_the_cache_is_written_once_and_gives_the_same_outputs(built, tmp_path, m
             np.testing.assert_allclose(cached[name], plain[name], rtol=0, atol=1e-5)
     if backend == "onnxruntime":
         assert runner.settings["optimized_model_cache"] == str(tmp_path / backend / written[0])
+
+
+def test_a_near_constant_score_is_judged_on_its_magnitude_not_its_spread():
+    """A pooled confidence score of about 0.5 that barely moves between inputs: FP16's
+    absolute error of 2e-4 is rounding of the value, and must pass FP16's bound; over the
+    spread alone (0.002) it would read 1e-1 and be refused."""
+    score = np.float32([[0.5004], [0.4986], [0.5006]])
+    parity = compare({"score": score}, {"score": score + np.float32(2e-4)}, bound=1e-2)
+    (o,) = parity.outputs
+    assert parity.passed and o.max_abs == pytest.approx(2e-4, rel=1e-3)
+    assert o.max_rel == pytest.approx(2e-4 / np.sqrt(np.mean(score.astype(np.float64) ** 2)), rel=1e-4)
+    # an output that spans its own magnitude is still measured on its range
+    heatmap = np.zeros((1, 4, 8, 8), np.float32)
+    heatmap[0, :, 3, 3] = 0.01
+    (h,) = compare({"h": heatmap}, {"h": heatmap + np.float32(2e-4)}, bound=1e-2).outputs
+    assert h.max_rel == pytest.approx(2e-4 / 0.01, rel=1e-4) and not h.passed
+
+
+def test_keypoints_are_measured_on_the_image_extent():
+    """Keypoints in [-1, 1] that an untrained detector puts within 0.01 of the centre:
+    3e-5 off is 0.004 px of a 256-pixel image, 1.5e-5 of the extent 2, not 3e-3 of their spread."""
+    task = Keypoints({"kind": "keypoints", "image_size": 256}, ("value", "heatmap"))
+    value = np.linspace(-0.005, 0.005, 20, dtype=np.float32).reshape(1, 10, 2)
+    parity = compare({"value": value}, {"value": value + np.float32(3e-5)}, bound=1e-4, task=task)
+    assert parity.outputs[0].max_rel == pytest.approx(3e-5 / 2, rel=1e-3) and parity.passed
+    assert parity.task["keypoint_error_px"] == pytest.approx(np.hypot(3e-5, 3e-5) * 128, rel=1e-3)
+    without = compare({"value": value}, {"value": value + np.float32(3e-5)}, bound=1e-4)
+    assert not without.passed  # the same figures with no task behind them: over the spread, 3e-3
