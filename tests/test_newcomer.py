@@ -190,3 +190,15 @@ def test_readme_names_only_files_that_exist():
     missing = [n for n in named if not (REPO / n).exists() and not list(REPO.glob(f"**/{n}"))]
     assert not missing, missing
     assert "Save\nthis as `my_unet.py`:" in text  # the example a newcomer pastes is complete
+
+
+def test_the_repository_root_holds_only_what_the_layout_names():
+    """A stray file (a profiler's dump, a checkpoint) at the root fails here, not in a reader's eyes."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    top = {path.split("/")[0] for path in tracked.splitlines()}
+    layout = (REPO / "README.md").read_text().split("## Layout", 1)[1]
+    named = {n for n in top if f"`{n}/`" in layout or f"`{n}`" in layout or f"[{n}]" in layout}
+    product = {"pyproject.toml", "README.md", "artifacts", ".ci", ".gitignore"}
+    assert top - product - named == set(), "files at the root that README's layout does not name"
