@@ -16,7 +16,7 @@ from runtime.spec import ModelSpec, Preprocess
 from .contract import infer_spec
 from .artifacts import Stage, silent
 from .pipeline import BuildResult, build_model
-from .report import spec_line
+from .report import results_text, spec_line
 from .settings import BuildSettings, check_options
 
 
@@ -69,7 +69,12 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
             print(f"export.build: inferred the model contract: {spec_line(spec.to_dict())}")
     if settings.keep_fp32:
         spec = dataclasses.replace(spec, keep_fp32=tuple(dict.fromkeys(spec.keep_fp32 + settings.keep_fp32)))
-    return build_model(module, spec, settings, stage)
+    result = build_model(module, spec, settings, stage)
+    if verbose:
+        print(results_text(result.manifest, result.passed))
+        for failure in result.failures:
+            print(f"parity failed: {failure}")
+    return result
 
 
 def _image_default(example) -> Preprocess | None:

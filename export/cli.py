@@ -55,7 +55,7 @@ def _build_command(sub) -> None:
     b.add_argument("--no-rewrites", dest="rewrites", action="store_false",
                    help="leave the simplified graph as it is (default: apply the graph rewrites that do less work)")
     b.add_argument("--tune-budget", type=float, default=2.0, metavar="SECONDS",
-                   help="seconds of timed calls per artifact to choose its backend settings, up to --threads "
+                   help="seconds of timed calls per artifact to choose its backend settings, on --threads "
                         "threads (default 2; 0: the backends' defaults)")
     _int8_arguments(b.add_argument_group("INT8"))
 
@@ -274,7 +274,7 @@ def cmd_build(args) -> int:
     start = time.perf_counter()
     result = build(settings, stage=_stage)
     _print_notes(result.manifest, settings)
-    _print_results(result.manifest, settings, result.passed)
+    _print_results(result.manifest, result.passed)
     if not result.passed:
         _print_failure(result)
         return 1
@@ -325,11 +325,10 @@ def _print_notes(manifest: dict, settings) -> None:
                       "graph covers every branch your model takes)", soft_wrap=True)
 
 
-def _print_results(manifest: dict, settings, passed: bool) -> None:
-    from .report import COLUMNS, busy_line, recommended_line, rows, tuning_line
+def _print_results(manifest: dict, passed: bool) -> None:
+    from .report import COLUMNS, busy_line, recommended_line, rows, table_title, tuning_line
 
-    console.print(_table(f"{manifest['name']}: parity against PyTorch and latency "
-                         f"(batch 1, {settings.threads} threads)", COLUMNS, rows(manifest)))
+    console.print(_table(table_title(manifest), COLUMNS, rows(manifest)))
     busy = busy_line(manifest)
     if busy:
         console.print(f"[yellow]warning[/]: {busy}", soft_wrap=True)

@@ -297,8 +297,8 @@ def _tune_stage(st: BuildState, stack: contextlib.ExitStack) -> None:
         loaded = Bundle.open(st.folder)
         for a in tuned:
             st.runners.pop(a.key).close()
-            threads = None if "threads" in a.settings else st.s.threads
-            st.runners[a.key] = stack.enter_context(rt.load(loaded, a.backend, a.precision, threads, cache=False))
+            st.runners[a.key] = stack.enter_context(rt.load(loaded, a.backend, a.precision, st.s.threads,
+                                                            cache=False))
 
 
 def _parity_stage(st: BuildState) -> None:

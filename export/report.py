@@ -9,7 +9,7 @@ from runtime.tasks import task_of
 from .benchmark import EAGER
 
 COLUMNS = ("artifact", "runtime", "parity", "max rel err", "bound", "min cosine", "task vs PyTorch",
-           "MB", "p50 ms", "p90 ms", "runs", "vs eager", "vs FP32")
+           "size", "p50 ms", "p90 ms", "runs", "vs eager", "vs FP32")
 # p90 this far above p50 on any contender: the machine was busy while it was timed
 BUSY_SPREAD = 1.3
 
@@ -29,10 +29,37 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
         table.append((art["file"], f"{art['backend']} {art['precision']}", "pass" if parity["passed"] else "FAIL",
                       f"{worst['max_rel']:.1e} ({worst['name']})", f"{worst['bound']:.1e}",
                       f"{min(o['cosine'] for o in outs):.6f}", describe(parity["task"]),
-                      f"{art['bytes'] / 1e6:.1f}", f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", str(lat["runs"]),
+                      size_text(art["bytes"]), f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", str(lat["runs"]),
                       f"{eager['p50_ms'] / lat['p50_ms']:.2f}x",
                       f"{twin['p50_ms'] / lat['p50_ms']:.2f}x" if twin else "-"))
     return table
+
+
+def size_text(n: int) -> str:
+    """Bytes on disk in two or three figures: 41 kB, 1.3 MB, 24 MB."""
+    for unit, step in (("MB", 1e6), ("kB", 1e3)):
+        if n >= step:
+            return f"{n / step:.1f} {unit}" if n < 10 * step else f"{n / step:.0f} {unit}"
+    return f"{n} B"
+
+
+def table_title(manifest: dict[str, Any]) -> str:
+    """The results table's title: what was compared, and on how many threads every row ran."""
+    return (f"{manifest['name']}: parity against PyTorch and latency (batch 1, every row on "
+            f"{manifest['benchmark']['threads']} threads, PyTorch eager too)")
+
+
+def results_text(manifest: dict[str, Any], passed: bool) -> str:
+    """The build's results in plain text, as `export.build` prints them: the table, then the
+    busy-machine warning, what was not shipped and the recommendation."""
+    from runtime.cli import format_table
+
+    busy = busy_line(manifest)
+    lines = [table_title(manifest), format_table(list(COLUMNS), rows(manifest)),
+             *([f"warning: {busy}"] if busy else []),
+             *(f"not shipped: {r['reason']}" for r in manifest.get("rejected", [])),
+             *([recommended_line(manifest)] if passed else [])]
+    return "\n".join(lines)
 
 
 def busy_line(manifest: dict[str, Any]) -> str:
@@ -245,8 +272,9 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         "",
         f"Parity on {manifest['golden']['batch']} golden inputs (seed {manifest['golden']['seed']})"
         + (f" and at {', '.join(sizes)} (dynamic height and width)" if sizes else "") + " against PyTorch; "
-        "max rel err is the max abs error over the reference output's range. "
-        f"Latency at batch {bench['batch']}, {bench['threads']} threads, {bench['warmup']} warm-up runs, "
+        "max rel err is the max abs error over the reference output's scale (the larger of its range and "
+        "its RMS, or the extent its task gives it). "
+        f"Latency at batch {bench['batch']}, every row on {bench['threads']} threads (PyTorch eager too), {bench['warmup']} warm-up runs, "
         "then the same number of timed runs for every row (`runs`), interleaved across them.",
         "",
         markdown_table(COLUMNS, rows(manifest)),

@@ -1,8 +1,9 @@
 """Stage: each artifact's backend settings, chosen by measurement on the build machine.
 
-A few candidate settings per backend (ONNX Runtime: threads, spinning, graph
-optimisation level, execution mode; OpenVINO: threads, streams, CPU pinning;
-its f32 precision hint stays as the artifact's precision asks and is recorded),
+A few candidate settings per backend (ONNX Runtime: spinning, graph
+optimisation level, execution mode; OpenVINO: streams, CPU pinning; its f32
+precision hint stays as the artifact's precision asks and is recorded), all on
+the build's thread count,
 loaded side by side and timed interleaved within a small budget. The fastest
 is kept only where it beats the backend's defaults by more than `MARGIN`, so
 noise never changes a setting. The choice goes into the artifact's manifest
@@ -26,17 +27,17 @@ from runtime.spec import ModelSpec
 MARGIN = 0.05  # a candidate must be this much faster (p50) than the defaults to be chosen
 
 
-def candidates(backend: str, threads: int) -> list[dict[str, Any]]:
-    """The settings tried for `backend` on `threads` threads: the defaults first, then one
-    change at a time. Only a candidate with fewer threads names a thread count, so a
-    device with more cores than the build machine uses them all unless fewer measured faster."""
-    fewer = [{"threads": t} for t in sorted({1, threads // 2} - {0, threads})]
+def candidates(backend: str) -> list[dict[str, Any]]:
+    """The settings tried for `backend`: the defaults first, then one change at a time.
+    No candidate changes the thread count: how many threads are fastest is a fact of the
+    machine and of what else runs on it (another job holding a core made one thread
+    look 1.75x faster than two), not of the model, so it never travels in a bundle."""
     if backend == "onnxruntime":
         default = dict(rt.ORT_DEFAULTS)
-        changes = [*fewer, {"spinning": False}, {"graph_optimization": "extended"}, {"execution_mode": "parallel"}]
+        changes = [{"spinning": False}, {"graph_optimization": "extended"}, {"execution_mode": "parallel"}]
     else:
         default = {"streams": 1, "pinning": True}
-        changes = [*fewer, {"pinning": False}]
+        changes = [{"pinning": False}]
     return [default, *({**default, **c} for c in changes)]
 
 
@@ -46,10 +47,10 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
     `budget` is the seconds of timed calls per artifact."""
     records = {}
     for a in artifacts:
-        tried = candidates(a.backend, threads)
+        tried = candidates(a.backend)
         with contextlib.ExitStack() as stack:
             runners = {str(i): stack.enter_context(rt.RUNNERS[a.backend](
-                folder / a.file, spec.inputs, outputs, a.precision, None if "threads" in c else threads, tuned=c))
+                folder / a.file, spec.inputs, outputs, a.precision, threads, tuned=c))
                 for i, c in enumerate(tried)}
             stats = bench_interleaved(runners, feeds, warmup=3, runs=200, rounds=5, max_seconds=budget)
         p50 = [stats[str(i)]["p50_ms"] for i in range(len(tried))]

@@ -91,6 +91,11 @@ def test_two_named_inputs_and_a_tuple_output_through_the_python_api(tmp_path, ca
     assert result.passed and result.bundle == tmp_path / "rgbd"
     printed = capsys.readouterr().out
     assert "inferred the model contract: inputs rgb (batch, 3, 32, 32) float32, depth (batch, 1, 32, 32)" in printed
+    # and the results, as the command line shows them: the table with every artifact, the threads, the choice
+    assert "rgbd: parity against PyTorch and latency (batch 1, every row on 2 threads, PyTorch eager too)" in printed
+    for artifact in result.manifest["artifacts"]:
+        assert f"{artifact['file']}  " in printed
+    assert "Recommended: " in printed
     bundle = runtime.Bundle.open(result.bundle)
     assert bundle.spec.input_names == ["rgb", "depth"] and bundle.spec.outputs == ("logits", "embedding")
     assert bundle.spec.returns == "tuple"
