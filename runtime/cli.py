@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import BACKENDS, PRECISIONS
-from .errors import Parser, UserError, check_folder
+from .errors import BackendError, Parser, UserError, check_folder
 
 # Outputs up to this many numbers go into infer's JSON as lists; all of them go into its .npz.
 RAW_JSON_LIMIT = 100_000
@@ -59,15 +59,16 @@ def cmd_verify(args) -> int:
     rows = []
     for c in result.checks:
         a = c.artifact
-        if c.skipped:
-            rows.append([a.file, a.backend, a.precision, "skipped", c.skipped, "", ""])
+        if c.skipped or c.error:
+            rows.append([a.file, a.backend, a.precision, "FAIL" if c.error else "skipped", "", "",
+                         "" if c.error else c.skipped])
             continue
         worst = c.parity.worst
         rows.append([a.file, a.backend, a.precision, "pass" if c.passed else "FAIL",
                      f"{worst.max_rel:.1e} ({worst.name})", f"{worst.bound:.1e}", task.describe(c.parity.task)])
     print(format_table(["artifact", "backend", "precision", "parity", "max rel err", "bound", "task vs PyTorch"], rows))
     for c in result.checks:
-        for failure in c.parity.failures() if c.parity else []:
+        for failure in c.parity.failures() if c.parity else [c.error] if c.error else []:
             print(f"FAIL  {c.artifact.file} ({c.artifact.backend} {c.artifact.precision}): {failure}")
     print("verify: " + ("passed" if result.passed else "FAILED"))
     return 0 if result.passed else 1
@@ -141,7 +142,7 @@ def _bench_choose(bundle, args) -> int:
         raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest "
                         f"({'; '.join(checked.file_problems)}); copy it again before choosing")
     passed = [(c.artifact.backend, c.artifact.precision) for c in checked.checks if c.passed]
-    refused = {(c.artifact.backend, c.artifact.precision): c.skipped or "fails parity here"
+    refused = {(c.artifact.backend, c.artifact.precision): c.skipped or c.error or "fails parity here"
                for c in checked.checks if not c.passed}
     if not passed:
         raise UserError(f"no artifact of {bundle.name} runs within its bounds here: "
@@ -306,3 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BackendError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

@@ -19,6 +19,22 @@ class UserError(ValueError):
     """
 
 
+class BackendError(RuntimeError):
+    """A backend cannot load or run an artifact on this machine (an operator this CPU's
+    kernels do not support, say). The message names the artifact and the backend's reason;
+    `verify` reports it as that artifact's failure, the CLIs in one line with exit code 1."""
+
+
+def backend_reason(err: BaseException) -> str:
+    """A backend's exception in one line: OpenVINO's "Exception from src/...cpp:112:" frames
+    dropped, the rest joined (e.g. "RuntimeError: [CPU] MatMul node with name '...' could
+    not create a primitive descriptor for the matmul primitive")."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    lines = [line for line in lines if line and not re.match(r"^(Exception from )?src/\S+:\d+:?$", line)
+             and not re.match(r"^Exception from \S+:\d+:$", line)]
+    return f"{type(err).__name__}: {' '.join(lines) or 'no message'}"
+
+
 def closest(value: str, valid: Iterable[str]) -> str | None:
     """The valid name a typo most likely meant (`dcs` -> `dsc`), if any is close."""
     close = difflib.get_close_matches(value, list(valid), n=1, cutoff=0.6)

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from .bundle import BACKENDS, PRECISIONS, Bundle
-from .errors import UserError, check_choice
+from .errors import BackendError, UserError, backend_reason, check_choice
 from .files import atomic_file
 from .spec import TensorSpec
 
@@ -134,7 +134,6 @@ class OnnxRuntimeRunner(BaseRunner):
         import onnxruntime as ort
 
         tuned = {**ORT_DEFAULTS, **(tuned or {})}
-        threads = threads or tuned.get("threads")
         options = ort.SessionOptions()
         level = ORT_GRAPH_LEVELS[tuned["graph_optimization"]]
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
@@ -231,7 +230,6 @@ class OpenVINORunner(BaseRunner):
         import openvino as ov
 
         tuned = dict(tuned or {})
-        threads = threads or tuned.get("threads")
         core = ov.Core()
         hint = mode.upper()
         config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": OV_PRECISION_HINT[precision]}
@@ -388,6 +386,10 @@ def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str
                           threads, mode, profile, cache, tuned=entry.settings if mode == "latency" else None)
     except ImportError:
         raise UserError(f"backend {backend!r} is not installed here; pip install {backend}") from None
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 (each backend raises its own types)
+        raise BackendError(f"{backend} cannot load {entry.file} ({precision}) here: {backend_reason(err)}") from err
 
 
 def installed_backends() -> list[str]:

@@ -9,19 +9,24 @@ from typing import Any
 
 from .bundle import Artifact, Bundle
 from .compare import Parity, check_artifact
+from .errors import BackendError, UserError, backend_reason
 from .runners import installed_backends, load
 from .tasks import task_of
 
 
 @dataclass
 class ArtifactCheck:
+    """One artifact's verdict: its parity, or why it was not checked (`skipped`), or the
+    backend's own reason it could not be loaded or run here (`error`: a failure)."""
+
     artifact: Artifact
     parity: Parity | None = None
     skipped: str = ""
+    error: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.parity is not None and self.parity.passed
+        return self.parity is not None and self.parity.passed and not self.error
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Verification:
             entry = {"file": a.file, "backend": a.backend, "precision": a.precision}
             if c.skipped:
                 return {**entry, "status": "skipped", "why": c.skipped}
+            if c.error:
+                return {**entry, "status": "FAIL", "why": c.error, "failures": [c.error]}
             worst = c.parity.worst
             return {**entry, "status": "pass" if c.passed else "FAIL", "max_rel": worst.max_rel,
                     "worst_output": worst.name, "bound": worst.bound, "failures": c.parity.failures(),
@@ -71,6 +78,13 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
         elif broken & set(art.files):
             check.skipped = "its file is missing or changed"
         else:
-            with load(bundle, art.backend, art.precision, threads) as runner:
-                check.parity = check_artifact(runner, art, sets, task)
+            try:  # a backend that cannot compile or run the artifact on this CPU fails it, with its reason
+                with load(bundle, art.backend, art.precision, threads) as runner:
+                    check.parity = check_artifact(runner, art, sets, task)
+            except BackendError as err:
+                check.error = str(err)
+            except UserError:
+                raise
+            except Exception as err:  # noqa: BLE001 (the backends raise RuntimeError and their own types)
+                check.error = f"{art.backend} cannot run {art.file} ({art.precision}) here: {backend_reason(err)}"
     return result
