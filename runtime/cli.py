@@ -60,8 +60,8 @@ def cmd_verify(args) -> int:
     for c in result.checks:
         a = c.artifact
         if c.skipped or c.error:
-            rows.append([a.file, a.backend, a.precision, "FAIL" if c.error else "skipped", "", "",
-                         "" if c.error else c.skipped])
+            rows.append([a.file, a.backend, a.precision, "FAIL" if c.error else "skipped",
+                         "cannot run here" if c.error else "", "", "" if c.error else c.skipped])
             continue
         worst = c.parity.worst
         rows.append([a.file, a.backend, a.precision, "pass" if c.passed else "FAIL",

@@ -11,7 +11,7 @@ import pytest
 
 import runtime
 from export.pack import pack, wheel_floor
-from runtime.bundle import DEVICE_CHOICE, Artifact, Bundle
+from runtime.bundle import DEVICE_CHOICE, Artifact, Bundle, sha256
 from runtime.doctor import CANNOT, EMULATED, RUNS, SLOW, artifact_status
 from runtime.machine import cpu_signature, machine_info
 from tests.test_cli import run
@@ -130,3 +130,38 @@ def test_bad_pack_options_are_refused_in_one_line(bundle, args, message):
     result = run("export", "pack", str(bundle), *args)
     assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
     assert not list(bundle.parent.glob("*.tar.gz"))
+
+
+@pytest.fixture
+def newer_ir(bundle):
+    """The bundle with its OpenVINO FP32 IR using an operator version this OpenVINO does not know
+    (as an IR from a newer OpenVINO has), its hash updated: the files match, the backend refuses."""
+    xml = bundle / "openvino" / "model.xml"
+    text = xml.read_text()
+    assert 'type="SoftMax" version="opset8"' in text
+    xml.write_text(text.replace('type="SoftMax" version="opset8"', 'type="SoftMax" version="opset99"'))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["openvino/model.xml"] = sha256(xml)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_an_artifact_the_backend_cannot_run_is_a_fail_row_with_its_reason(newer_ir):
+    reason = ("openvino cannot load openvino/model.xml (fp32) here: RuntimeError: Cannot create SoftMax layer "
+              "node_softmax id:")
+    verified = run("runtime", "verify", str(newer_ir))
+    assert verified.returncode == 1 and "Traceback" not in verified.stderr, verified.stderr
+    assert f"FAIL  openvino/model.xml (openvino fp32): {reason}" in verified.stdout
+    assert "unsupported opset: opset99" in verified.stdout and "verify: FAILED" in verified.stdout
+    result = json.loads(run("runtime", "verify", str(newer_ir), "--json").stdout)
+    status = {(a["backend"], a["precision"]): a for a in result["artifacts"]}
+    assert status["openvino", "fp32"]["status"] == "FAIL" and status["openvino", "fp32"]["why"].startswith(reason)
+    assert status["onnxruntime", "fp32"]["status"] == "pass" and not result["passed"]
+    # the device's choice is made among the others, and says why this one was left out
+    chosen = run("runtime", "bench", str(newer_ir), "--choose", "--runs", "3", "--warmup", "1", "--json")
+    assert chosen.returncode == 0, chosen.stderr
+    figures = json.loads(chosen.stdout)
+    assert "openvino fp32" not in figures["artifacts"] and figures["not_chosen"]["openvino fp32"].startswith(reason)
+    # and asking for it by name is one line, exit 1
+    refused = run("runtime", "bench", str(newer_ir), "--backend", "openvino", "--precision", "fp32", "--runs", "3")
+    assert refused.returncode == 1 and refused.stderr.startswith(f"error: {reason}") and "Traceback" not in refused.stderr
