@@ -130,8 +130,10 @@ def spec_line(spec: dict[str, Any]) -> str:
                        + (f" multiple of {i['multiple']}" if i["multiple"] > 1 else "") for i in spec["inputs"])
     task = {k: v for k, v in spec["task"].items() if k != "names"}
     pre = spec.get("preprocess")
+    image = spec["inputs"][0]
+    grey = len(image["example"]) == 4 and image["example"][1] == 1  # infer converts the photo to grey
     prep = (f"; image {'at its own size' if pre['size'] is None else 'resized to ' + 'x'.join(map(str, pre['size']))}"
-            f", {pre['channels']}, x{pre['scale']:.6g}, mean {list(pre['mean'])}, std {list(pre['std'])}") if pre else ""
+            f", {'grey' if grey else pre['channels']}, x{pre['scale']:.6g}, mean {list(pre['mean'])}, std {list(pre['std'])}") if pre else ""
     return (f"inputs {inputs}; outputs {', '.join(spec['outputs'])} (forward returns a {spec['returns']}); "
             f"task {', '.join(f'{k}={v}' for k, v in task.items())}{prep}")
 

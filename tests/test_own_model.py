@@ -267,3 +267,17 @@ def test_diagnose_takes_a_users_model(tmp_path):
     assert "RGBDSegmenter: max relative error of every module's output against PyTorch" in result.stdout
     for backend in ("onnxruntime", "openvino"):
         assert f"{backend}: no divergence: all 10 module outputs and 2 model outputs within bound" in result.stdout
+
+
+def test_a_one_channel_image_is_said_to_be_grey_in_the_contract():
+    """infer converts a photo to grey for a one-channel input; the printed contract says so, not RGB."""
+    from export.contract import infer_spec
+    from export.report import spec_line
+    from runtime.spec import Preprocess
+
+    module = torch.nn.Conv2d(1, 4, 3, padding=1).eval()
+    grey = infer_spec(module, torch.rand(1, 1, 32, 32), "grey", preprocess=Preprocess(None, mean=(0.0,), std=(1.0,)))
+    assert ", grey, x0.00392157, mean [0.0]" in spec_line(grey.to_dict())
+    colour = infer_spec(torch.nn.Conv2d(3, 4, 3, padding=1).eval(), torch.rand(1, 3, 32, 32), "colour",
+                        preprocess=Preprocess(None))
+    assert ", RGB, x0.00392157" in spec_line(colour.to_dict())
