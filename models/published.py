@@ -9,7 +9,10 @@ classes (Cityscapes' 19 and void): build with `--classes 20` for those.
 
 Sources (the names below are theirs):
 - ERFNet: Eromera/erfnet_pytorch, train/erfnet.py, `Net(num_classes)`
-- EDANet: xiaoyufenfei/Efficient-Segmentation-Networks, model/EDANet.py, `EDANet(classes)`
+- EDANet: xiaoyufenfei/Efficient-Segmentation-Networks, model/EDANet.py, `EDANet(classes)`; and
+  wpf535236337/pytorch_EDANet, EDANet.py, `EDANet(num_classes)`, the one the EDANet authors point to: the same
+  348 tensors in the same order, its blocks in one flat list (its forward ends at twice the input's size,
+  an extra x2 upsampling the zoo does not add)
 - ESNet: xiaoyufenfei/ESNet, model/ESNet.py, `ESNet(num_classes)`
 - LEDNet: xiaoyufenfei/LEDNet, train/lednet.py, `Net(num_classes)` (its attention pyramid is 20 wide whatever
   num_classes says)
@@ -68,36 +71,38 @@ class Layout:
         return renamed, unused
 
 
-LAYOUTS = {
-    "erfnet": Layout(
+LAYOUTS: dict[str, tuple[Layout, ...]] = {
+    "erfnet": (Layout(
         "ERFNet (Eromera/erfnet_pytorch train/erfnet.py)", r"encoder\.initial_block\.conv\.weight$",
         ((r"^encoder\.initial_block\.", "net.encoder.0."), (r"^encoder\.layers\.(\d+)\.", _shift("net.encoder.", 1)),
          (r"^decoder\.layers\.", "net.decoder."), (r"^decoder\.output_conv\.", "net.decoder.6.")),
-        (r"^encoder\.output_conv\.",), ("decoder.output_conv.weight", 1)),
-    "esnet": Layout(
+        (r"^encoder\.output_conv\.",), ("decoder.output_conv.weight", 1)),),
+    "esnet": (Layout(
         "ESNet (xiaoyufenfei/ESNet model/ESNet.py)", r"encoder\.initial_block\.conv\.weight$",
         ((r"^encoder\.initial_block\.", "net.encoder.0."), (r"^encoder\.layers\.(\d+)\.", _shift("net.encoder.", 1)),
          (r"^decoder\.layers\.", "net.decoder."), (r"^decoder\.output_conv\.", "net.decoder.6."),
          *((rf"\.conv{k}_2{d}\.", f".branches.{i}.{j}.") for i, d in enumerate((2, 5, 9))
            for j, k in enumerate(("3x1", "1x3")))),
-        (r"^encoder_output_conv\.",), ("decoder.output_conv.weight", 1)),
-    "edanet": Layout(
+        (r"^encoder_output_conv\.",), ("decoder.output_conv.weight", 1)),),
+    "edanet": (Layout(
         "EDANet (xiaoyufenfei/Efficient-Segmentation-Networks model/EDANet.py)", r"layers\.2\.residual_dense_layers\.",
         ((r"^layers\.([01])\.", r"net.encoder.\1."), (r"^layers\.2\.residual_dense_layers\.(\d+)\.",
                                                       _shift("net.encoder.", 2)),
          (r"^layers\.3\.", "net.encoder.7."), (r"^layers\.4\.residual_dense_layers\.(\d+)\.", _shift("net.encoder.", 8)),
          (r"^project_layer\.", "net.decoder.0.")), (), ("project_layer.weight", 0)),
-    "lednet": Layout(
+        Layout("EDANet (wpf535236337/pytorch_EDANet EDANet.py)", r"layers\.2\.conv1x1\.",
+               ((r"^layers\.(\d+)\.", r"net.encoder.\1."), (r"^project_layer\.", "net.decoder.0.")), (),
+               ("project_layer.weight", 0))),
+    "lednet": (Layout(
         "LEDNet (xiaoyufenfei/LEDNet train/lednet.py)", r"decoder\.apn\.",
         ((r"^encoder\.initial_block\.", "net.encoder.0."), (r"^encoder\.layers\.(\d+)\.", _shift("net.encoder.", 1)),
          (r"\.(conv\w+_[lr]|bn\d_[lr])\.", lambda m: f".{_SSNBT[m[1]]}."),
          (r"^decoder\.apn\.", "net.decoder.0."), (r"^net\.decoder\.0\.mid\.0\.", "net.decoder.0.mid."),
          (r"\.conv\.(\d)\.", r".\1.")),
-        (r"^encoder\.output_conv\.",), ("decoder.apn.mid.0.conv.0.weight", 0)),
+        (r"^encoder\.output_conv\.",), ("decoder.apn.mid.0.conv.0.weight", 0)),),
 }
 
 
 def layout_of(arch: str, state: Mapping) -> Layout | None:
     """The published layout `state` is saved in, for an encoder-decoder `arch`, or None."""
-    layout = LAYOUTS.get(arch)
-    return layout if layout is not None and layout.recognises(state) else None
+    return next((layout for layout in LAYOUTS.get(arch, ()) if layout.recognises(state)), None)

@@ -138,3 +138,23 @@ def test_the_zoo_computes_exactly_what_the_published_modules_compute(tmp_path):
         x = torch.rand(1, 3, *size)
         with torch.no_grad():
             torch.testing.assert_close(ours(x)["logits"], theirs(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_edanet_its_authors_point_to_loads_by_its_own_names(tmp_path):
+    """wpf535236337/pytorch_EDANet keeps its blocks in one flat list (`layers.N...`); its 348 tensors have
+    the shapes and order of Efficient-Segmentation-Networks' EDANet. Its names and shapes (a JSON list, its
+    code having no licence to copy) with that module's weights, saved as a bare state_dict, build the same
+    outputs, and the build says whose layout it read."""
+    import json
+
+    theirs = json.loads((PUBLISHED / "wpf_edanet_state_dict.json").read_text())["tensors"]
+    torch.manual_seed(2)
+    reference = perturb_(published("edanet").EDANet(20)).eval()
+    weights = list(reference.state_dict().values())
+    assert [list(w.shape) for w in weights] == [shape for _, shape in theirs]
+    torch.save({name: w for (name, _), w in zip(theirs, weights)}, tmp_path / "EDANet.pth")
+    ours, read = models.load("edanet", tmp_path / "EDANet.pth", num_classes=20)
+    assert read["layout"] == "EDANet (wpf535236337/pytorch_EDANet EDANet.py)" and read["unused"] == []
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)["logits"], reference(x), rtol=1e-5, atol=1e-5)
