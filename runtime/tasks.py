@@ -26,19 +26,30 @@ class Task:
 
     def __init__(self, settings: Mapping[str, Any], outputs: tuple[str, ...]):
         self.settings = dict(settings)
-        self.output = self.settings.get("output", self.default_output(outputs))
+        self.output = self.settings.get("output", self.default_output(tuple(outputs)))
         if self.output is not None and self.output not in outputs:
             raise UserError(f"task {self.kind!r} reads output {self.output!r}, which the model does not have; "
                             f"its outputs: {', '.join(outputs)} (name one with the task's output)")
         self.names = [str(n) for n in self.settings.get("names", [])]
 
-    def default_output(self, outputs: tuple[str, ...]) -> str | None:
+    @classmethod
+    def default_output(cls, outputs: tuple[str, ...]) -> str | None:
         return None
 
     @classmethod
     def complete(cls, settings: dict[str, Any], output_shapes: Mapping[str, tuple[int, ...]], image) -> dict[str, Any]:
-        """The task's settings with what the model's shapes tell filled in (`image`: the first input's spec)."""
+        """The task's settings with what the model's shapes tell filled in (`image`: the first input's spec),
+        or a UserError when the output the task reads is not the kind it reads."""
         return settings
+
+    @classmethod
+    def read_shape(cls, settings: Mapping[str, Any], output_shapes: Mapping[str, tuple[int, ...]]):
+        """(the output's name, its shape) that the task reads, at build time."""
+        name = settings.get("output", cls.default_output(tuple(output_shapes)))
+        if name not in output_shapes:
+            raise UserError(f"task {cls.kind!r} reads output {name!r}, which the model does not have; "
+                            f"its outputs: {', '.join(output_shapes)} (name one with --task-output)")
+        return name, tuple(output_shapes[name])
 
     def scales(self) -> dict[str, float]:
         """Outputs whose values have an extent of their own, which parity measures errors
@@ -74,12 +85,18 @@ class Keypoints(Task):
             raise UserError("the keypoints task needs the input's image_size (its side in pixels), at least 2")
         self.image_size = int(self.settings["image_size"])
 
-    def default_output(self, outputs):
+    @classmethod
+    def default_output(cls, outputs):
         return "value" if "value" in outputs else outputs[0]
 
     @classmethod
     def complete(cls, settings, output_shapes, image):
-        """The image size keypoints are measured in: the input's width."""
+        """The image size keypoints are measured in: the input's width; the output must be (B, K, 2)."""
+        name, shape = cls.read_shape(settings, output_shapes)
+        if len(shape) != 3 or shape[2] != 2:
+            raise UserError(f"the keypoints task reads output {name!r} as (batch, keypoints, 2) x, y in [-1, 1]; "
+                            f"it has shape {shape}" + ("; a per-pixel output is --task segmentation or --task none"
+                                                       if len(shape) == 4 else "; use --task none"))
         if len(image.example) == 4:
             settings.setdefault("image_size", int(image.example[3]))
         return settings
@@ -124,19 +141,25 @@ class Segmentation(Task):
             raise UserError("the segmentation task needs its number of classes, at least 2")
         self.classes = int(self.settings["classes"])
 
-    def default_output(self, outputs):
+    @classmethod
+    def default_output(cls, outputs):
         return "logits" if "logits" in outputs else outputs[0]
 
     @classmethod
     def complete(cls, settings, output_shapes, image):
-        """The class count: the channels of the output the task reads."""
-        name = settings.get("output", "logits" if "logits" in output_shapes else next(iter(output_shapes)))
-        shape = output_shapes.get(name, ())
-        if len(shape) == 4:
-            settings.setdefault("classes", int(shape[1]))
-            if settings["classes"] != shape[1]:
-                raise UserError(f"--classes {settings['classes']}, but the segmentation output {name!r} has "
-                                f"{shape[1]} channels {shape}")
+        """The class count: the channels of the output the task reads, (B, classes, H, W) with 2 or more."""
+        name, shape = cls.read_shape(settings, output_shapes)
+        if len(shape) != 4:
+            raise UserError(f"the segmentation task reads output {name!r} as class logits (batch, classes, height, "
+                            f"width); it has shape {shape}; use --task none")
+        if shape[1] < 2:
+            raise UserError(f"the segmentation task reads output {name!r} as class logits, one channel per class, "
+                            f"at least 2; it has shape {shape} (a one-channel mask logit: export it with two "
+                            "channels, background and foreground, or use --task none)")
+        settings.setdefault("classes", int(shape[1]))
+        if settings["classes"] != shape[1]:
+            raise UserError(f"--classes {settings['classes']}, but the segmentation output {name!r} has "
+                            f"{shape[1]} channels {shape}")
         return settings
 
     def agreement(self, ref, out):
