@@ -35,8 +35,10 @@ def forward_parameters(module: nn.Module) -> list[inspect.Parameter]:
     return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def check_signature(module: nn.Module, names: Sequence[str]) -> None:
-    """A UserError unless forward can take inputs named `names`, in that order."""
+def check_signature(module: nn.Module, names: Sequence[str],
+                    shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+    """A UserError unless forward can take inputs named `names`, in that order (`shapes`: those
+    given, shown in the hint; a parameter not given is shown with no shape, as only its code knows it)."""
     params = forward_parameters(module)
     try:
         varargs = any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values())
@@ -48,7 +50,14 @@ def check_signature(module: nn.Module, names: Sequence[str]) -> None:
     if len(names) < len(required) or (len(names) > len(params) and not varargs):
         raise UserError(f"{shown} takes {len(required)}" + (f" to {len(params)}" if len(params) > len(required) else "")
                         + f" inputs; {len(names)} given ({', '.join(names)}); pass one --input per parameter, "
-                        "in order (e.g. --input " + " --input ".join(f"{p}:1x3x256x256" for p in required[:2]) + ")")
+                        "in order: --input " + " --input ".join(_shape_hint(p, shapes, i) for i, p in enumerate(
+                            required if len(names) < len(required) else [p.name for p in params]))
+                        + (" (SHAPE: that input's own channels and size)" if len(names) < len(required) else ""))
+
+
+def _shape_hint(name: str, shapes: Mapping[str, Sequence[int]] | None, i: int) -> str:
+    shape = list((shapes or {}).values())[i] if i < len(shapes or {}) else None
+    return f"{name}:{'x'.join(map(str, shape))}" if shape is not None else f"{name}:SHAPE"
 
 
 def check_modules(module: nn.Module, paths: Sequence[str]) -> None:
@@ -201,7 +210,7 @@ def infer_spec(module: nn.Module, example: Mapping[str, torch.Tensor] | Sequence
         value_range = preprocess.value_range() if preprocess is not None and not inputs and floating else None
         inputs.append(TensorSpec(key, shape, NUMPY_DTYPES[x.dtype], value_range,
                                  multiple if image_like else 1, tuple(int(d) for d in x.shape)))
-    check_signature(module, list(example))
+    check_signature(module, list(example), {k: tuple(x.shape) for k, x in example.items()})
     try:
         with torch.no_grad():
             value = module(*example.values())
@@ -219,8 +228,12 @@ def infer_spec(module: nn.Module, example: Mapping[str, torch.Tensor] | Sequence
         preprocess = dataclasses.replace(preprocess, size=tuple(first.example[2:]) if fixed else None)
     task = task_class(dict(task or {"kind": "none"})).complete(dict(task or {"kind": "none"}),
                                                              {k: tuple(v.shape) for k, v in named.items()}, first)
-    return ModelSpec(name, tuple(inputs), outputs, returns, task, preprocess, summary=summary,
-                     source=dict(source or {}))
+    source = dict(source or {})
+    params = [p.name for p in forward_parameters(module)]
+    renamed = {k: p for k, p in zip(example, params) if k != p}
+    if renamed:  # the bundle's names, not forward's: said in the contract
+        source["parameters"] = renamed
+    return ModelSpec(name, tuple(inputs), outputs, returns, task, preprocess, summary=summary, source=source)
 
 
 def _axis_name(input_name: str, axis: int, image_like: bool, several: bool) -> str:

@@ -126,7 +126,12 @@ def source_line(source: dict[str, Any]) -> str:
 
 def spec_line(spec: dict[str, Any]) -> str:
     """The model contract in one line: inputs, outputs, task, preprocessing."""
-    inputs = ", ".join(f"{i['name']} ({', '.join(map(str, i['shape']))}) {i['dtype']}"
+    params = spec.get("source", {}).get("parameters", {})  # inputs named otherwise than forward's parameters
+
+    def named(i: dict) -> str:
+        return f"{i['name']} [forward's {params[i['name']]}]" if i["name"] in params else i["name"]
+
+    inputs = ", ".join(f"{named(i)} ({', '.join(map(str, i['shape']))}) {i['dtype']}"
                        + (f" multiple of {i['multiple']}" if i["multiple"] > 1 else "") for i in spec["inputs"])
     task = {k: v for k, v in spec["task"].items() if k != "names"}
     pre = spec.get("preprocess")

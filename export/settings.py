@@ -115,6 +115,12 @@ def check_user_model(m: UserModel) -> None:
                             f"{'x'.join(map(str, shape))} (0 to {len(shape) - 1})")
     check_choice("--task", m.task.get("kind", "none"), tuple(TASKS))
     check_at_least("--multiple", m.multiple)
+    for name, shape in m.inputs:  # found here, not as the model's own error on the odd size
+        off = [d for d in shape[2:] if d % m.multiple] if len(shape) == 4 else []
+        if off:
+            lower = off[0] // m.multiple * m.multiple
+            raise UserError(f"--input {name}:{'x'.join(map(str, shape))}: {off[0]} is not a multiple of --multiple "
+                            f"{m.multiple}; use {f'{lower} or ' if lower else ''}{lower + m.multiple}")
 
 
 def check_settings(s: BuildSettings) -> None:

@@ -128,8 +128,11 @@ class Bundle:
             if a.backend == backend and a.precision == precision:
                 return a
         have = [a.precision for a in self.artifacts if a.backend == backend]
-        raise UserError(f"bundle {str(self.path)!r} has no {precision!r} artifact for {backend}; "
-                        f"it has: {', '.join(have) or 'none'}")
+        why = next((r["reason"] for r in self.manifest.get("rejected", [])
+                    if r["backend"] == backend and r["precision"] == precision), None)
+        raise UserError(f"bundle {str(self.path)!r} has no {precision!r} artifact for {backend}"
+                        + (f": the build made one and did not ship it ({why})" if why else "")
+                        + f"; it has: {', '.join(have) or 'none'}")
 
     def check_files(self) -> list[str]:
         """Names of files whose sha256 differs from the manifest, or which are missing."""

@@ -145,6 +145,27 @@ def test_runtime_cli_errors_are_one_line(built, args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_a_precision_the_build_did_not_ship_is_refused_with_the_builds_reason(built):
+    """Asking for an artifact the build made and rejected (here OpenVINO FP16, moved to `rejected`
+    as the build records it) names why it was not shipped; one never made says only what there is."""
+    from runtime.errors import UserError
+
+    opened = runtime.Bundle.open(built("dsc").bundle)
+    manifest = json.loads(json.dumps(opened.manifest))
+    entry = next(a for a in manifest["artifacts"] + manifest["rejected"]
+                 if (a["backend"], a["precision"]) == ("openvino", "fp16"))
+    reason = "max relative error 3.1e-02 > bound 1.0e-02 (value)"
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a is not entry]
+    manifest["rejected"] = [r for r in manifest["rejected"] if r is not entry] + [{**entry, "reason": reason}]
+    bundle = dataclasses.replace(opened, manifest=manifest)
+    with pytest.raises(UserError) as refused:
+        bundle.artifact("openvino", "fp16")
+    assert str(refused.value) == (f"bundle {str(bundle.path)!r} has no 'fp16' artifact for openvino: the build made "
+                                  f"one and did not ship it ({reason}); it has: fp32")
+    with pytest.raises(UserError, match=r"has no 'int8' artifact for openvino; it has: fp32$"):
+        bundle.artifact("openvino", "int8")
+
+
 def test_truncated_manifest_is_named(built, tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(built("dsc").bundle, bundle)
