@@ -53,10 +53,11 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
                              **options)
     check_options(settings)
     module = module.eval()
+    read = None
     if checkpoint is not None:
         from models.checkpoint import load_into
 
-        load_into(module, checkpoint)
+        read = load_into(module, checkpoint)
     if isinstance(spec_or_example_inputs, ModelSpec):
         spec = spec_or_example_inputs
         if name is not None:
@@ -69,7 +70,7 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
             print(f"export.build: inferred the model contract: {spec_line(spec.to_dict())}")
     if settings.keep_fp32:
         spec = dataclasses.replace(spec, keep_fp32=tuple(dict.fromkeys(spec.keep_fp32 + settings.keep_fp32)))
-    result = build_model(module, spec, settings, stage)
+    result = build_model(module, spec, settings, stage, read)
     if verbose:
         print(results_text(result.manifest, result.passed))
         for failure in result.failures:

@@ -312,7 +312,8 @@ def _print_notes(manifest: dict, settings) -> None:
         console.print(f"model contract: {spec_line(manifest['spec'])}", markup=False, soft_wrap=True)
     read = (manifest["checkpoint"] or {}).get("read")
     if read:
-        console.print(f"checkpoint: read as published {read['layout']}, renamed to the zoo's names" + (
+        console.print(f"checkpoint: read as {'' if settings.model else 'published '}{read['layout']}, renamed to "
+                      f"{'the module' if settings.model else 'the zoo'}'s names" + (
             f"; skipped {len(read['unused'])} tensors its forward never uses: {', '.join(read['unused'])}"
             if read["unused"] else ""), markup=False, soft_wrap=True)
     for line in rewrite_lines(manifest["rewrites"]) if manifest["rewrites"]["applied"] else []:

@@ -85,7 +85,8 @@ def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = Fa
 def model_for(s: BuildSettings) -> tuple[nn.Module, ModelSpec, dict | None]:
     """The module and its spec that `s` asks for (a zoo variant, or a user's model made
     from its code, its spec inferred from the example inputs), and how its checkpoint
-    was read: None, or the published layout a zoo variant's checkpoint was renamed from."""
+    was read: None, or the layout it was renamed from (a zoo variant's published code's,
+    a transformers model's older names)."""
     if s.variant is not None:
         module, read = models.load(s.variant, s.checkpoint, **s.overrides)
         return module, models.spec(s.variant, **s.overrides), read
@@ -94,13 +95,12 @@ def model_for(s: BuildSettings) -> tuple[nn.Module, ModelSpec, dict | None]:
 
     m = s.model
     module = make_module(m.ref, m.args)
-    if s.checkpoint is not None:
-        load_into(module, s.checkpoint)
+    read = load_into(module, s.checkpoint) if s.checkpoint is not None else None
     example = {name: torch.rand(shape) for name, shape in m.inputs}
     spec = infer_spec(module, example, s.name or type(module).__name__, dynamic=m.dynamic, task=m.task,
                       preprocess=m.preprocess, output_names=m.outputs, multiple=m.multiple,
                       source={"model": m.ref, "args": dict(m.args)}, summary=f"{type(module).__name__} from {m.ref}")
-    return module, spec, None
+    return module, spec, read
 
 
 def build(s: BuildSettings, stage: Stage = silent) -> BuildResult:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save_file
 
 import models
 import runtime
@@ -54,7 +55,13 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tmp
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: torch.save([1, 2, 3], p), "is not a state dict (a mapping of names to tensors"),
-    (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), "is unreadable"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), "is a damaged torch.save file (RuntimeError: "),
+    (lambda p: p.write_bytes(b"\x80\x02" + bytes(range(200))), "is a damaged torch.save file (Unsupported operand 0)"),
+    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
+     "is neither a torch.save file (a zip, or the legacy pickle) nor safetensors (it starts with b'_\\x82\\xc2\\xd9')"),
+    (lambda p: p.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{not json"), "is not a readable safetensors file"),
+    (lambda p: save_file(models.create("baseline").state_dict(), p),  # safetensors is read: its names are named
+     "does not fit this variant: missing keys: predictor.encoder.down_blocks.0.conv.depthwise.weight"),
     (lambda p: torch.save(models.create("baseline").state_dict(), p),
      "does not fit this variant: missing keys: predictor.encoder.down_blocks.0.conv.depthwise.weight"),
     (lambda p: torch.save({**models.create("dsc").state_dict(), "kp.weight": torch.zeros(10, 3, 7, 7)}, p),

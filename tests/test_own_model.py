@@ -168,7 +168,12 @@ def test_an_export_the_dynamo_exporter_cannot_do_falls_back_and_says_so(tmp_path
      f"error: {OWN}/fusion.py:not_a_module() returned a dict; expected a torch.nn.Module"),
     (["--model", f"{OWN}/fusion.py:RGBDSegmenter", "--input", "rgb:1x3x16x16"],
      "error: RGBDSegmenter.forward(rgb, depth) takes 2 inputs; 1 given (rgb); pass one --input per parameter, "
-     "in order (e.g. --input rgb:1x3x256x256 --input depth:1x3x256x256)"),
+     "in order: --input rgb:1x3x16x16 --input depth:SHAPE (SHAPE: that input's own channels and size)"),
+    (["--model", f"{OWN}/fusion.py:Branchy", "--input", "x:1x3x16x16", "--input", "y:1x3x16x16"],
+     "error: Branchy.forward(x) takes 1 inputs; 2 given (x, y); pass one --input per parameter, in order: "
+     "--input x:1x3x16x16"),
+    (["--model", f"{OWN}/fusion.py:Branchy", "--input", "x:1x3x130x16", "--dynamic", "x:0,2,3", "--multiple", "4"],
+     "error: --input x:1x3x130x16: 130 is not a multiple of --multiple 4; use 128 or 132"),
     (["--model", f"{OWN}/fusion.py:RGBDSegmenter", "--input", "rgb:1x3x16x16", "--input", "depth:1x3x16x16"],
      "error: RGBDSegmenter.forward on rgb (1, 3, 16, 16), depth (1, 3, 16, 16) raised RuntimeError: Given groups=1, "
      "weight of size [8, 1, 3, 3], expected input[1, 3, 16, 16] to have 1 channels, but got 3 channels instead"),
@@ -183,6 +188,21 @@ def test_an_export_the_dynamo_exporter_cannot_do_falls_back_and_says_so(tmp_path
      "error: --dynamic names input 'y'; the inputs are x"),
     (["--model", f"{OWN}/fusion.py:Branchy", "--input", "x:1x3x8x8", "--task", "segmentaton"],
      "error: unknown --task 'segmentaton'; did you mean 'segmentation'? valid: none, keypoints, segmentation"),
+    # the task plugins check the output they read before anything is exported
+    (["--model", f"{OWN}/fusion.py:Branchy", "--input", "x:1x3x8x8", "--task", "keypoints"],
+     "error: the keypoints task reads output 'output' as (batch, keypoints, 2) x, y in [-1, 1]; it has shape "
+     "(1, 4, 8, 8); a per-pixel output is --task segmentation or --task none"),
+    (["--model", f"{OWN}/fusion.py:Spectral", "--input", "x:1x3x8x8", "--task", "segmentation"],
+     "error: the segmentation task reads output 'output' as class logits (batch, classes, height, width); it has "
+     "shape (1, 4); use --task none"),
+    (["--model", f"{OWN}/fusion.py:make_segmenter", "--model-arg", "classes=1", "--input", "rgb:1x3x8x8",
+      "--input", "depth:1x1x8x8", "--task", "segmentation"],
+     "error: the segmentation task reads output 'output0' as class logits, one channel per class, at least 2; it "
+     "has shape (1, 1, 8, 8) (a one-channel mask logit: export it with two channels"),
+    (["--model", f"{OWN}/fusion.py:make_segmenter", "--input", "rgb:1x3x8x8", "--input", "depth:1x1x8x8",
+      "--task", "segmentation", "--task-output", "out"],
+     "error: task 'segmentation' reads output 'out', which the model does not have; its outputs: output0, output1 "
+     "(name one with --task-output)"),
     (["--variant", "dsc", "--input", "x:1x3x8x8"],
      "error: --input is for --model; a zoo variant's inputs, outputs and task are its own"),
     (["--variant", "dsc", "--model", f"{OWN}/fusion.py:Branchy"], "error: give --variant or --model, not both"),
@@ -281,3 +301,50 @@ def test_a_one_channel_image_is_said_to_be_grey_in_the_contract():
     colour = infer_spec(torch.nn.Conv2d(3, 4, 3, padding=1).eval(), torch.rand(1, 3, 32, 32), "colour",
                         preprocess=Preprocess(None))
     assert ", RGB, x0.00392157" in spec_line(colour.to_dict())
+
+
+def test_an_input_named_otherwise_than_forwards_parameter_is_said_so_in_the_contract():
+    """`--input image:...` for `forward(self, x)`: the bundle calls the input image (what a device feeds),
+    and the contract shows which parameter it is; inputs named as forward names them show nothing more."""
+    from export.contract import infer_spec
+    from export.report import spec_line
+
+    module = torch.nn.Conv2d(3, 4, 3, padding=1).eval()  # forward(self, input)
+    renamed = infer_spec(module, {"image": torch.rand(1, 3, 16, 16)}, "renamed")
+    assert list(renamed.input_names) == ["image"]
+    assert spec_line(renamed.to_dict()).startswith("inputs image [forward's input] (batch, 3, 16, 16) float32;")
+    same = infer_spec(module, {"input": torch.rand(1, 3, 16, 16)}, "same")
+    assert spec_line(same.to_dict()).startswith("inputs input (batch, 3, 16, 16) float32;")
+
+
+def test_a_transformers_model_safetensors_loads_through_the_librarys_own_key_mapping(tmp_path):
+    """transformers 5 names SegFormer's modules `segformer.stages...` and saves them under the older
+    `segformer.encoder.block...` names; `--checkpoint model.safetensors` is read through the library's
+    own mapping, and the bundle computes what `from_pretrained` on the same folder computes."""
+    from safetensors.torch import load_file
+    from transformers import SegformerForSemanticSegmentation
+
+    sys.path.insert(0, str(OWN))
+    try:
+        from third_party import segformer
+    finally:
+        sys.path.remove(str(OWN))
+    torch.manual_seed(3)
+    segformer().save_pretrained(tmp_path / "saved")
+    weights = tmp_path / "saved" / "model.safetensors"
+    on_disk, own = set(load_file(weights)), set(segformer().state_dict())
+    assert on_disk != own and len(on_disk) == len(own)  # the file's names are not the module's
+    result = run("export", "build", "--model", f"{OWN}/third_party.py:segformer", "--input", "pixel_values:1x3x64x64",
+                 "--task", "segmentation", "--checkpoint", str(weights), "--out", str(tmp_path / "out"),
+                 "--backends", "onnxruntime", "--threads", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("checkpoint: read as transformers' SegformerForSemanticSegmentation (the library's own key mapping), "
+            "renamed to the module's names") in result.stdout
+    bundle = runtime.Bundle.open(tmp_path / "out" / "SegformerForSemanticSegmentation")
+    assert bundle.manifest["checkpoint"]["read"]["renamed"] == len(own)
+    reference = SegformerForSemanticSegmentation.from_pretrained(tmp_path / "saved").eval()
+    x = np.random.default_rng(0).random((1, 3, 64, 64), np.float32)
+    with torch.no_grad():
+        expected = reference(pixel_values=torch.from_numpy(x)).logits.numpy()
+    with runtime.load(bundle) as runner:
+        np.testing.assert_allclose(runner.infer(x)["logits"], expected, rtol=1e-4, atol=1e-4)
