@@ -93,8 +93,10 @@ def _pack_command(sub) -> None:
 def _deploy_command(sub) -> None:
     d = sub.add_parser("deploy", help="the bundle on devices over SSH: install its kit offline, verify, bench there")
     d.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
-    d.add_argument("--to", action="append", required=True, metavar="USER@HOST[:PORT][/PATH]",
+    d.add_argument("--to", action="append", default=[], metavar="USER@HOST[:PORT][/PATH]",
                    help="a device (repeat for several; they run concurrently); PATH defaults to ~/edge-export")
+    d.add_argument("--forget", action="append", default=[], metavar="USER@HOST[:PORT]",
+                   help="remove a device's record and its rows in report.md (e.g. a mistyped host); repeatable")
     d.add_argument("--identity", type=Path, help="the SSH private key to log in with (default: ssh's own choice)")
     d.add_argument("--known-hosts", type=Path, help="the known_hosts file to check host keys against "
                                                     "(default: ~/.ssh/known_hosts)")
@@ -408,8 +410,16 @@ def cmd_pack(args) -> int:
 def cmd_deploy(args) -> int:
     from runtime.cli import format_table
 
-    from .deploy import COLUMNS, deploy, rows, status_line
+    from .deploy import COLUMNS, deploy, forget, rows, status_line
 
+    if not args.to and not args.forget:
+        raise UserError("name a device: --to USER@HOST[:PORT][/PATH] to deploy, or --forget USER@HOST[:PORT] "
+                        "to remove its record")
+    if args.forget:
+        for stem in forget(args.bundle, args.forget):
+            print(f"forgot {stem}: {Path(args.bundle) / 'devices' / stem}.json removed, report.md's rows with it")
+        if not args.to:
+            return 0
     results = deploy(args.bundle, args.to, args.identity, args.known_hosts, args.accept_new_host_key,
                      args.bench, args.force)
     if args.json:

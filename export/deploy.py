@@ -6,6 +6,9 @@ disk), pack the offline kit for its platform (once per platform), copy it with
 runtime's `verify` (and `bench --choose` with `bench=True`) and `doctor`, and
 bring the results back to `BUNDLE/devices/<device>.json` and report.md's
 devices section. A device that fails is reported with its reason; the others go on.
+A run that fails before it reaches the device's figures (a wrong key, a host that
+does not answer) keeps the device's last good figures beside the failure, and
+`forget` removes a device's record (a mistyped host).
 
 The system's OpenSSH does the talking. Host keys are always checked
 (`StrictHostKeyChecking=yes`; first contact only with `accept_new_host_key`),
@@ -23,6 +26,7 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +138,35 @@ class DeviceResult:
     device: str
     ok: bool = False
     reason: str = ""
+    at: str = ""  # when the run started, UTC
     target: str = ""
     copied: bool = False
     machine: dict[str, Any] = field(default_factory=dict)
     verify: dict[str, Any] = field(default_factory=dict)
     bench: dict[str, Any] = field(default_factory=dict)
     doctor: dict[str, Any] = field(default_factory=dict)
+    # the latest earlier run with figures, when this one has none (it failed before verify ran there)
+    last_good: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shown(self) -> "DeviceResult | None":
+        """The run whose figures stand for the device: this one, or its last good one, or none."""
+        if self.verify:
+            return self
+        return DeviceResult(**self.last_good) if self.last_good else None
+
+    def keeping(self, previous: "DeviceResult | None") -> "DeviceResult":
+        """This run, holding `previous`'s figures as its last good ones where it has none of its own."""
+        if not self.verify and previous is not None and previous.shown is not None:
+            self.last_good = asdict(previous.shown) | {"last_good": {}}
+        return self
+
+    @classmethod
+    def read(cls, file: Path) -> "DeviceResult | None":
+        try:
+            return cls(**json.loads(file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
 
 PROBE = ("uname -m; getconf GNU_LIBC_VERSION 2>/dev/null || echo none; "
@@ -212,7 +239,7 @@ def _json_of(done: subprocess.CompletedProcess, what: str) -> dict:
 
 
 def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool) -> DeviceResult:
-    result = DeviceResult(device.label)
+    result = DeviceResult(device.label, at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     try:
         p = probe(ssh)
         result.target = target = _target_of(p)
@@ -253,10 +280,10 @@ def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool) 
             result.bench = _json_of(done, "bench --choose") if done.returncode == 0 else {"error": _last(done.stderr)}
         result.ok = result.verify["passed"]
         if not result.ok:
-            changed = result.verify["file_problems"]
-            failed = [f"{a['backend']} {a['precision']}" for a in result.verify["artifacts"] if a["status"] == "FAIL"]
+            failed = [f"{a['backend']} {a['precision']}" + (f" ({a['why']})" if a.get("why") else "")
+                      for a in result.verify["artifacts"] if a["status"] == "FAIL"]
             result.reason = "verify failed there: " + "; ".join(
-                changed + ([f"parity fails for {', '.join(failed)}"] if failed else []))
+                result.verify["file_problems"] + ([f"FAIL for {', '.join(failed)}"] if failed else []))
     except DeviceError as err:
         result.reason = str(err)
     except subprocess.TimeoutExpired as err:
@@ -284,18 +311,37 @@ def deploy(bundle_dir: str | Path, to: list[str], identity: Path | None = None, 
     folder = bundle.path / DEVICES
     folder.mkdir(exist_ok=True)
     for device, result in zip(devices, results):
-        with atomic_file(folder / f"{device.stem}.json") as partial:
+        record = folder / f"{device.stem}.json"
+        result.keeping(DeviceResult.read(record))
+        with atomic_file(record) as partial:
             partial.write_text(json.dumps(asdict(result), indent=2) + "\n")
     _report(bundle)
     return results
 
 
+def forget(bundle_dir: str | Path, names: list[str]) -> list[str]:
+    """Remove the named devices' records (as --to names them) and their rows in report.md."""
+    bundle = Bundle.open(bundle_dir)
+    folder = bundle.path / DEVICES
+    records = [folder / f"{Device.parse(n).stem}.json" for n in names]
+    known = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    for name, record in zip(names, records):
+        if not record.is_file():
+            raise UserError(f"--forget {name!r}: the bundle has no record of that device; it has: "
+                            f"{', '.join(known) or 'none'}")
+    for record in records:
+        record.unlink()
+    _report(bundle)
+    return [r.stem for r in records]
+
+
 def rows(results: list[DeviceResult]) -> list[list[str]]:
     """One row per device and artifact: device, CPU, artifact, parity, p50, p90, the device's choice."""
     out = []
-    for r in results:
-        if not r.verify:
-            out.append([r.device, "", "", "FAILED (below)", "", "", ""])
+    for latest in results:
+        r = latest.shown
+        if r is None:
+            out.append([latest.device, "", "", "FAILED (below)", "", "", ""])
             continue
         m = r.machine
         cpu = f"{m['cpu']} ({m['machine']}, {m['logical_cores']} cores{', emulated' if m['emulated'] else ''})"
@@ -305,18 +351,24 @@ def rows(results: list[DeviceResult]) -> list[list[str]]:
             key = f"{a['backend']} {a['precision']}"
             t = timed.get(key, {})
             parity = {"pass": f"pass ({a.get('max_rel', 0):.1e} <= {a.get('bound', 0):.0e})",
-                      "skipped": f"skipped: {a.get('why')}"}.get(a["status"], a["status"])
-            out.append([r.device, cpu, key, parity, f"{t['p50_ms']:.2f}" if t else "", f"{t['p90_ms']:.2f}" if t else "",
+                      "skipped": f"skipped: {a.get('why')}"}.get(a["status"], a["status"] + (
+                          f": {a['why']}" if a.get("why") else ""))
+            out.append([latest.device, cpu, key, parity, f"{t['p50_ms']:.2f}" if t else "", f"{t['p90_ms']:.2f}" if t else "",
                         "recommended" if (chosen.get("backend"), chosen.get("precision")) ==
                         (a["backend"], a["precision"]) else ""])
         for problem in r.verify["file_problems"]:
-            out.append([r.device, cpu, "", "FAIL", "", "", problem])
+            out.append([latest.device, cpu, "", "FAIL", "", "", problem])
     return out
 
 
 def status_line(r: DeviceResult) -> str:
-    return f"{'ok    ' if r.ok else 'FAILED'} {r.device}: " + (r.reason or (
+    line = f"{'ok    ' if r.ok else 'FAILED'} {r.device}: " + (r.reason or (
         ("kit copied and installed" if r.copied else "the same kit was there") + ", verify passed"))
+    if r.last_good:
+        good = DeviceResult(**r.last_good)
+        line += (f" (at {r.at}); its rows are from its last run with figures, at {good.at}"
+                 + ("" if good.ok else ", which failed too: " + good.reason))
+    return line
 
 
 COLUMNS = ["device", "CPU", "artifact", "parity", "p50 ms", "p90 ms", "device's choice"]
@@ -326,18 +378,14 @@ def _report(bundle: Bundle) -> None:
     """report.md's devices section, from every devices/*.json; the manifest gets report.md's new hash."""
     from runtime.cli import format_table
 
-    results = []
-    for file in sorted((bundle.path / DEVICES).glob("*.json")):
-        try:
-            results.append(DeviceResult(**json.loads(file.read_text())))
-        except (ValueError, TypeError):
-            continue
+    results = [r for r in map(DeviceResult.read, sorted((bundle.path / DEVICES).glob("*.json"))) if r is not None]
     report = bundle.path / "report.md"
     text = report.read_text() if report.is_file() else f"# {bundle.name}\n"
-    text = text.split("\n## Devices\n")[0].rstrip("\n")
+    text = text.split("\n## Devices\n")[0].rstrip("\n") + "\n"
     table = format_table(COLUMNS, rows(results)) + "".join(f"\n{status_line(r)}" for r in results)
-    text += ("\n\n## Devices\n\nWhat `python -m export deploy` found on each device (latest run per device; "
-             "an emulated CPU's times say nothing about a real board):\n\n```\n" + table + "\n```\n")
+    text += "" if not results else ("\n## Devices\n\nWhat `python -m export deploy` found on each device (its latest run with "
+             "figures, and a later failure beside them; an emulated CPU's times say nothing about a real board):"
+             "\n\n```\n" + table + "\n```\n")
     with _manifest_lock:
         with atomic_file(report) as partial:
             partial.write_text(text)

@@ -162,6 +162,44 @@ def test_a_key_the_device_does_not_hold_is_refused_in_one_line(failing):
     assert "pass --identity with a key its authorized_keys holds" in wrong_key.stdout
 
 
+def test_a_failed_deploy_keeps_the_devices_last_good_figures_beside_the_failure(failing, bundle):
+    """The wrong key's run reached nothing: the device's record and report.md keep the figures of its
+    earlier good run (the same device: login and port), with the failure and both times beside them."""
+    devices, _, wrong_key = failing
+    label = devices["good"].split("/")[0]
+    record = json.loads((bundle / "devices" / f"{label.replace(':', '-')}.json").read_text())
+    assert not record["ok"] and "refused the login" in record["reason"] and not record["verify"]
+    good = record["last_good"]
+    assert good["ok"] and good["verify"]["passed"] and good["at"] <= record["at"] and not good["last_good"]
+    shipped = len(good["verify"]["artifacts"])
+    for text in (wrong_key.stdout, (bundle / "report.md").read_text()):
+        rows = [line for line in text.splitlines() if line.startswith(label + " ")]
+        assert len(rows) == shipped and all("pass (" in r for r in rows), text
+        assert (f"FAILED {label}: 127.0.0.1 port {label.split(':')[-1]} refused the login of edge-device@127.0.0.1"
+                in text), text
+        assert f"(at {record['at']}); its rows are from its last run with figures, at {good['at']}" in text, text
+
+
+def test_forget_removes_a_mistyped_devices_record_and_rows(failing, bundle):
+    devices, _, _ = failing
+    mistyped = devices["unreachable"]  # port 1
+    assert (bundle / "devices" / "edge-device@127.0.0.1-1.json").is_file()
+    result = subprocess.run([sys.executable, "-m", "export", "deploy", str(bundle), "--forget", mistyped],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("forgot edge-device@127.0.0.1-1: ")
+    assert not (bundle / "devices" / "edge-device@127.0.0.1-1.json").exists()
+    report = (bundle / "report.md").read_text()
+    assert "edge-device@127.0.0.1:1 " not in report and "edge-device@127.0.0.1:1:" not in report
+    assert devices["good"].split("/")[0] + " " in report  # the others stay
+    again = subprocess.run([sys.executable, "-m", "export", "deploy", str(bundle), "--forget", mistyped],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and again.stderr.startswith(
+        "error: --forget 'edge-device@127.0.0.1:1': the bundle has no record of that device; it has: "), again.stderr
+    check = subprocess.run([sys.executable, "-m", "runtime", "verify", str(bundle)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout  # report.md's new hash is in the manifest
+
+
 def test_no_host_key_is_accepted_silently(failing, servers):
     """The unknown device's key was not added: only --accept-new-host-key adds it."""
     devices, _, _ = failing
@@ -174,6 +212,7 @@ def test_no_host_key_is_accepted_silently(failing, servers):
     (["--to", "pi@host:99999"], "error: --to 'pi@host:99999' is not a device"),
     (["--to", "a@h", "--to", "a@h"], "error: --to names the same device twice"),
     (["--to", "a@h", "--identity", "/no/such/key"], "error: --identity '/no/such/key' is not a file"),
+    ([], "error: name a device: --to USER@HOST[:PORT][/PATH] to deploy, or --forget USER@HOST[:PORT]"),
 ])
 def test_bad_deploy_arguments_are_refused_before_any_connection(bundle, args, message):
     result = subprocess.run([sys.executable, "-m", "export", "deploy", str(bundle), *args],
