@@ -251,8 +251,11 @@ def _model_request(args) -> dict:
 
 @contextlib.contextmanager
 def _stage(name: str) -> Iterator[None]:
+    """A spinner on a terminal; into a log, a plain line every 30 s while the stage runs."""
+    from runtime.progress import heartbeat, is_terminal
+
     start = time.perf_counter()
-    with console.status(f"{name} ..."):
+    with console.status(f"{name} ...") if is_terminal() else heartbeat(lambda s: f"  {name}: {s:.0f} s so far"):
         yield
     console.print(f"[green]✓[/] {name:<40} {time.perf_counter() - start:6.1f} s")
 

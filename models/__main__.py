@@ -36,6 +36,33 @@ def _describe(result: dict) -> str:
 
 
 def cmd_train(args) -> int:
+    """A live bar on a terminal; into a file or a pipe, a plain line at each tenth of the steps."""
+    from runtime.progress import is_terminal
+
+    from .train import train
+
+    if is_terminal():
+        result = _train_with_bar(args)
+    else:
+        import time
+
+        start, tenth = time.perf_counter(), max(1, args.steps // 10)
+
+        def progress(step: int, loss: float) -> None:
+            if step % tenth == 0 or step == args.steps:
+                elapsed = time.perf_counter() - start
+                print(f"training {args.variant}: step {step}/{args.steps}, loss {loss:.4f}, "
+                      f"{step * args.batch / elapsed:.1f} images/s, {elapsed:.0f} s, about "
+                      f"{elapsed / step * (args.steps - step):.0f} s left", flush=True)
+
+        result = train(args.variant, args.steps, args.batch, args.lr, args.seed, args.out, args.checkpoint, progress)
+    print(f"{args.variant}: {args.steps} steps of {args.batch} in {result['seconds']:.0f} s "
+          f"({result['threads']} threads), loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}; "
+          f"saved {args.out}")
+    return 0
+
+
+def _train_with_bar(args) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .train import train
@@ -49,11 +76,7 @@ def cmd_train(args) -> int:
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(job, completed=step, loss=loss, speed=step * args.batch / elapsed)
 
-        result = train(args.variant, args.steps, args.batch, args.lr, args.seed, args.out, args.checkpoint, progress)
-    print(f"{args.variant}: {args.steps} steps of {args.batch} in {result['seconds']:.0f} s "
-          f"({result['threads']} threads), loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}; "
-          f"saved {args.out}")
-    return 0
+        return train(args.variant, args.steps, args.batch, args.lr, args.seed, args.out, args.checkpoint, progress)
 
 
 def cmd_evaluate(args) -> int:

@@ -101,3 +101,29 @@ def test_keypoints_are_measured_on_the_image_extent():
     assert parity.task["keypoint_error_px"] == pytest.approx(np.hypot(3e-5, 3e-5) * 128, rel=1e-3)
     without = compare({"value": value}, {"value": value + np.float32(3e-5)}, bound=1e-4)
     assert not without.passed  # the same figures with no task behind them: over the spread, 3e-3
+
+
+def test_a_long_stage_into_a_log_prints_a_plain_line_now_and_then_and_stops_with_it():
+    """What `export build` prints per stage into a file or a pipe (every 30 s there; here every 10 ms)."""
+    import io
+    import threading
+
+    from runtime.progress import heartbeat
+
+    two = threading.Event()
+
+    class Log(io.StringIO):
+        def write(self, text):
+            n = super().write(text)
+            if self.getvalue().count("\n") >= 2:
+                two.set()
+            return n
+
+    log = Log()
+    with heartbeat(lambda s: f"  INT8 search: {s:.2f} s so far", every=0.01, stream=log):
+        assert two.wait(60)
+    lines = log.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("  INT8 search: ") and line.endswith(" s so far") for line in lines)
+    assert "\x1b" not in log.getvalue()
+    threading.Event().wait(0.05)
+    assert log.getvalue().splitlines() == lines  # the thread ended with the block

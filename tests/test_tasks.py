@@ -76,6 +76,10 @@ def test_training_halves_the_heldout_keypoint_error(tmp_path):
     untrained = evaluate("dsc", samples=32)["keypoint_error_px"]
     result = run("models", "train", "--variant", "dsc", "--steps", "80", "--out", str(tmp_path / "dsc.pt"))
     assert result.returncode == 0, result.stderr
+    # into a pipe: a plain line at each tenth of the run, not one line at the end
+    progress = [line for line in result.stdout.splitlines() if line.startswith("training dsc: step ")]
+    assert [line.split()[3].rstrip(",") for line in progress] == [f"{8 * k}/80" for k in range(1, 11)], result.stdout
+    assert "\x1b[" not in result.stdout and " s left" in progress[0]
     trained = json.loads(run("models", "evaluate", "--variant", "dsc", "--checkpoint", str(tmp_path / "dsc.pt"),
                              "--samples", "32", "--json").stdout)["keypoint_error_px"]
     assert trained <= untrained / 2, (untrained, trained)
