@@ -57,6 +57,8 @@ def _build_command(sub) -> None:
     b.add_argument("--tune-budget", type=float, default=2.0, metavar="SECONDS",
                    help="seconds of timed calls per artifact to choose its backend settings, on --threads "
                         "threads (default 2; 0: the backends' defaults)")
+    b.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip measuring each artifact's memory by phase (about a second per artifact)")
     _int8_arguments(b.add_argument_group("INT8"))
 
 
@@ -302,7 +304,7 @@ def _build_settings(args):
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
         int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
-        tune_budget=args.tune_budget,
+        tune_budget=args.tune_budget, memory=args.memory,
     )
     check_settings(settings)
     return settings

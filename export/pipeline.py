@@ -29,6 +29,7 @@ from runtime.compare import BOUNDS, Parity, effective_bounds
 from runtime.errors import UserError
 from runtime.files import clean_leftovers, publish, temporary_name
 from runtime.machine import int8_instructions, machine_info
+from runtime.memory import RUNS, measure_all
 from runtime.spec import ModelSpec
 from runtime.tasks import Task, task_of
 
@@ -220,6 +221,7 @@ def _build_into(bundle: Path, s: BuildSettings, spec: ModelSpec, model: Exportab
         _parity_stage(st)
         _latency_stage(st)
         _int8_stage(st)
+    _memory_stage(st)
     _finish_stage(st)
     return BuildResult(bundle, st.manifest, not st.failures, st.failures)
 
@@ -344,6 +346,16 @@ def _int8_stage(st: BuildState) -> None:
             q["plans"][a.backend] = shipped.made
         a.plan, a.method, a.parity = shipped.plan.name, shipped.method, shipped.parity.to_dict()
         latency[a.key] = shipped.latency
+
+
+def _memory_stage(st: BuildState) -> None:
+    """Each shipped artifact's resident set by phase, each in a fresh process (`runtime.memory`)."""
+    st.manifest["memory"] = None
+    if not st.s.memory:
+        return
+    with st.stage("memory by phase (a fresh process per artifact)"):
+        found = measure_all(st.folder, [(a.backend, a.precision) for a in st.artifacts], st.s.threads)
+    st.manifest["memory"] = {"runs": RUNS, "artifacts": {k.replace(" ", "/"): v for k, v in found.items()}}
 
 
 def _finish_stage(st: BuildState) -> None:

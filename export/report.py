@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.cli import peak_text
 from runtime.tasks import task_of
 
 from .benchmark import EAGER
 
 COLUMNS = ("artifact", "runtime", "parity", "max rel err", "bound", "min cosine", "task vs PyTorch",
-           "size", "p50 ms", "p90 ms", "runs", "vs eager", "vs FP32")
+           "size", "peak MB", "p50 ms", "p90 ms", "runs", "vs eager", "vs FP32")
 # p90 this far above p50 on any contender: the machine was busy while it was timed
 BUSY_SPREAD = 1.3
 
@@ -19,7 +20,8 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
     each artifact (largest error relative to its bound) stands for it."""
     eager = manifest["latency"][EAGER]
     describe = task_of(manifest["spec"]).describe
-    table = [("PyTorch eager", "pytorch fp32", "reference", "-", "-", "-", "-", "-",
+    memory = (manifest.get("memory") or {}).get("artifacts", {})
+    table = [("PyTorch eager", "pytorch fp32", "reference", "-", "-", "-", "-", "-", "-",
               f"{eager['p50_ms']:.2f}", f"{eager['p90_ms']:.2f}", str(eager["runs"]), "1.00x", "-")]
     for art in manifest["artifacts"]:
         parity, lat = art["parity"], manifest["latency"][art["key"]]
@@ -29,10 +31,32 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
         table.append((art["file"], f"{art['backend']} {art['precision']}", "pass" if parity["passed"] else "FAIL",
                       f"{worst['max_rel']:.1e} ({worst['name']})", f"{worst['bound']:.1e}",
                       f"{min(o['cosine'] for o in outs):.6f}", describe(parity["task"]),
-                      size_text(art["bytes"]), f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", str(lat["runs"]),
+                      size_text(art["bytes"]), peak_text(memory[art["key"]]) if art["key"] in memory else "-",
+                      f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", str(lat["runs"]),
                       f"{eager['p50_ms'] / lat['p50_ms']:.2f}x",
                       f"{twin['p50_ms'] / lat['p50_ms']:.2f}x" if twin else "-"))
     return table
+
+
+def memory_lines(manifest: dict[str, Any]) -> list[str]:
+    """report.md's memory section: each artifact's resident set by phase, in a fresh process."""
+    memory = manifest.get("memory")
+    if not memory:
+        return []
+    names = {"python": "python + numpy", "import": "backend imported", "load": "loading", "first": "first inference",
+             "runs": f"over {memory['runs']} runs"}
+    table = []
+    for key, found in memory["artifacts"].items():
+        if "phases" not in found:
+            table.append((key.replace("/", " "), *["-"] * len(names), found.get("error", "")))
+            continue
+        table.append((key.replace("/", " "), *(f"{found['phases'][p]['peak_mb']:.0f}" for p in names),
+                      f"{found['phases']['runs']['pss_mb']:.0f}" if found["phases"]["runs"].get("pss_mb") else "-"))
+    return ["## Memory", "",
+            "Peak resident set (MB) in each phase, each artifact in a fresh Python process on the build machine, "
+            "as the kernel counts it (VmHWM, reset at each phase); the last column is the proportional set size "
+            "after the runs (shared libraries counted by share). `python -m runtime bench` measures it on a device.",
+            "", markdown_table(("artifact", *names.values(), "PSS after"), table), ""]
 
 
 def size_text(n: int) -> str:
@@ -291,6 +315,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         "",
         *([tuning_line(manifest), ""] if manifest.get("tuning") else []),
         *rejected_lines(manifest),
+        *memory_lines(manifest),
         *quantization_lines(manifest),
         *([f"Where the artifacts part ways with PyTorch (first module output past the bound): "
            f"{'; '.join(manifest['diagnosis'])}.", ""] if manifest.get("diagnosis") else []),

@@ -89,6 +89,7 @@ class BuildSettings:
     qat: int = 0  # steps of quantization-aware fine-tuning when post-training quantization loses (0: none)
     rewrites: bool = True  # the graph rewrites of `export.rewrite` (False: the simplified graph as it is)
     tune_budget: float = 2.0  # seconds of timed calls per artifact to choose its backend settings (0: defaults)
+    memory: bool = True  # each shipped artifact's peak memory by phase, in a fresh process (runtime.memory)
     seed: int = 0
     golden_batch: int = 2
     warmup: int = 10

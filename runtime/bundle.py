@@ -24,7 +24,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 READ_BY_RUNTIME = ("name", "spec", "outputs", "artifacts", "files")
 MANIFEST_KEYS = (
     "name", "spec", "model", "checkpoint", "outputs", "export", "simplify", "rewrites", "quantization", "golden",
-    "reference_noise", "artifacts", "versions", "machine", "tuning", "latency", "rejected", "recommended", "benchmark",
+    "reference_noise", "artifacts", "versions", "machine", "tuning", "latency", "memory", "rejected", "recommended",
+    "benchmark",
     "targets", "format", "files",
 )
 # What a device writes beside the hashed files, in the bundle's folder: never hashed, never packed.

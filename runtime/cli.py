@@ -77,6 +77,7 @@ def cmd_verify(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import bench, throughput
     from .bundle import Bundle
+    from .memory import measure, phases_line
     from .runners import choose, load
 
     bundle = Bundle.open(args.bundle)
@@ -98,6 +99,7 @@ def cmd_bench(args) -> int:
     if args.profile:
         with load(bundle, args.backend, args.precision, args.threads, profile=True) as runner:
             stats["profile"] = runner.profile(feeds, runs=args.profile)
+    stats["memory"] = measure(bundle.path, args.backend, args.precision, args.threads)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -109,6 +111,7 @@ def cmd_bench(args) -> int:
           f"latency over {stats['runs']} runs after {stats['warmup']} warm-up: p50 {stats['p50_ms']:.2f} ms, "
           f"p90 {stats['p90_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, mean {stats['mean_ms']:.2f} "
           f"± {stats['std_ms']:.2f} ms")
+    print(f"memory, in a fresh process (MB, peak resident by phase): {phases_line(stats['memory'])}")
     if args.throughput:
         t = stats["throughput"]
         how = (f"{t['parallel']} async requests, THROUGHPUT hint" if args.backend == "openvino"
@@ -129,6 +132,7 @@ def _bench_choose(bundle, args) -> int:
     interleaved; keep the fastest as this device's choice."""
     from .bench import bench_interleaved
     from .doctor import doctor
+    from .memory import measure_all
     from .runners import load
     from .verify import verify
 
@@ -151,6 +155,9 @@ def _bench_choose(bundle, args) -> int:
     with contextlib.ExitStack() as stack:
         runners = {f"{b} {p}": stack.enter_context(load(bundle, b, p, args.threads)) for b, p in passed}
         stats = bench_interleaved(runners, inputs, warmup=args.warmup, runs=args.runs)
+    memory = measure_all(bundle.path, passed, args.threads)
+    for key, found in memory.items():
+        stats[key]["memory"] = found
     fastest = min(stats, key=lambda k: stats[k]["p50_ms"])
     backend, precision = fastest.split()
     machine = report["machine"]
@@ -168,12 +175,17 @@ def _bench_choose(bundle, args) -> int:
     emulated = " (emulated CPU: these times say nothing about a real board)" if machine["emulated"] else ""
     print(f"{bundle.name} on {machine['cpu']} ({machine['machine']}, {machine['logical_cores']} cores){emulated}, "
           f"batch 1, {stats[fastest]['runs']} runs each after {args.warmup} warm-up, interleaved:")
-    rows = [[k, f"{v['p50_ms']:.2f}", f"{v['p90_ms']:.2f}", statuses[tuple(k.split())]["status"]]
-            for k, v in stats.items()]
-    rows += [[f"{b} {p}", "", "", f"not timed: {why}"] for (b, p), why in refused.items()]
-    print(format_table(["artifact", "p50 ms", "p90 ms", "here"], rows))
+    rows = [[k, f"{v['p50_ms']:.2f}", f"{v['p90_ms']:.2f}", peak_text(v["memory"]),
+             statuses[tuple(k.split())]["status"]] for k, v in stats.items()]
+    rows += [[f"{b} {p}", "", "", "", f"not timed: {why}"] for (b, p), why in refused.items()]
+    print(format_table(["artifact", "p50 ms", "p90 ms", "peak MB", "here"], rows))
     print(f"chosen for this device: {fastest} (kept in {path}; runtime.load uses it by default)")
     return 0
+
+
+def peak_text(found: dict) -> str:
+    """An artifact's peak resident set in MB (measured in a fresh process), or why it was not measured."""
+    return f"{found['peak_mb']:.0f}" if "peak_mb" in found else "not measured"
 
 
 def cmd_doctor(args) -> int:
@@ -192,14 +204,16 @@ def cmd_doctor(args) -> int:
              "unknown (" + ("emulated" if m["emulated"] else "no /proc/cpuinfo") + ")"],
             ["C library", f"glibc {m['glibc']}" if m["glibc"] else "not glibc"],
             ["Python", m["python"]],
+            ["memory available", f"{report['available_mb']:.0f} MB" if report["available_mb"] else "unknown"],
             *[[name, version or "not installed"] for name, version in report["versions"].items()],
             ["CPU signature", report["cpu_signature"]]]
     print(format_table(["", "this device"], rows))
     if bundle is not None:
         print()
-        print(format_table(["artifact", "backend", "precision", "here", "why"],
-                           [[a["file"], a["backend"], a["precision"], a["status"], a["why"]]
-                            for a in report["artifacts"]]))
+        print(format_table(["artifact", "backend", "precision", "peak MB at build", "here", "why"],
+                           [[a["file"], a["backend"], a["precision"],
+                             f"{a['peak_mb']:.0f}" if a["peak_mb"] is not None else "not measured", a["status"],
+                             a["why"]] for a in report["artifacts"]]))
     return 0
 
 

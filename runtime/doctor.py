@@ -3,7 +3,8 @@
 The CPU (architecture, cores, the features that decide speed and arithmetic),
 the C library, Python, the installed backends, and for a bundle which of its
 artifacts run here natively, which run emulated or without their speed-up,
-and which cannot run at all.
+and which cannot run at all; and whether each one's peak memory, as the build
+measured it, fits in the memory this device has available now.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from .bundle import BACKENDS, Artifact, Bundle
 from .machine import ARM, FEATURES, cpu_signature, int8_instructions, machine_info
+from .memory import available_mb
 
 RUNS, SLOW, EMULATED, CANNOT = "runs", "runs, no speed-up", "emulated", "cannot run"
 
@@ -25,6 +27,8 @@ class ArtifactStatus:
     precision: str
     status: str  # RUNS, SLOW, EMULATED or CANNOT
     why: str = ""
+    peak_mb: float | None = None  # its peak resident set as the build measured it (None: not measured)
+    fits: bool | None = None  # peak_mb within the memory available here (None: one of them unknown)
 
 
 def versions() -> dict[str, str | None]:
@@ -68,13 +72,30 @@ def artifact_status(art: Artifact, machine: dict[str, Any], installed: dict[str,
             else status(SLOW, "no FP16 or BF16 arithmetic here: computed in FP32, weights stored in FP16"))
 
 
-def doctor(bundle: Bundle | None = None) -> dict[str, Any]:
+def with_memory(status: ArtifactStatus, peak_mb: float | None, available: float | None) -> ArtifactStatus:
+    """The status with the artifact's peak and whether it fits; one that does not fit cannot run here."""
+    fits = None if peak_mb is None or available is None else peak_mb <= available
+    if fits is False:
+        return ArtifactStatus(status.file, status.backend, status.precision, CANNOT,
+                              f"its peak resident set is {peak_mb:.0f} MB (measured at build), {available:.0f} MB "
+                              "is available here", peak_mb, fits)
+    return ArtifactStatus(status.file, status.backend, status.precision, status.status, status.why, peak_mb, fits)
+
+
+def doctor(bundle: Bundle | None = None, available: float | None = None) -> dict[str, Any]:
+    """This device, and a bundle's artifacts on it (`available`: the MB free to a new process; default:
+    what the kernel says now, MemAvailable)."""
     machine = machine_info()
     installed = versions()
-    report: dict[str, Any] = {"machine": machine, "cpu_signature": cpu_signature(machine), "versions": installed}
+    available = available_mb() if available is None else available
+    report: dict[str, Any] = {"machine": machine, "cpu_signature": cpu_signature(machine), "versions": installed,
+                              "available_mb": available}
     if bundle is not None:
         report["bundle"] = str(bundle.path)
-        report["artifacts"] = [asdict(artifact_status(a, machine, installed)) for a in bundle.artifacts]
+        memory = (bundle.manifest.get("memory") or {}).get("artifacts", {})
+        report["artifacts"] = [asdict(with_memory(artifact_status(a, machine, installed),
+                                                  memory.get(a.key, {}).get("peak_mb"), available))
+                               for a in bundle.artifacts]
     return report
 
 

@@ -12,7 +12,8 @@ import pytest
 import runtime
 from export.pack import pack, wheel_floor
 from runtime.bundle import DEVICE_CHOICE, Artifact, Bundle, sha256
-from runtime.doctor import CANNOT, EMULATED, RUNS, SLOW, artifact_status
+from runtime.doctor import CANNOT, EMULATED, RUNS, SLOW, artifact_status, doctor
+from runtime.memory import PHASES
 from runtime.machine import cpu_signature, machine_info
 from tests.test_cli import run
 
@@ -30,6 +31,7 @@ def test_bench_choose_times_every_artifact_and_load_follows_the_choice(bundle):
     figures = json.loads(result.stdout)
     shipped = {f"{a.backend} {a.precision}" for a in Bundle.open(bundle).artifacts}
     assert set(figures["artifacts"]) == shipped and all(f["runs"] == 5 for f in figures["artifacts"].values())
+    assert all(f["memory"]["peak_mb"] > f["memory"]["phases"]["python"]["rss_mb"] for f in figures["artifacts"].values())
     fastest = min(figures["artifacts"], key=lambda k: figures["artifacts"][k]["p50_ms"])
     assert f"{figures['choice']['backend']} {figures['choice']['precision']}" == fastest
     choices = json.loads((bundle / DEVICE_CHOICE).read_text())
@@ -68,6 +70,46 @@ def test_doctor_names_this_machine_and_what_of_the_bundle_runs(bundle):
     assert all(a["status"] == RUNS for a in report["artifacts"] if a["precision"] == "fp32")
     table = run("runtime", "doctor", str(bundle)).stdout
     assert "CPU signature" in table and f"glibc {machine_info()['glibc']}" in table
+
+
+def test_each_artifacts_memory_is_measured_by_phase_in_a_fresh_process(bundle):
+    """The build measured every shipped artifact; `bench` measures again on the spot. Each phase's peak is at
+    least what is resident at its end, a backend's import adds to the bare interpreter, and the peak of the
+    whole run is the largest phase's."""
+    manifest = Bundle.open(bundle).manifest
+    measured = manifest["memory"]["artifacts"]
+    assert set(measured) == {a["key"] for a in manifest["artifacts"]}
+    bench = run("runtime", "bench", str(bundle), "--backend", "onnxruntime", "--precision", "fp32", "--runs", "5",
+                "--warmup", "1", "--json")
+    assert bench.returncode == 0, bench.stderr
+    for found in [*measured.values(), json.loads(bench.stdout)["memory"]]:
+        phases = found["phases"]
+        assert list(phases) == list(PHASES) and found["peak_resettable"]
+        assert all(p["peak_mb"] >= p["rss_mb"] > 0 and 0 < p["pss_mb"] <= p["rss_mb"] for p in phases.values())
+        assert phases["import"]["rss_mb"] > phases["python"]["rss_mb"]
+        assert found["peak_mb"] == max(p["peak_mb"] for p in phases.values()) >= phases["runs"]["rss_mb"]
+    text = run("runtime", "bench", str(bundle), "--backend", "onnxruntime", "--precision", "fp32", "--runs", "5",
+               "--warmup", "1").stdout
+    assert "memory, in a fresh process (MB, peak resident by phase): python " in text and "PSS after them" in text
+    report = (bundle / "report.md").read_text()
+    assert "## Memory" in report and "| onnxruntime fp32 | " in report
+
+
+def test_doctor_says_whether_each_artifact_fits_the_memory_available(bundle):
+    """With less memory available than an artifact's peak (a simulated figure), doctor says it cannot run
+    and why; with enough, each fits and keeps its status."""
+    opened = Bundle.open(bundle)
+    peaks = {k.replace("/", " "): v["peak_mb"] for k, v in opened.manifest["memory"]["artifacts"].items()}
+    lowest, highest = min(peaks.values()), max(peaks.values())
+    tight = doctor(opened, available=lowest - 1)
+    assert all(a["status"] == CANNOT and a["fits"] is False and a["why"] == (
+        f"its peak resident set is {a['peak_mb']:.0f} MB (measured at build), {lowest - 1:.0f} MB is available here")
+        for a in tight["artifacts"])
+    roomy, plain = doctor(opened, available=highest + 1), doctor(opened)
+    assert all(a["fits"] is True for a in roomy["artifacts"]) and plain["available_mb"] > 0
+    assert [a["status"] for a in roomy["artifacts"]] == [a["status"] for a in plain["artifacts"]]
+    assert [a["peak_mb"] for a in roomy["artifacts"]] == [peaks[f"{a['backend']} {a['precision']}"]
+                                                           for a in roomy["artifacts"]]
 
 
 @pytest.mark.parametrize("machine, flags, backend, precision, status, why", [

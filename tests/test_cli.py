@@ -52,7 +52,10 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
                                 "names": ["head", "neck", "pelvis", "l_hand", "r_hand", "l_foot", "r_foot",
                                           "l_elbow", "r_elbow", "l_knee"]}
     report = (bundle / "report.md").read_text()
-    assert "| p50 ms | p90 ms | runs |" in report
+    assert "| size | peak MB | p50 ms | p90 ms | runs |" in report
+    # each shipped artifact's peak memory, measured in a process of its own
+    assert set(manifest["memory"]["artifacts"]) == {a["key"] for a in manifest["artifacts"]}
+    assert all(m["peak_mb"] > 0 for m in manifest["memory"]["artifacts"].values()) and "## Memory" in report
 
     verify = run("runtime", "verify", str(bundle))
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -62,6 +62,7 @@ def test_deploys_to_two_devices_at_once_and_brings_back_one_table(two_devices, b
     targets, first, records, _ = two_devices
     assert first.returncode == 0, first.stdout + first.stderr
     lines = first.stdout.splitlines()
+    assert "p90 ms  peak MB" in lines[0]
     shipped = len(json.loads((bundle / "manifest.json").read_text())["artifacts"])
     labels = [t.split("/", 1)[0] for t in targets]
     for label in labels:
@@ -81,6 +82,9 @@ def test_deploys_to_two_devices_at_once_and_brings_back_one_table(two_devices, b
         assert (choice["backend"], choice["precision"]) in {(a["backend"], a["precision"])
                                                             for a in record["verify"]["artifacts"]}
         assert all(t["p50_ms"] > 0 and t["p90_ms"] >= t["p50_ms"] for t in record["bench"]["artifacts"].values())
+        # memory, measured there: each artifact's peak in a fresh process, a column of the table
+        assert all(t["memory"]["peak_mb"] > t["memory"]["phases"]["python"]["rss_mb"] > 0
+                   for t in record["bench"]["artifacts"].values())
         assert record["doctor"]["versions"]["onnxruntime"] and record["machine"]["glibc"]
     report = (bundle / "report.md").read_text()
     assert report.count("## Devices") == 1 and all(label in report for label in labels)
