@@ -24,6 +24,7 @@ from torch import nn
 
 import models
 from runtime import runners as rt
+from runtime import tune
 from runtime.bundle import GOLDEN, Artifact, Bundle, sha256
 from runtime.compare import BOUNDS, Parity, effective_bounds
 from runtime.errors import UserError
@@ -33,7 +34,7 @@ from runtime.memory import RUNS, measure_all
 from runtime.spec import ModelSpec
 from runtime.tasks import Task, task_of
 
-from . import golden, openvino_convert, quantize, tune
+from . import golden, openvino_convert, quantize
 from .benchmark import measure
 from .calibration import CALIB_METHODS, calibration_set, task_images
 from .artifacts import ONNX_FILE, FP32Artifacts, Stage, make_fp32_artifacts, silent

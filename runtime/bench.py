@@ -9,7 +9,10 @@ never called latency.
 
 from __future__ import annotations
 
+import glob
+import os
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,7 +34,7 @@ def _time_ms(runner: Any, feeds: Mapping[str, np.ndarray]) -> float:
 def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray] | None, warmup: int = 10,
                       runs: int = 100, rounds: int = 5, max_seconds: float | None = None,
                       feeds_of: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-                      settle: float = 0.05) -> dict[str, dict]:
+                      settle: float = 0.05, times: dict[str, list[float]] | None = None) -> dict[str, dict]:
     """Time each runner's `infer(feeds)`: `runs` timed calls each, spread over
     `rounds` rounds that visit the runners in turn. Every runner is timed the
     same number of times: with `max_seconds`, the timed calls of all runners
@@ -40,13 +43,14 @@ def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray
     inputs their own feeds. Before each runner's turn the timer waits `settle`
     seconds, so that the worker threads of the runner before (PyTorch's OpenMP
     pool, ONNX Runtime's spinning threads) are idle, as they would be on a
-    device running one model."""
+    device running one model. `times`, where given, receives every timed call per runner."""
     own = {name: (feeds_of or {}).get(name, feeds) for name in runners}
     first = {name: _time_ms(r, own[name]) for name, r in runners.items()}
     for name, r in runners.items():
         for _ in range(warmup):
             r.infer(own[name])
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    times = {} if times is None else times
+    times.update({name: [] for name in runners})
     per_round = max(1, -(-runs // rounds))
     target, done = runs, 0
     while done < target:
@@ -69,6 +73,103 @@ def bench(runner: Any, feeds: Mapping[str, np.ndarray], warmup: int = 10, runs: 
           max_seconds: float | None = None) -> dict[str, Any]:
     """Latency of one runner (see `bench_interleaved`)."""
     return bench_interleaved({"runner": runner}, feeds, warmup, runs, rounds=1, max_seconds=max_seconds)["runner"]
+
+
+# MLPerf's single-stream rule: at least this many queries and this long, scored on p90
+SINGLE_STREAM_QUERIES, SINGLE_STREAM_SECONDS = 1024, 60.0
+QUANTILES = {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}
+
+
+def intervals(times_ms, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:
+    """Bootstrap intervals (percentile method, `level`) of p50, p90 and p99 of the timed calls."""
+    t, rng = np.asarray(times_ms, np.float64), np.random.default_rng(seed)
+    estimates = np.concatenate([np.percentile(rng.choice(t, size=(n, t.size)), list(QUANTILES.values()), axis=1).T
+                                for n in _chunks(resamples, t.size)])  # (resamples, quantiles)
+    tail = 100 * (1 - level) / 2
+    return {name: [float(np.percentile(estimates[:, i], tail)), float(np.percentile(estimates[:, i], 100 - tail))]
+            for i, name in enumerate(QUANTILES)}
+
+
+def _chunks(resamples: int, size: int, budget: int = 2_000_000) -> list[int]:
+    """Resamples per batch so that one batch holds at most `budget` numbers (16 MB): a board's memory."""
+    per = max(1, budget // max(size, 1))
+    return [min(per, resamples - i) for i in range(0, resamples, per)]
+
+
+def difference(a_ms, b_ms, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Whether `b` is really slower or faster than `a` at p50: the bootstrap interval of the ratio of
+    their p50s (b over a); the difference is real when the interval leaves out 1."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a_ms, np.float64), np.asarray(b_ms, np.float64)
+    ratios = np.concatenate([np.median(rng.choice(b, size=(n, b.size)), axis=1)
+                             / np.median(rng.choice(a, size=(n, a.size)), axis=1)
+                             for n in _chunks(resamples, max(a.size, b.size))])
+    tail = 100 * (1 - level) / 2
+    low, high = float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
+    return {"ratio_p50": float(np.median(b) / np.median(a)), "interval": [low, high], "level": level,
+            "real": not low <= 1.0 <= high}
+
+
+def conditions() -> dict[str, Any]:
+    """What the machine was doing: load average, the CPU governor and frequency, the hottest thermal zone
+    (None where this machine does not say)."""
+    def read(path: str) -> str | None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    freqs = [read(f) for f in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq"))]
+    temps = [read(f) for f in glob.glob("/sys/class/thermal/thermal_zone*/temp")]
+    freqs_mhz = [int(f) / 1000 for f in freqs if f and f.isdigit()]
+    temps_c = [int(t) / 1000 for t in temps if t and t.lstrip("-").isdigit()]
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()],
+            "governor": read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+            "mhz": round(sum(freqs_mhz) / len(freqs_mhz)) if freqs_mhz else None,
+            "temperature_c": max(temps_c) if temps_c else None}
+
+
+def single_stream(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray], warmup: int = 10,
+                  min_queries: int = SINGLE_STREAM_QUERIES, min_seconds: float = SINGLE_STREAM_SECONDS,
+                  settle: float = 0.05) -> tuple[dict[str, dict], dict[str, list[float]]]:
+    """The single-stream protocol: each runner's synchronous calls, one at a time, interleaved in rounds
+    of 32, until every runner has at least `min_queries` timed calls and `min_seconds` of them; p50, p90
+    and p99 with bootstrap 95% intervals, and the machine's conditions before and after.
+    Returns (figures per runner, the timed calls per runner)."""
+    before = conditions()
+    first = {name: _time_ms(r, feeds) for name, r in runners.items()}
+    for r in runners.values():
+        for _ in range(warmup):
+            r.infer(feeds)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    while any(len(t) < min_queries or sum(t) / 1e3 < min_seconds for t in times.values()):
+        for name, r in runners.items():
+            time.sleep(settle)
+            times[name] += [_time_ms(r, feeds) for _ in range(32)]
+    after = conditions()
+    return {name: {"protocol": "single-stream", "first_ms": first[name], "warmup": warmup, "runs": len(t),
+                   "seconds": sum(t) / 1e3, **latency_stats(t), "intervals": intervals(t),
+                   "conditions": {"before": before, "after": after},
+                   "batch": int(next(iter(feeds.values())).shape[0]),
+                   "settings": dict(getattr(runners[name], "settings", {}))}
+            for name, t in times.items()}, times
+
+
+def sustained(runner: Any, feeds: Mapping[str, np.ndarray], seconds: float, window: float = 60.0,
+              warmup: int = 10) -> dict[str, Any]:
+    """Calls back to back for `seconds`: p50 per `window`, the CPU temperature at each window's end
+    where the machine gives it, and the drift of the last window's p50 from the first's."""
+    for _ in range(warmup):
+        runner.infer(feeds)
+    windows, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        begun, t = time.perf_counter(), []
+        while time.perf_counter() - begun < window and time.perf_counter() - start < seconds:
+            t.append(_time_ms(runner, feeds))
+        windows.append({"start_s": round(begun - start, 3), "runs": len(t), "p50_ms": float(np.median(t)),
+                        "p90_ms": float(np.percentile(t, 90)), "temperature_c": conditions()["temperature_c"]})
+    drift = windows[-1]["p50_ms"] / windows[0]["p50_ms"] - 1
+    return {"seconds": seconds, "window_s": window, "windows": windows, "drift": drift}
 
 
 def throughput(runner: Any, feeds: Mapping[str, np.ndarray], seconds: float = 5.0,

@@ -146,17 +146,34 @@ class Bundle:
                 problems.append(f"{name} has changed (sha256 differs from the manifest)")
         return problems
 
-    def device_choice(self, signature: str) -> dict[str, Any] | None:
-        """What `runtime bench --choose` chose on a CPU with this signature, if it ran there and the
-        artifact it chose is still in the bundle."""
+    def _choice_record(self, signature: str) -> dict[str, Any] | None:
         try:
             chosen = json.loads((self.path / DEVICE_CHOICE).read_text()).get(signature)
         except (OSError, ValueError, AttributeError):
             return None
-        if not isinstance(chosen, dict):
-            return None
+        return chosen if isinstance(chosen, dict) else None
+
+    def device_choice(self, signature: str) -> dict[str, Any] | None:
+        """What `runtime bench --choose` chose on a CPU with this signature, if it ran there and the
+        artifact it chose is still in the bundle."""
+        chosen = self._choice_record(signature)
         have = {(a.backend, a.precision) for a in self.artifacts}
-        return chosen if (chosen.get("backend"), chosen.get("precision")) in have else None
+        return chosen if chosen and (chosen.get("backend"), chosen.get("precision")) in have else None
+
+    def settings_here(self, artifact: Artifact, signature: str) -> tuple[dict[str, Any], str]:
+        """The backend settings to load `artifact` with on a CPU of this signature, and whose they are:
+        measured on this kind of CPU by `bench --choose --tune` ("device"), else the build's where the
+        build machine has this signature ("build"), else none: the backends' defaults. Settings measured
+        on one machine under one load are not facts about the model, so they do not travel."""
+        from .machine import cpu_signature
+
+        tuned = ((self._choice_record(signature) or {}).get("settings") or {}).get(artifact.key)
+        if tuned is not None:
+            return dict(tuned), "device"
+        machine = self.manifest.get("machine")
+        if artifact.settings and (machine is None or cpu_signature(machine) == signature):
+            return dict(artifact.settings), "build"
+        return {}, "defaults"
 
     def record_device_choice(self, signature: str, choice: dict[str, Any]) -> Path:
         """Keep `choice` (backend, precision, the figures behind it) under `signature`, beside the

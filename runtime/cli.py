@@ -75,7 +75,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench, throughput
+    from .bench import bench, single_stream, sustained, throughput
     from .bundle import Bundle
     from .memory import measure, phases_line
     from .runners import choose, load
@@ -83,6 +83,8 @@ def cmd_bench(args) -> int:
     bundle = Bundle.open(args.bundle)
     if args.choose:
         return _bench_choose(bundle, args)
+    if args.tune:
+        raise UserError("--tune measures the settings --choose keeps for this device: add --choose")
     args.backend, args.precision = choose(bundle, args.backend, args.precision)
     inputs, _ = bundle.golden()
     # the golden inputs, repeated to the batch asked for
@@ -90,7 +92,13 @@ def cmd_bench(args) -> int:
     start = time.perf_counter()
     with load(bundle, args.backend, args.precision, args.threads) as runner:
         load_ms = (time.perf_counter() - start) * 1e3
-        stats = bench(runner, feeds, warmup=args.warmup, runs=args.runs)
+        if args.protocol == "single-stream":
+            stats = single_stream({"runner": runner}, feeds, args.warmup, args.min_queries, args.min_duration)[0]
+            stats = stats["runner"]
+        else:
+            stats = bench(runner, feeds, warmup=args.warmup, runs=args.runs)
+        if args.sustained:
+            stats["sustained"] = sustained(runner, feeds, args.sustained, args.window, args.warmup)
     stats = {"bundle": str(bundle.path), "backend": args.backend, "precision": args.precision,
              "recommended": bundle.manifest.get("recommended"), "load_ms": load_ms, **stats}
     if args.throughput:
@@ -111,6 +119,10 @@ def cmd_bench(args) -> int:
           f"latency over {stats['runs']} runs after {stats['warmup']} warm-up: p50 {stats['p50_ms']:.2f} ms, "
           f"p90 {stats['p90_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, mean {stats['mean_ms']:.2f} "
           f"± {stats['std_ms']:.2f} ms")
+    if args.protocol == "single-stream":
+        print(single_stream_line(stats))
+    if args.sustained:
+        print(sustained_line(stats["sustained"]))
     print(f"memory, in a fresh process (MB, peak resident by phase): {phases_line(stats['memory'])}")
     if args.throughput:
         t = stats["throughput"]
@@ -130,15 +142,15 @@ def cmd_bench(args) -> int:
 def _bench_choose(bundle, args) -> int:
     """Replay the golden vectors through every artifact that runs here; time those that pass,
     interleaved; keep the fastest as this device's choice."""
-    from .bench import bench_interleaved
+    from .bench import bench_interleaved, difference, single_stream
     from .doctor import doctor
     from .memory import measure_all
     from .runners import load
     from .verify import verify
 
-    if args.backend or args.precision or args.throughput or args.profile or args.batch != 1:
+    if args.backend or args.precision or args.throughput or args.profile or args.sustained or args.batch != 1:
         raise UserError("--choose times every artifact at batch 1 and chooses among them; "
-                        "drop --backend, --precision, --batch, --throughput and --profile")
+                        "drop --backend, --precision, --batch, --throughput, --profile and --sustained")
     report = doctor(bundle)
     statuses = {(s["backend"], s["precision"]): s for s in report["artifacts"]}
     checked = verify(bundle, threads=args.threads)
@@ -152,24 +164,48 @@ def _bench_choose(bundle, args) -> int:
         raise UserError(f"no artifact of {bundle.name} runs within its bounds here: "
                         + "; ".join(f"{b} {p}: {why}" for (b, p), why in refused.items()))
     inputs, _ = bundle.golden()
+    signature = report["cpu_signature"]
+    settings = (bundle._choice_record(signature) or {}).get("settings", {})
+    tuning = None
+    if args.tune:  # this device's own settings, used by the runs below and by runtime.load from now on
+        from .tune import tune
+
+        tuned = [a for a in bundle.artifacts if (a.backend, a.precision) in passed and a.precision != "int8"]
+        one = {k: v[:1] for k, v in inputs.items()}
+        tuning = tune(tuned, bundle.path, bundle.spec, bundle.manifest["outputs"], one, args.threads, args.tune)
+        settings = {key: record["chosen"] for key, record in tuning.items()}
+        bundle.record_device_choice(signature, {**(bundle._choice_record(signature) or {}), "settings": settings})
     with contextlib.ExitStack() as stack:
         runners = {f"{b} {p}": stack.enter_context(load(bundle, b, p, args.threads)) for b, p in passed}
-        stats = bench_interleaved(runners, inputs, warmup=args.warmup, runs=args.runs)
+        if args.protocol == "single-stream":
+            stats, times = single_stream(runners, inputs, args.warmup, args.min_queries, args.min_duration)
+        else:
+            stats = bench_interleaved(runners, inputs, warmup=args.warmup, runs=args.runs)
     memory = measure_all(bundle.path, passed, args.threads)
     for key, found in memory.items():
         stats[key]["memory"] = found
     fastest = min(stats, key=lambda k: stats[k]["p50_ms"])
     backend, precision = fastest.split()
+    runner_up = min((k for k in stats if k != fastest), key=lambda k: stats[k]["p50_ms"], default=None)
+    versus = (difference(times[fastest], times[runner_up]) | {"fastest": fastest, "runner_up": runner_up}
+              if args.protocol == "single-stream" and runner_up else None)
+    recommended = bundle.manifest.get("recommended") or {}
+    if versus and not versus["real"] and f"{recommended.get('backend')} {recommended.get('precision')}" == runner_up:
+        backend, precision = runner_up.split()  # undecided: the measurement does not overturn the build's choice
+        versus["kept"] = f"{runner_up} (the build's recommendation; the difference is not real)"
     machine = report["machine"]
     choice = {"backend": backend, "precision": precision, "cpu": machine["cpu"], "machine": machine["machine"],
               "emulated": machine["emulated"], "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "p50_ms": {k: round(v["p50_ms"], 3) for k, v in stats.items()},
+              "p50_ms": {k: round(v["p50_ms"], 3) for k, v in stats.items()}, "protocol": args.protocol,
+              **({"versus_runner_up": versus} if versus else {}), "settings": settings,
+              **({"tuning": tuning} if tuning else {}),
               "not_chosen": {f"{b} {p}": why for (b, p), why in refused.items()}}
-    path = bundle.record_device_choice(report["cpu_signature"], choice)
+    path = bundle.record_device_choice(signature, choice)
     if args.json:
         print(json.dumps({"bundle": str(bundle.path), "cpu_signature": report["cpu_signature"], "machine": machine,
                           "choice": {"backend": backend, "precision": precision}, "choice_file": str(path),
                           "artifacts": {k: {**statuses[tuple(k.split())], **v} for k, v in stats.items()},
+                          **({"versus_runner_up": versus} if versus else {}),
                           "not_chosen": choice["not_chosen"]}, indent=2))
         return 0
     emulated = " (emulated CPU: these times say nothing about a real board)" if machine["emulated"] else ""
@@ -179,8 +215,45 @@ def _bench_choose(bundle, args) -> int:
              statuses[tuple(k.split())]["status"]] for k, v in stats.items()]
     rows += [[f"{b} {p}", "", "", "", f"not timed: {why}"] for (b, p), why in refused.items()]
     print(format_table(["artifact", "p50 ms", "p90 ms", "peak MB", "here"], rows))
-    print(f"chosen for this device: {fastest} (kept in {path}; runtime.load uses it by default)")
+    if versus:
+        print(versus_line(versus))
+    if tuning:
+        print("settings measured here: " + "; ".join(
+            f"{k.replace('/', ' ')}: " + (", ".join(f"{n} {v}" for n, v in r["chosen"].items()
+                                                   if r["defaults"].get(n) != v) or "the defaults")
+            + (" (a faster candidate was undecided)" if r["undecided"] else "") for k, r in tuning.items()))
+    print(f"chosen for this device: {backend} {precision} (kept in {path}; runtime.load uses it by default)")
     return 0
+
+
+def single_stream_line(stats: dict) -> str:
+    """The single-stream figures with their intervals and the conditions they were measured in."""
+    iv = stats["intervals"]
+    before, after = stats["conditions"]["before"], stats["conditions"]["after"]
+
+    def state(c: dict) -> str:
+        return (f"load {c['loadavg'][0]:.2f}" + (f", {c['governor']}" if c["governor"] else "")
+                + (f", {c['mhz']} MHz" if c["mhz"] else "") + (f", {c['temperature_c']:.0f} C" if c["temperature_c"]
+                                                               is not None else ""))
+    return (f"single-stream: {stats['runs']} queries over {stats['seconds']:.1f} s; 95% intervals: "
+            + ", ".join(f"{q.removesuffix('_ms')} {stats[q]:.2f} ms [{iv[q][0]:.2f}, {iv[q][1]:.2f}]" for q in iv)
+            + f"; before: {state(before)}; after: {state(after)}")
+
+
+def sustained_line(found: dict) -> str:
+    temps = [w["temperature_c"] for w in found["windows"] if w["temperature_c"] is not None]
+    return (f"sustained {found['seconds']:g} s: p50 per {found['window_s']:g} s window "
+            + ", ".join(f"{w['p50_ms']:.2f}" for w in found["windows"])
+            + f" ms; drift of the last window from the first {100 * found['drift']:+.1f}%"
+            + (f"; temperature {temps[0]:.0f} -> {temps[-1]:.0f} C" if temps else "; no temperature sensor here"))
+
+
+def versus_line(v: dict) -> str:
+    low, high = v["interval"]
+    return (f"{v['fastest']} against {v['runner_up']}: the runner-up's p50 is {v['ratio_p50']:.3f}x "
+            f"(95% interval {low:.3f} to {high:.3f}): "
+            + ("a real difference" if v["real"] else "undecided at this length, so "
+               + (f"kept {v['kept']}" if "kept" in v else "either serves")))
 
 
 def peak_text(found: dict) -> str:
@@ -296,9 +369,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure throughput for SECONDS (default 5) with concurrent calls")
     b.add_argument("--profile", type=positive, metavar="RUNS", nargs="?", const=20,
                    help="also show the time per op type over RUNS runs (default 20)")
+    b.add_argument("--protocol", choices=("quick", "single-stream"), default="quick",
+                   help="quick: --runs timed calls; single-stream: at least --min-queries calls and "
+                        "--min-duration seconds per artifact, p50/p90/p99 with 95%% intervals (MLPerf's rule)")
+    b.add_argument("--min-queries", type=positive, default=1024, help="single-stream: timed calls (default 1024)")
+    b.add_argument("--min-duration", type=positive_seconds, default=60.0, metavar="SECONDS",
+                   help="single-stream: seconds of timed calls per artifact (default 60)")
+    b.add_argument("--sustained", type=positive_seconds, metavar="SECONDS",
+                   help="also run back to back for SECONDS: p50 per window, drift, temperature")
+    b.add_argument("--window", type=positive_seconds, default=60.0, metavar="SECONDS",
+                   help="--sustained: the window each p50 covers (default 60)")
     b.add_argument("--choose", action="store_true",
                    help="time every artifact that runs here, interleaved, and keep the fastest as this device's "
                         "choice (device-choice.json beside the hashed files; runtime.load uses it)")
+    b.add_argument("--tune", type=positive_seconds, nargs="?", const=2.0, metavar="SECONDS",
+                   help="with --choose: first measure each artifact's backend settings here, SECONDS of timed "
+                        "calls each (default 2), kept with the choice; runtime.load uses them on this kind of CPU")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     d = sub.add_parser("doctor", help="this device: CPU, C library, Python, backends; what of a bundle runs here")
     d.add_argument("bundle", nargs="?", help="a bundle folder: which of its artifacts run here, emulated or not at all")

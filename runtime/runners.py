@@ -31,7 +31,7 @@ from .spec import TensorSpec
 # AVX512_BF16, else in f32; the compiled model's answer is what gets recorded.
 OV_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 MODES = ("latency", "throughput")
-# ONNX Runtime's settings where a bundle has none tuned (`export.tune` measures others at build time)
+# ONNX Runtime's settings where a bundle has none tuned (`runtime.tune` measures others)
 ORT_DEFAULTS = {"spinning": True, "graph_optimization": "all", "execution_mode": "sequential"}
 ORT_GRAPH_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC"}
 
@@ -371,7 +371,11 @@ def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str
     (OpenVINO's THROUGHPUT hint; ONNX Runtime one core per caller);
     `profile=True` turns the backend's profiler on for `runner.profile()`;
     `cache=True` keeps OpenVINO's compiled model and ONNX Runtime's optimized
-    graph in `cache_dir()`, so the next load on this device skips that work."""
+    graph in `cache_dir()`, so the next load on this device skips that work.
+    The backend settings are those measured on this kind of CPU (`Bundle.settings_here`;
+    `runner.settings["tuned_on"]` says whose), else the backends' defaults."""
+    from .machine import cpu_signature
+
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     backend, precision = choose(bundle, backend, precision)
     check_choice("backend", backend, BACKENDS)
@@ -380,10 +384,12 @@ def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str
     if threads is not None and threads < 1:
         raise UserError(f"threads {threads} is not a positive number; pass None to let the backend choose")
     entry = bundle.artifact(backend, precision)
+    tuned, source = bundle.settings_here(entry, cpu_signature()) if mode == "latency" else ({}, "defaults")
     try:
-        runner_cls = RUNNERS[backend]
-        return runner_cls(bundle.path / entry.file, bundle.spec.inputs, bundle.manifest["outputs"], precision,
-                          threads, mode, profile, cache, tuned=entry.settings if mode == "latency" else None)
+        runner = RUNNERS[backend](bundle.path / entry.file, bundle.spec.inputs, bundle.manifest["outputs"], precision,
+                                  threads, mode, profile, cache, tuned=tuned)
+        runner.settings["tuned_on"] = source
+        return runner
     except ImportError:
         raise UserError(f"backend {backend!r} is not installed here; pip install {backend}") from None
     except UserError:

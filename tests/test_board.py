@@ -7,6 +7,7 @@ import json
 import shutil
 import tarfile
 
+import numpy as np
 import pytest
 
 import runtime
@@ -53,6 +54,44 @@ def test_bench_choose_times_every_artifact_and_load_follows_the_choice(bundle):
     assert run("runtime", "verify", str(bundle)).returncode == 0
     with tarfile.open(pack(bundle)) as tar:
         assert f"dsc/{DEVICE_CHOICE}" not in tar.getnames()
+
+
+def test_the_single_stream_protocol_gives_intervals_and_calls_a_difference_real_or_not(bundle):
+    """Short here (64 queries, 0.2 s per artifact; on a board the defaults are 1024 and 60 s): every artifact
+    timed at least that much, each percentile inside its bootstrap interval, the machine's conditions before
+    and after, and the two fastest compared by the interval of their p50 ratio."""
+    result = run("runtime", "bench", str(bundle), "--choose", "--protocol", "single-stream", "--min-queries", "64",
+                 "--min-duration", "0.2", "--warmup", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for f in figures["artifacts"].values():
+        assert f["protocol"] == "single-stream" and f["runs"] >= 64 and f["seconds"] >= 0.2
+        assert all(low <= f[q] <= high for q, (low, high) in f["intervals"].items()), f
+        assert all(len(f["conditions"][when]["loadavg"]) == 3 for when in ("before", "after"))
+    versus = figures["versus_runner_up"]
+    low, high = versus["interval"]
+    assert versus["ratio_p50"] >= 1 and low <= versus["ratio_p50"] <= high
+    assert versus["real"] == (not low <= 1 <= high)
+    choice = json.loads((bundle / DEVICE_CHOICE).read_text())[cpu_signature()]
+    assert choice["protocol"] == "single-stream" and choice["versus_runner_up"] == versus
+    text = run("runtime", "bench", str(bundle), "--backend", "onnxruntime", "--precision", "fp32", "--protocol",
+               "single-stream", "--min-queries", "64", "--min-duration", "0.2", "--sustained", "0.6", "--window",
+               "0.2").stdout
+    assert "single-stream: " in text and "95% intervals: p50 " in text and "before: load " in text
+    assert "sustained 0.6 s: p50 per 0.2 s window " in text and "drift of the last window from the first" in text
+
+
+def test_bootstrap_intervals_tell_a_real_difference_from_noise():
+    """Seeded samples: 5% slower over 1024 calls is real; two draws of the same distribution are not."""
+    from runtime.bench import difference, intervals
+
+    rng = np.random.default_rng(0)
+    a, b, c = rng.gamma(20, 0.5, 1024), rng.gamma(20, 0.5 * 1.05, 1024), rng.gamma(20, 0.5, 1024)
+    slower, same = difference(a, b), difference(a, c)
+    assert slower["real"] and slower["interval"][0] > 1 and 1.02 < slower["ratio_p50"] < 1.08
+    assert not same["real"] and same["interval"][0] < 1 < same["interval"][1]
+    for q, (low, high) in intervals(a).items():
+        assert low <= np.percentile(a, {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}[q]) <= high
 
 
 def test_bench_choose_takes_no_artifact_options(bundle):

@@ -9,7 +9,7 @@ import pytest
 
 import runtime
 from export.pipeline import BuildSettings, build
-from export.tune import MARGIN, candidates
+from runtime.tune import MARGIN, candidates
 from runtime.runners import ORT_DEFAULTS
 
 
@@ -46,6 +46,8 @@ def test_the_build_records_each_artifacts_measured_choice(tuned):
         assert len({c["runs"] for c in record["candidates"]}) == 1  # every candidate timed as often
         chosen, default = (p50[json.dumps(record[k], sort_keys=True)] for k in ("chosen", "defaults"))
         assert record["chosen"] == record["defaults"] or chosen < (1 - MARGIN) * default
+        if record["chosen"] != record["defaults"]:  # a change is made only on a difference the interval confirms
+            assert record["best_vs_defaults"]["real"] and not record["undecided"]
         assert record["speedup"] == pytest.approx(default / chosen)
         assert shipped[key]["settings"] == record["chosen"]
         # the latency table measured the artifact with the settings it ships with
@@ -68,6 +70,7 @@ def test_runtime_load_uses_the_recorded_settings(tuned, tmp_path):
         # a thread count in a bundle (one built before threads stopped being tuned) is not applied
         assert (r.settings["spinning"], r.settings["graph_optimization"], r.settings["threads"]) == (
             False, "basic", "default")
+        assert r.settings["tuned_on"] == "build"  # this machine built it
     with runtime.load(tuned.bundle, "onnxruntime", "fp32", threads=2, cache=False) as r:
         assert r.settings["threads"] == 2  # a caller's thread count comes first
     with runtime.load(tuned.bundle, "openvino", "fp32", cache=False) as r:
@@ -75,3 +78,53 @@ def test_runtime_load_uses_the_recorded_settings(tuned, tmp_path):
     with runtime.load(tuned.bundle, "openvino", "fp32", mode="throughput", cache=False) as r:
         assert r.settings["threads"] == "default"  # latency settings do not apply to throughput
     assert runtime.verify(tuned.bundle).passed
+
+
+def test_settings_measured_on_another_cpu_do_not_travel(tuned, tmp_path):
+    """The same bundle on a CPU of another signature (the build machine's record changed to a 4-core Arm
+    board's): the build's settings are not applied, the backends' defaults are."""
+    import shutil
+
+    bundle = tmp_path / "dsc"
+    shutil.copytree(tuned.bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        if a["key"] == "onnxruntime/fp32":
+            a["settings"] = {**ORT_DEFAULTS, "spinning": False, "execution_mode": "parallel"}
+    manifest["machine"] = {**manifest["machine"], "machine": "aarch64", "cpu": "Arm CPU part 0xd0b",
+                           "logical_cores": 4, "flags": ["asimd", "asimddp"]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with runtime.load(bundle, "onnxruntime", "fp32", cache=False) as r:
+        assert r.settings["tuned_on"] == "defaults"
+        assert (r.settings["spinning"], r.settings["execution_mode"]) == (True, "sequential")
+
+
+def test_bench_choose_tune_measures_the_settings_on_the_device_and_load_follows_them(tuned, tmp_path):
+    import shutil
+
+    from runtime.bundle import DEVICE_CHOICE
+    from runtime.machine import cpu_signature
+    from tests.test_cli import run
+
+    bundle = tmp_path / "dsc"
+    shutil.copytree(tuned.bundle, bundle)
+    result = run("runtime", "bench", str(bundle), "--choose", "--tune", "0.3", "--runs", "5", "--warmup", "1")
+    assert result.returncode == 0, result.stderr
+    assert "settings measured here: onnxruntime fp32: " in result.stdout
+    choice = json.loads((bundle / DEVICE_CHOICE).read_text())[cpu_signature()]
+    shipped = {a["key"] for a in json.loads((bundle / "manifest.json").read_text())["artifacts"]}
+    assert set(choice["settings"]) == set(choice["tuning"]) == {k for k in shipped if not k.endswith("/int8")}
+    for key, record in choice["tuning"].items():
+        assert [c["settings"] for c in record["candidates"]] == candidates(key.split("/")[0])
+        assert choice["settings"][key] == record["chosen"]
+    # the device's own settings win over the build's, whatever the build chose
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        if a["key"] == "onnxruntime/fp32":
+            a["settings"] = {**ORT_DEFAULTS, "graph_optimization": "basic"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with runtime.load(bundle, "onnxruntime", "fp32", cache=False) as r:
+        assert r.settings["tuned_on"] == "device"
+        assert r.settings["graph_optimization"] == choice["settings"]["onnxruntime/fp32"]["graph_optimization"]
+    refused = run("runtime", "bench", str(bundle), "--tune")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --tune measures the settings --choose keeps")

@@ -1,14 +1,18 @@
-"""Stage: each artifact's backend settings, chosen by measurement on the build machine.
+"""Each artifact's backend settings, chosen by measurement where they run.
 
 A few candidate settings per backend (ONNX Runtime: spinning, graph
 optimisation level, execution mode; OpenVINO: streams, CPU pinning; its f32
 precision hint stays as the artifact's precision asks and is recorded), all on
-the build's thread count,
-loaded side by side and timed interleaved within a small budget. The fastest
-is kept only where it beats the backend's defaults by more than `MARGIN`, so
-noise never changes a setting. The choice goes into the artifact's manifest
-entry (`settings`), which `runtime.load` uses by default; a device can still
-choose its own artifact (`runtime bench --choose`).
+one thread count, loaded side by side and timed interleaved within a small
+budget. A candidate is chosen only where it beats the backend's defaults by
+more than `MARGIN` at p50 and the bootstrap interval of the ratio says the
+difference is real; a win the interval cannot confirm is recorded as
+undecided and not acted on.
+
+The build tunes on its own machine (the artifact's manifest entry `settings`,
+used by `runtime.load` only on a CPU with the build machine's signature);
+`runtime bench --choose --tune` tunes on the device, kept beside its choice.
+Numpy and the backends only: it runs on the device too.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime import runners as rt
-from runtime.bench import bench_interleaved
-from runtime.bundle import Artifact
-from runtime.spec import ModelSpec
+from . import runners as rt
+from .bench import bench_interleaved, difference
+from .bundle import Artifact
+from .spec import ModelSpec
 
 MARGIN = 0.05  # a candidate must be this much faster (p50) than the defaults to be chosen
 
@@ -52,12 +56,16 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
             runners = {str(i): stack.enter_context(rt.RUNNERS[a.backend](
                 folder / a.file, spec.inputs, outputs, a.precision, threads, tuned=c))
                 for i, c in enumerate(tried)}
-            stats = bench_interleaved(runners, feeds, warmup=3, runs=200, rounds=5, max_seconds=budget)
+            times: dict[str, list[float]] = {}
+            stats = bench_interleaved(runners, feeds, warmup=3, runs=200, rounds=5, max_seconds=budget, times=times)
         p50 = [stats[str(i)]["p50_ms"] for i in range(len(tried))]
         best = int(np.argmin(p50))
-        chosen = best if p50[best] < (1 - MARGIN) * p50[0] else 0
+        versus = difference(times["0"], times[str(best)]) if best else None
+        wins = best and p50[best] < (1 - MARGIN) * p50[0]
+        chosen = best if wins and versus["real"] else 0
         a.settings = tried[chosen]
         records[a.key] = {"chosen": tried[chosen], "defaults": tried[0], "speedup": p50[0] / p50[chosen],
+                          "best_vs_defaults": versus, "undecided": bool(wins and not versus["real"]),
                           "candidates": [{"settings": c, "p50_ms": t, "runs": stats[str(i)]["runs"]}
                                          for i, (c, t) in enumerate(zip(tried, p50))]}
     return records
