@@ -74,7 +74,7 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
     if verbose:
         print(results_text(result.manifest, result.passed))
         for failure in result.failures:
-            print(f"parity failed: {failure}")
+            print(f"failed: {failure}")
     return result
 
 

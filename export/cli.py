@@ -59,6 +59,8 @@ def _build_command(sub) -> None:
                         "threads (default 2; 0: the backends' defaults)")
     b.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip measuring each artifact's memory by phase (about a second per artifact)")
+    b.add_argument("--memory-budget", type=float, metavar="MB",
+                   help="recommend only an artifact whose peak resident set fits in MB (the board's free memory)")
     _int8_arguments(b.add_argument_group("INT8"))
 
 
@@ -304,7 +306,7 @@ def _build_settings(args):
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
         int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
-        tune_budget=args.tune_budget, memory=args.memory,
+        tune_budget=args.tune_budget, memory=args.memory, memory_budget=args.memory_budget,
     )
     check_settings(settings)
     return settings
@@ -350,7 +352,7 @@ def _print_results(manifest: dict, passed: bool) -> None:
 
 def _print_failure(result) -> None:
     for failure in result.failures:
-        console.print(f"[red]parity failed[/]: {failure}", soft_wrap=True)
+        console.print(f"[red]failed[/]: {failure}", soft_wrap=True)
     for line in result.manifest.get("diagnosis", []):
         console.print(f"[red]where[/]: {line}", soft_wrap=True)
     console.print(f"The failing bundle is kept for inspection at {result.bundle}")

@@ -365,7 +365,12 @@ def _finish_stage(st: BuildState) -> None:
     if st.int8 is not None:
         shutil.rmtree(st.int8.work)
     m["rejected"] = st.rejected
-    m["recommended"] = recommend(m["latency"], st.artifacts)
+    m["recommended"] = recommend(m["latency"], st.artifacts, m["memory"], s.memory_budget)
+    if m["recommended"] is None:
+        peaks = sorted((v["peak_mb"], k.replace("/", " ")) for k, v in m["memory"]["artifacts"].items() if "peak_mb" in v)
+        st.failures.append(f"no shipped artifact fits --memory-budget {s.memory_budget:g} MB: the smallest peak is "
+                           f"{peaks[0][1]}'s, {peaks[0][0]:.0f} MB" if peaks else
+                           f"no shipped artifact's memory could be measured against --memory-budget {s.memory_budget:g} MB")
     m["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs, "interleaved": True}
     if "onnxruntime" not in s.backends:
         (folder / ONNX_FILE).unlink()  # only the source of the IRs (and of INT8's plans)
@@ -377,12 +382,22 @@ def _finish_stage(st: BuildState) -> None:
     write_manifest(folder, m)
 
 
-def recommend(latency: dict[str, dict], artifacts: list[Artifact]) -> dict[str, Any]:
-    """The shipped artifact with the lowest p50 in this build: what `runtime.load` runs by default."""
+def recommend(latency: dict[str, dict], artifacts: list[Artifact], memory: dict | None = None,
+              budget: float | None = None) -> dict[str, Any] | None:
+    """The shipped artifact with the lowest p50 in this build (within `budget` MB of peak memory, where
+    given): what `runtime.load` runs by default; None when no artifact fits the budget."""
     shipped = {a.key: a for a in artifacts}
-    best = min((k for k in latency if k in shipped), key=lambda k: latency[k]["p50_ms"])
+    peaks = {k: v.get("peak_mb") for k, v in ((memory or {}).get("artifacts") or {}).items()}
+    fits = [k for k in latency if k in shipped and (budget is None or (peaks.get(k) or float("inf")) <= budget)]
+    if not fits:
+        return None
+    best = min(fits, key=lambda k: latency[k]["p50_ms"])
+    over = [f"{k.replace('/', ' ')} {peaks[k]:.0f} MB" for k in latency if k in shipped and k not in fits]
     return {"backend": shipped[best].backend, "precision": shipped[best].precision,
-            "p50_ms": latency[best]["p50_ms"], "why": "the fastest shipped artifact in this build's interleaved run"}
+            "p50_ms": latency[best]["p50_ms"],
+            "why": "the fastest shipped artifact in this build's interleaved run" + (
+                f" within --memory-budget {budget:g} MB" + (f" (over it: {', '.join(over)})" if over else "")
+                if budget is not None else "")}
 
 
 class _Int8:

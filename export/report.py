@@ -275,6 +275,8 @@ def plot_frontier(manifest: dict[str, Any], path) -> bool:
 
 def recommended_line(manifest: dict[str, Any]) -> str:
     r = manifest["recommended"]
+    if r is None:
+        return "Recommended: none; no shipped artifact fits the memory budget (see the failure)."
     return (f"Recommended: {r['backend']} {r['precision']}, p50 {r['p50_ms']:.2f} ms ({r['why']}); "
             "`runtime.load` runs it when no backend is named.")
 

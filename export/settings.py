@@ -90,6 +90,7 @@ class BuildSettings:
     rewrites: bool = True  # the graph rewrites of `export.rewrite` (False: the simplified graph as it is)
     tune_budget: float = 2.0  # seconds of timed calls per artifact to choose its backend settings (0: defaults)
     memory: bool = True  # each shipped artifact's peak memory by phase, in a fresh process (runtime.memory)
+    memory_budget: float | None = None  # MB: the recommended artifact's peak must fit (None: no budget)
     seed: int = 0
     golden_batch: int = 2
     warmup: int = 10
@@ -162,6 +163,11 @@ def check_options(s: BuildSettings) -> None:
         raise UserError("--keep-fp32 is only used with --quantize int8")
     elif s.qat:
         raise UserError("--qat is only used with --quantize int8")
+    if s.memory_budget is not None:
+        check_positive("--memory-budget", s.memory_budget)
+        if not s.memory:
+            raise UserError("--memory-budget is held against the memory each artifact is measured to take: "
+                            "drop --no-memory")
     check_folder(s.out, "--out", "expected a folder (created if missing) for the bundles")
 
 

@@ -83,8 +83,9 @@ def cmd_bench(args) -> int:
     bundle = Bundle.open(args.bundle)
     if args.choose:
         return _bench_choose(bundle, args)
-    if args.tune:
-        raise UserError("--tune measures the settings --choose keeps for this device: add --choose")
+    if args.tune or args.memory_budget:
+        raise UserError(f"--{'tune' if args.tune else 'memory-budget'} is for --choose (what this device runs): "
+                        "add --choose")
     args.backend, args.precision = choose(bundle, args.backend, args.precision)
     inputs, _ = bundle.golden()
     # the golden inputs, repeated to the batch asked for
@@ -184,9 +185,18 @@ def _bench_choose(bundle, args) -> int:
     memory = measure_all(bundle.path, passed, args.threads)
     for key, found in memory.items():
         stats[key]["memory"] = found
-    fastest = min(stats, key=lambda k: stats[k]["p50_ms"])
+    fits = [k for k in stats if args.memory_budget is None or memory[k].get("peak_mb", float("inf")) <= args.memory_budget]
+    if not fits:
+        smallest = min(stats, key=lambda k: memory[k].get("peak_mb", float("inf")))
+        raise UserError(f"no artifact of {bundle.name} fits --memory-budget {args.memory_budget:g} MB here: the "
+                        f"smallest peak is {smallest}'s, {peak_text(memory[smallest])} MB")
+    for key in stats:
+        if key not in fits:
+            refused[tuple(key.split())] = (f"its peak resident set, {memory[key]['peak_mb']:.0f} MB, is over "
+                                           f"--memory-budget {args.memory_budget:g} MB")
+    fastest = min(fits, key=lambda k: stats[k]["p50_ms"])
     backend, precision = fastest.split()
-    runner_up = min((k for k in stats if k != fastest), key=lambda k: stats[k]["p50_ms"], default=None)
+    runner_up = min((k for k in fits if k != fastest), key=lambda k: stats[k]["p50_ms"], default=None)
     versus = (difference(times[fastest], times[runner_up]) | {"fastest": fastest, "runner_up": runner_up}
               if args.protocol == "single-stream" and runner_up else None)
     recommended = bundle.manifest.get("recommended") or {}
@@ -213,7 +223,10 @@ def _bench_choose(bundle, args) -> int:
           f"batch 1, {stats[fastest]['runs']} runs each after {args.warmup} warm-up, interleaved:")
     rows = [[k, f"{v['p50_ms']:.2f}", f"{v['p90_ms']:.2f}", peak_text(v["memory"]),
              statuses[tuple(k.split())]["status"]] for k, v in stats.items()]
-    rows += [[f"{b} {p}", "", "", "", f"not timed: {why}"] for (b, p), why in refused.items()]
+    rows += [[f"{b} {p}", "", "", "", f"not timed: {why}"] for (b, p), why in refused.items()
+             if f"{b} {p}" not in stats]
+    rows = [[*r[:4], r[4] + (f"; not chosen: {refused[tuple(r[0].split())]}" if tuple(r[0].split()) in refused
+                             and r[0] in stats else "")] for r in rows]
     print(format_table(["artifact", "p50 ms", "p90 ms", "peak MB", "here"], rows))
     if versus:
         print(versus_line(versus))
@@ -382,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--choose", action="store_true",
                    help="time every artifact that runs here, interleaved, and keep the fastest as this device's "
                         "choice (device-choice.json beside the hashed files; runtime.load uses it)")
+    b.add_argument("--memory-budget", type=positive_seconds, metavar="MB",
+                   help="with --choose: choose only among artifacts whose peak resident set, measured here, fits")
     b.add_argument("--tune", type=positive_seconds, nargs="?", const=2.0, metavar="SECONDS",
                    help="with --choose: first measure each artifact's backend settings here, SECONDS of timed "
                         "calls each (default 2), kept with the choice; runtime.load uses them on this kind of CPU")

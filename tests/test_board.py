@@ -94,6 +94,39 @@ def test_bootstrap_intervals_tell_a_real_difference_from_noise():
         assert low <= np.percentile(a, {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}[q]) <= high
 
 
+def test_a_memory_budget_is_never_exceeded_by_what_is_recommended_or_chosen(bundle, tmp_path):
+    """At build time (the measured peaks of the built dsc): a budget below OpenVINO FP32's peak recommends
+    another artifact, one below every peak recommends none. On the device, --choose leaves out what does
+    not fit, and refuses in one line when nothing does."""
+    from export.pipeline import recommend
+
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
+    peaks = {k: v["peak_mb"] for k, v in manifest["memory"]["artifacts"].items()}
+    budget = peaks["openvino/fp32"] - 0.5
+    chosen = recommend(manifest["latency"], opened.artifacts, manifest["memory"], budget)
+    assert peaks[f"{chosen['backend']}/{chosen['precision']}"] <= budget
+    assert f"within --memory-budget {budget:g} MB (over it: " in chosen["why"] and "openvino fp32" in chosen["why"]
+    assert recommend(manifest["latency"], opened.artifacts, manifest["memory"], min(peaks.values()) - 0.5) is None
+    refused = run("runtime", "bench", str(bundle), "--choose", "--runs", "3", "--warmup", "1", "--memory-budget", "1")
+    assert refused.returncode == 2 and refused.stderr.startswith(
+        "error: no artifact of dsc fits --memory-budget 1 MB here: the smallest peak is "), refused.stderr
+    roomy = run("runtime", "bench", str(bundle), "--choose", "--runs", "3", "--warmup", "1", "--memory-budget", "1e6",
+                "--json")
+    assert roomy.returncode == 0 and not json.loads(roomy.stdout)["not_chosen"]
+
+
+def test_a_build_whose_every_artifact_is_over_the_memory_budget_fails_in_one_line(tmp_path):
+    result = run("export", "build", "--variant", "dsc-lite", "--backends", "onnxruntime", "--tune-budget", "0",
+                 "--memory-budget", "1", "--out", str(tmp_path))
+    assert result.returncode == 1, result.stdout
+    assert "failed: no shipped artifact fits --memory-budget 1 MB: the smallest peak is onnxruntime fp32's, " \
+        in result.stdout
+    assert not (tmp_path / "dsc-lite").exists() and (tmp_path / "dsc-lite.failed").is_dir()
+    assert run("export", "build", "--variant", "dsc-lite", "--memory-budget", "5", "--no-memory", "--out",
+               str(tmp_path)).stderr.startswith("error: --memory-budget is held against the memory each artifact")
+
+
 def test_bench_choose_takes_no_artifact_options(bundle):
     result = run("runtime", "bench", str(bundle), "--choose", "--backend", "openvino")
     assert result.returncode == 2 and "error: --choose times every artifact at batch 1" in result.stderr

@@ -127,4 +127,4 @@ def test_bench_choose_tune_measures_the_settings_on_the_device_and_load_follows_
         assert r.settings["tuned_on"] == "device"
         assert r.settings["graph_optimization"] == choice["settings"]["onnxruntime/fp32"]["graph_optimization"]
     refused = run("runtime", "bench", str(bundle), "--tune")
-    assert refused.returncode == 2 and refused.stderr.startswith("error: --tune measures the settings --choose keeps")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --tune is for --choose (what this device runs)")
