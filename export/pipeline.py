@@ -438,7 +438,7 @@ class _Int8:
         loaded = Bundle.open(self.bundle)
         judge = quantize.Judge(a, sets, task, lambda file, profile=False: rt.RUNNERS[backend](
             file, loaded.spec.inputs, loaded.manifest["outputs"], "int8", s.threads, profile=profile),
-            self.bundle / loaded.artifact(backend, "fp32").file, s.warmup, s.runs)
+            self.bundle / loaded.artifact(backend, "fp32").file, s.warmup, s.runs, self.bundle / a.file)
         full = quantize.Attempt(quantize.full_plan(self.keep), self.quantizer(backend).method, parity,
                                 latency[a.key], latency[f"{backend}/fp32"]["p50_ms"])
         others = []

@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
-from runtime.bench import bench_interleaved
+from runtime.bench import bench_interleaved, difference
 from runtime.bundle import Artifact
 from runtime.compare import Parity, check_artifact, compare
 from runtime.runners import Runner
@@ -276,6 +276,7 @@ class Judge:
     fp32: Path  # the FP32 twin's file
     warmup: int
     runs: int
+    own: Path | None = None  # the INT8 artifact's own file (the full plan's model)
 
     @property
     def feeds(self) -> dict[str, np.ndarray]:
@@ -291,6 +292,14 @@ class Judge:
     def race(self, runner: Runner, other: Runner) -> tuple[dict, dict]:
         lat = bench_interleaved({"int8": runner, "other": other}, self.feeds, self.warmup, self.runs)
         return lat["int8"], lat["other"]
+
+    def versus_fp32(self, attempt: "Attempt", fp32: Runner) -> dict[str, Any]:
+        """The attempt raced again against its FP32 twin, and the bootstrap interval of the ratio of
+        their p50s (INT8 over FP32): whether it is really slower, really faster, or undecided."""
+        with self.open(attempt.file or self.own) as runner:
+            times: dict[str, list[float]] = {}
+            bench_interleaved({"fp32": fp32, "int8": runner}, self.feeds, self.warmup, self.runs, times=times)
+        return difference(times["fp32"], times["int8"])
 
 
 @dataclass
@@ -369,6 +378,7 @@ class Search:
     unmeasured: list[str] = field(default_factory=list)  # layers the budget left no time to measure
     stopped: str = ""
     spent_s: float = 0.0
+    full_vs_fp32: dict[str, Any] | None = None  # the full plan raced again where it first measured slower
 
     @property
     def shipped(self) -> Attempt | None:
@@ -404,7 +414,7 @@ class Search:
         return {"method": self.method, "budget_s": self.budget_s, "spent_s": round(self.spent_s, 1),
                 "stopped": self.stopped, "attempts": [a.to_dict() for a in self.attempts],
                 "sensitivity": [x.to_dict() for x in sorted(self.layers, key=lambda x: -x.per_ms)],  # as ranked
-                "unmeasured": self.unmeasured}
+                "unmeasured": self.unmeasured, "full_vs_fp32": self.full_vs_fp32}
 
 
 def search(full: Attempt, fp32: Runner, quantizer: Quantizer, layer_source: OnnxRuntimeQuantizer,
@@ -419,9 +429,15 @@ def search(full: Attempt, fp32: Runner, quantizer: Quantizer, layer_source: Onnx
                     fp32, tuple(keep), work)
     if full.passed:
         return run.finish("the full plan is within the bounds and faster than FP32")
-    if not full.speedup > 1:  # keeping layers in FP32 would only slow it further, but for the selective plan's
-        run.attempt(selective_plan(layer_source.model, keep))  # depthwise convs, slow in INT8 without VNNI
-        return run.finish("the full plan is slower than FP32; the selective plan was tried")
+    if not full.speedup > 1:  # slower at first: raced again, and judged on the interval of the ratio
+        versus = run.found.full_vs_fp32 = judge.versus_fp32(full, fp32) if full.file or judge.own else None
+        if versus is None or (versus["real"] and versus["ratio_p50"] > 1):
+            # keeping layers in FP32 would only slow it further, but for the selective plan's depthwise convs
+            run.attempt(selective_plan(layer_source.model, keep))
+            return run.finish("the full plan is slower than FP32" + (
+                f" (its p50 {versus['ratio_p50']:.2f}x, 95% interval {versus['interval'][0]:.2f} to "
+                f"{versus['interval'][1]:.2f})" if versus else "") + "; the selective plan was tried")
+        # undecided, or faster when raced again: not acted on as slower; the search goes on
     layers = run.sensitivity(full, modules)
     return run.finish(run.frontier(layers))
 
