@@ -44,11 +44,11 @@ class TorchRunner(BaseRunner):
 
 
 def measure(runners: Mapping[str, Runner], model: Exportable, feeds: dict[str, np.ndarray], threads: int,
-            warmup: int, runs: int) -> dict[str, dict]:
+            warmup: int, runs: int, times: dict[str, list[float]] | None = None) -> dict[str, dict]:
     """Latency of each runner and of `model` in eager PyTorch, interleaved, the
     same number of timed runs each: `runs`, or fewer where a slow model would
-    take more than about 3 s per contender in all."""
+    take more than about 3 s per contender in all (`times` receives every timed call)."""
     everyone = {**runners, EAGER: TorchRunner(model, threads)}
-    return bench_interleaved(everyone, feeds, warmup=warmup, runs=runs, max_seconds=3.0 * len(everyone))
+    return bench_interleaved(everyone, feeds, warmup=warmup, runs=runs, max_seconds=3.0 * len(everyone), times=times)
 
 

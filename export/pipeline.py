@@ -40,7 +40,7 @@ from .calibration import CALIB_METHODS, calibration_set, task_images
 from .artifacts import ONNX_FILE, FP32Artifacts, Stage, make_fp32_artifacts, silent
 from .contract import Exportable, check_modules, check_signature, example_tensors, infer_spec
 from .manifest import tool_versions, write_manifest
-from .report import FRONTIER_PLOT, plot_frontier, report_markdown
+from .report import FRONTIER_PLOT, LATENCY_PLOT, plot_frontier, plot_latency_memory, report_markdown
 from .settings import BuildSettings, check_settings
 from .stats import model_stats
 from .validate import validate
@@ -200,6 +200,7 @@ class BuildState:
     parity: dict[str, Parity] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # FP32 parity failures: the build fails
     rejected: list[dict[str, Any]] = field(default_factory=list)  # optional precisions that lost
+    latency_times: dict[str, list[float]] = field(default_factory=dict)  # every timed call of the latency stage
 
     @property
     def feeds(self) -> dict[str, np.ndarray]:
@@ -325,7 +326,8 @@ def _parity_stage(st: BuildState) -> None:
 def _latency_stage(st: BuildState) -> None:
     with st.stage("latency"):
         one = {k: v[:1] for k, v in st.feeds.items()}
-        st.manifest["latency"] = measure(st.runners, st.model, one, st.s.threads, st.s.warmup, st.s.runs)
+        st.manifest["latency"] = measure(st.runners, st.model, one, st.s.threads, st.s.warmup, st.s.runs,
+                                         st.latency_times)
 
 
 def _int8_stage(st: BuildState) -> None:
@@ -378,6 +380,7 @@ def _finish_stage(st: BuildState) -> None:
         a.bytes = sum((folder / f).stat().st_size for f in a.files)
     m["artifacts"] = [a.to_dict() for a in st.artifacts]
     plot_frontier(m, folder / FRONTIER_PLOT)
+    plot_latency_memory(m, st.latency_times, folder / LATENCY_PLOT)
     (folder / "report.md").write_text(report_markdown(m))
     write_manifest(folder, m)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from runtime.bundle import sha256
 
@@ -28,8 +29,8 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
     assert "parity against PyTorch and latency" in result.stdout and "PyTorch eager" in result.stdout
     bundle = tmp_path / "dsc"
     names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
-    assert names == ["golden.npz", "manifest.json", "model.onnx", "openvino/model.bin", "openvino/model.fp16.bin",
-                     "openvino/model.fp16.xml", "openvino/model.xml", "report.md"]
+    assert names == ["golden.npz", "latency_memory.png", "manifest.json", "model.onnx", "openvino/model.bin",
+                     "openvino/model.fp16.bin", "openvino/model.fp16.xml", "openvino/model.xml", "report.md"]
     # no temporary folder left behind; the archive to copy to a device beside the bundle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dsc", "dsc.tar.gz", "dsc.tar.gz.sha256"]
     assert f"Packed: {tmp_path / 'dsc.tar.gz'}" in result.stdout
@@ -56,6 +57,9 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
     # each shipped artifact's peak memory, measured in a process of its own
     assert set(manifest["memory"]["artifacts"]) == {a["key"] for a in manifest["artifacts"]}
     assert all(m["peak_mb"] > 0 for m in manifest["memory"]["artifacts"].values()) and "## Memory" in report
+    with Image.open(bundle / "latency_memory.png") as plot:  # latency distributions and memory by phase
+        assert plot.size[0] > plot.size[1] > 300
+    assert "![latency distribution per row and memory by phase per artifact](latency_memory.png)" in report
 
     verify = run("runtime", "verify", str(bundle))
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -65,8 +69,6 @@ def test_build_writes_a_complete_bundle_that_verifies(tmp_path):
     assert bench.returncode == 0 and json.loads(bench.stdout)["p50_ms"] > 0
 
     # random weights: the picture says so, and so does the command, with the way to a meaningful one
-    from PIL import Image
-
     Image.new("RGB", (320, 200), (90, 140, 60)).save(tmp_path / "photo.png")
     infer = run("runtime", "infer", str(bundle), str(tmp_path / "photo.png"), "--out", str(tmp_path / "pred"))
     assert infer.returncode == 0, infer.stderr
