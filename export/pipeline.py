@@ -295,7 +295,7 @@ def _tune_stage(st: BuildState, stack: contextlib.ExitStack) -> None:
         one = {k: v[:1] for k, v in st.feeds.items()}
         st.manifest["tuning"] = {"budget_s": st.s.tune_budget, "margin": tune.MARGIN, "threads": st.s.threads,
                                  "artifacts": tune.tune(tuned, st.folder, st.spec, st.manifest["outputs"], one,
-                                                        st.s.threads, st.s.tune_budget)}
+                                                        st.s.threads, st.s.tune_budget, st.s.memory_budget)}
         st.manifest["artifacts"] = [a.to_dict() for a in st.artifacts]
         write_manifest(st.folder, st.manifest)
         loaded = Bundle.open(st.folder)
@@ -357,7 +357,8 @@ def _memory_stage(st: BuildState) -> None:
     if not st.s.memory:
         return
     with st.stage("memory by phase (a fresh process per artifact)"):
-        found = measure_all(st.folder, [(a.backend, a.precision) for a in st.artifacts], st.s.threads)
+        # as the build loads them (no model cache), which is how their settings were tuned
+        found = measure_all(st.folder, [(a.backend, a.precision) for a in st.artifacts], st.s.threads, cache=False)
     st.manifest["memory"] = {"runs": RUNS, "artifacts": {k.replace(" ", "/"): v for k, v in found.items()}}
 
 

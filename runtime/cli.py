@@ -173,7 +173,8 @@ def _bench_choose(bundle, args) -> int:
 
         tuned = [a for a in bundle.artifacts if (a.backend, a.precision) in passed and a.precision != "int8"]
         one = {k: v[:1] for k, v in inputs.items()}
-        tuning = tune(tuned, bundle.path, bundle.spec, bundle.manifest["outputs"], one, args.threads, args.tune)
+        tuning = tune(tuned, bundle.path, bundle.spec, bundle.manifest["outputs"], one, args.threads, args.tune,
+                      args.memory_budget)
         settings = {key: record["chosen"] for key, record in tuning.items()}
         bundle.record_device_choice(signature, {**(bundle._choice_record(signature) or {}), "settings": settings})
     with contextlib.ExitStack() as stack:

@@ -72,7 +72,7 @@ def _now(resettable: bool) -> dict[str, float | None]:
 
 
 def _phases(bundle_path: str, backend: str, precision: str, threads: int | None, runs: int,
-            cache: bool = True) -> dict[str, Any]:
+            cache: bool = True, settings: dict | None = None) -> dict[str, Any]:
     """Run in the fresh process: the phases, measured in turn."""
     import importlib
 
@@ -91,7 +91,7 @@ def _phases(bundle_path: str, backend: str, precision: str, threads: int | None,
     mark("python")
     importlib.import_module({"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend, backend))
     mark("import")
-    with load(bundle, backend, precision, threads, cache=cache) as runner:
+    with load(bundle, backend, precision, threads, cache=cache, settings=settings) as runner:
         mark("load")
         runner.infer(feeds)
         mark("first")
@@ -104,11 +104,12 @@ def _phases(bundle_path: str, backend: str, precision: str, threads: int | None,
 
 
 def measure(bundle_path: str | Path, backend: str, precision: str, threads: int | None = None,
-            runs: int = RUNS, cache: bool = True) -> dict[str, Any]:
+            runs: int = RUNS, cache: bool = True, settings: dict | None = None) -> dict[str, Any]:
     """Memory by phase of one artifact, measured in a fresh process (see the module's doc); `cache`:
-    loaded as `runtime.load` loads it by default, through this device's cache of compiled models."""
+    loaded as `runtime.load` loads it by default, through this device's cache of compiled models;
+    `settings`: these backend settings instead of the ones `runtime.load` would choose."""
     args = [sys.executable, "-m", "runtime.memory", str(Path(bundle_path).resolve()), backend, precision, str(runs),
-            "cache" if cache else "no-cache", str(threads or 0)]
+            "cache" if cache else "no-cache", str(threads or 0), json.dumps(settings)]
     here = str(Path(__file__).resolve().parent.parent)  # the child imports this very runtime
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))}
     done = subprocess.run(args, capture_output=True, text=True, timeout=1800, env=env)
@@ -120,14 +121,14 @@ def measure(bundle_path: str | Path, backend: str, precision: str, threads: int 
 
 
 def measure_all(bundle_path: str | Path, keys: list[tuple[str, str]], threads: int | None = None,
-                runs: int = RUNS) -> dict[str, dict[str, Any]]:
+                runs: int = RUNS, cache: bool = True) -> dict[str, dict[str, Any]]:
     """`measure` for each (backend, precision), a few processes at a time (each has its own resident
     set, so running side by side changes no figure); "backend precision" -> figures, or {"error": why}."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(key: tuple[str, str]) -> dict[str, Any]:
         try:
-            return measure(bundle_path, *key, threads=threads, runs=runs)
+            return measure(bundle_path, *key, threads=threads, runs=runs, cache=cache)
         except BackendError as err:
             return {"error": str(err)}
 
@@ -152,9 +153,10 @@ def available_mb() -> float | None:
 
 
 def main(argv: list[str]) -> int:
-    bundle, backend, precision, runs, cache, threads = argv
+    bundle, backend, precision, runs, cache, threads, settings = argv
     try:
-        found = _phases(bundle, backend, precision, int(threads) or None, int(runs), cache == "cache")
+        found = _phases(bundle, backend, precision, int(threads) or None, int(runs), cache == "cache",
+                        json.loads(settings))
     except (UserError, BackendError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

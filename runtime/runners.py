@@ -32,7 +32,8 @@ from .spec import TensorSpec
 OV_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 MODES = ("latency", "throughput")
 # ONNX Runtime's settings where a bundle has none tuned (`runtime.tune` measures others)
-ORT_DEFAULTS = {"spinning": True, "graph_optimization": "all", "execution_mode": "sequential"}
+ORT_DEFAULTS = {"spinning": True, "graph_optimization": "all", "execution_mode": "sequential", "arena": True,
+                "mem_pattern": True}
 ORT_GRAPH_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC"}
 
 
@@ -144,6 +145,8 @@ class OnnxRuntimeRunner(BaseRunner):
             options.inter_op_num_threads = threads or os.cpu_count() or 1
         # worker threads spin between ops: 1.4x lower latency than sleeping on 2 cores (dsc 8.5 vs 12.3 ms)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if tuned["spinning"] else "0")
+        # memory: the CPU arena keeps freed blocks for reuse; the memory pattern plans one block per run
+        options.enable_cpu_mem_arena, options.enable_mem_pattern = tuned["arena"], tuned["mem_pattern"]
         if mode == "throughput":
             # parallel callers, one core each, instead of one caller on every core
             self.callers = threads or os.cpu_count() or 1
@@ -172,6 +175,7 @@ class OnnxRuntimeRunner(BaseRunner):
         self.settings = {"mode": mode, "threads": threads or "default",
                          "graph_optimization": tuned["graph_optimization"], "execution_mode": tuned["execution_mode"],
                          "provider": "CPUExecutionProvider", "spinning": tuned["spinning"],
+                         "arena": tuned["arena"], "mem_pattern": tuned["mem_pattern"],
                          "onnxruntime": ort.__version__,
                          "optimized_model_cache": str(cached) if cache else None}
         if mode == "throughput":
@@ -363,7 +367,8 @@ def choose(bundle: Bundle, backend: str | None, precision: str | None) -> tuple[
 
 
 def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str | None = None,
-         threads: int | None = None, mode: str = "latency", profile: bool = False, cache: bool = True) -> Runner:
+         threads: int | None = None, mode: str = "latency", profile: bool = False, cache: bool = True,
+         settings: Mapping[str, Any] | None = None) -> Runner:
     """Load one artifact of a bundle: by default the one `runtime bench --choose`
     measured fastest on this kind of CPU, else the one the build measured fastest
     (its manifest's `recommended`). `threads=None` lets the backend
@@ -372,8 +377,9 @@ def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str
     `profile=True` turns the backend's profiler on for `runner.profile()`;
     `cache=True` keeps OpenVINO's compiled model and ONNX Runtime's optimized
     graph in `cache_dir()`, so the next load on this device skips that work.
-    The backend settings are those measured on this kind of CPU (`Bundle.settings_here`;
-    `runner.settings["tuned_on"]` says whose), else the backends' defaults."""
+    The backend settings are `settings` where given (a candidate being measured), else those
+    measured on this kind of CPU (`Bundle.settings_here`; `runner.settings["tuned_on"]` says
+    whose), else the backends' defaults."""
     from .machine import cpu_signature
 
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
@@ -384,7 +390,8 @@ def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str
     if threads is not None and threads < 1:
         raise UserError(f"threads {threads} is not a positive number; pass None to let the backend choose")
     entry = bundle.artifact(backend, precision)
-    tuned, source = bundle.settings_here(entry, cpu_signature()) if mode == "latency" else ({}, "defaults")
+    tuned, source = ((dict(settings), "caller") if settings is not None else
+                     bundle.settings_here(entry, cpu_signature()) if mode == "latency" else ({}, "defaults"))
     try:
         runner = RUNNERS[backend](bundle.path / entry.file, bundle.spec.inputs, bundle.manifest["outputs"], precision,
                                   threads, mode, profile, cache, tuned=tuned)

@@ -31,7 +31,7 @@ from .spec import ModelSpec
 MARGIN = 0.05  # a candidate must be this much faster (p50) than the defaults to be chosen
 
 
-def candidates(backend: str) -> list[dict[str, Any]]:
+def candidates(backend: str, memory: bool = False) -> list[dict[str, Any]]:
     """The settings tried for `backend`: the defaults first, then one change at a time.
     No candidate changes the thread count: how many threads are fastest is a fact of the
     machine and of what else runs on it (another job holding a core made one thread
@@ -39,19 +39,32 @@ def candidates(backend: str) -> list[dict[str, Any]]:
     if backend == "onnxruntime":
         default = dict(rt.ORT_DEFAULTS)
         changes = [{"spinning": False}, {"graph_optimization": "extended"}, {"execution_mode": "parallel"}]
+        if memory:  # under a memory budget: the arena and the memory pattern off, alone and together
+            changes += [{"mem_pattern": False}, {"arena": False}, {"arena": False, "mem_pattern": False}]
     else:
         default = {"streams": 1, "pinning": True}
         changes = [{"pinning": False}]
     return [default, *({**default, **c} for c in changes)]
 
 
+def _peaks(a: Artifact, folder: Path, tried: list[dict], threads: int | None) -> list[float]:
+    from .memory import measure
+
+    return [measure(folder, a.backend, a.precision, threads, settings=c, cache=False)["peak_mb"] for c in tried]
+
+
 def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list[dict],
-         feeds: Mapping[str, np.ndarray], threads: int, budget: float) -> dict[str, dict[str, Any]]:
+         feeds: Mapping[str, np.ndarray], threads: int | None, budget: float,
+         memory_budget: float | None = None) -> dict[str, dict[str, Any]]:
     """Per artifact key, the record of its tuning; sets each artifact's `settings` to the choice.
-    `budget` is the seconds of timed calls per artifact."""
+    `budget` is the seconds of timed calls per artifact. Under `memory_budget` (MB) the backend's
+    memory settings join the candidates, each candidate's peak is measured in a fresh process, and
+    the fastest that fits is chosen (over the defaults, as above, where the defaults fit)."""
     records = {}
     for a in artifacts:
-        tried = candidates(a.backend)
+        tried = candidates(a.backend, memory=memory_budget is not None)
+        peaks = _peaks(a, folder, tried, threads) if memory_budget is not None else [None] * len(tried)
+        fits = [p is None or p <= memory_budget for p in peaks]
         with contextlib.ExitStack() as stack:
             runners = {str(i): stack.enter_context(rt.RUNNERS[a.backend](
                 folder / a.file, spec.inputs, outputs, a.precision, threads, tuned=c))
@@ -59,13 +72,15 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
             times: dict[str, list[float]] = {}
             stats = bench_interleaved(runners, feeds, warmup=3, runs=200, rounds=5, max_seconds=budget, times=times)
         p50 = [stats[str(i)]["p50_ms"] for i in range(len(tried))]
-        best = int(np.argmin(p50))
+        best = min((i for i in range(len(tried)) if fits[i]), key=lambda i: p50[i], default=0)
         versus = difference(times["0"], times[str(best)]) if best else None
         wins = best and p50[best] < (1 - MARGIN) * p50[0]
-        chosen = best if wins and versus["real"] else 0
+        chosen = best if (wins and versus["real"]) or (best and not fits[0]) else 0
         a.settings = tried[chosen]
         records[a.key] = {"chosen": tried[chosen], "defaults": tried[0], "speedup": p50[0] / p50[chosen],
                           "best_vs_defaults": versus, "undecided": bool(wins and not versus["real"]),
-                          "candidates": [{"settings": c, "p50_ms": t, "runs": stats[str(i)]["runs"]}
+                          **({"memory_budget_mb": memory_budget} if memory_budget is not None else {}),
+                          "candidates": [{"settings": c, "p50_ms": t, "runs": stats[str(i)]["runs"],
+                                          **({"peak_mb": peaks[i]} if peaks[i] is not None else {})}
                                          for i, (c, t) in enumerate(zip(tried, p50))]}
     return records

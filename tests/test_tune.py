@@ -128,3 +128,25 @@ def test_bench_choose_tune_measures_the_settings_on_the_device_and_load_follows_
         assert r.settings["graph_optimization"] == choice["settings"]["onnxruntime/fp32"]["graph_optimization"]
     refused = run("runtime", "bench", str(bundle), "--tune")
     assert refused.returncode == 2 and refused.stderr.startswith("error: --tune is for --choose (what this device runs)")
+
+
+def test_under_a_memory_budget_the_memory_settings_are_candidates_and_what_is_chosen_fits(tuned):
+    """ONNX Runtime's arena and memory pattern join the candidates, each candidate's peak measured in a
+    fresh process; with no candidate within the budget the defaults stay (and the build's recommendation
+    then names the overrun)."""
+    from runtime.bundle import Bundle
+    from runtime.tune import tune
+
+    opened = Bundle.open(tuned.bundle)
+    artifact = opened.artifact("onnxruntime", "fp32")
+    feeds = {k: v[:1] for k, v in opened.golden()[0].items()}
+    for budget in (1e6, 1.0):
+        record = tune([artifact], opened.path, opened.spec, opened.manifest["outputs"], feeds, 2, 0.3,
+                      memory_budget=budget)[artifact.key]
+        tried = [c["settings"] for c in record["candidates"]]
+        assert tried == candidates("onnxruntime", memory=True) and len(tried) == 7
+        assert {"arena": False, "mem_pattern": False}.items() <= tried[-1].items()
+        assert all(c["peak_mb"] > 0 for c in record["candidates"]) and record["memory_budget_mb"] == budget
+        chosen = next(c for c in record["candidates"] if c["settings"] == record["chosen"])
+        assert record["chosen"] == record["defaults"] or chosen["peak_mb"] <= budget
+    assert record["chosen"] == record["defaults"]  # nothing fits in 1 MB
