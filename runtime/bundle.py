@@ -146,7 +146,9 @@ class Bundle:
                 problems.append(f"{name} has changed (sha256 differs from the manifest)")
         return problems
 
-    def _choice_record(self, signature: str) -> dict[str, Any] | None:
+    def choice_record(self, signature: str) -> dict[str, Any] | None:
+        """Everything `runtime bench --choose` kept for a CPU with this signature (its choice, its figures,
+        the settings it measured), or None."""
         try:
             chosen = json.loads((self.path / DEVICE_CHOICE).read_text()).get(signature)
         except (OSError, ValueError, AttributeError):
@@ -156,7 +158,7 @@ class Bundle:
     def device_choice(self, signature: str) -> dict[str, Any] | None:
         """What `runtime bench --choose` chose on a CPU with this signature, if it ran there and the
         artifact it chose is still in the bundle."""
-        chosen = self._choice_record(signature)
+        chosen = self.choice_record(signature)
         have = {(a.backend, a.precision) for a in self.artifacts}
         return chosen if chosen and (chosen.get("backend"), chosen.get("precision")) in have else None
 
@@ -167,7 +169,7 @@ class Bundle:
         on one machine under one load are not facts about the model, so they do not travel."""
         from .machine import cpu_signature
 
-        tuned = ((self._choice_record(signature) or {}).get("settings") or {}).get(artifact.key)
+        tuned = ((self.choice_record(signature) or {}).get("settings") or {}).get(artifact.key)
         if tuned is not None:
             return dict(tuned), "device"
         machine = self.manifest.get("machine")

@@ -166,7 +166,7 @@ def _bench_choose(bundle, args) -> int:
                         + "; ".join(f"{b} {p}: {why}" for (b, p), why in refused.items()))
     inputs, _ = bundle.golden()
     signature = report["cpu_signature"]
-    settings = (bundle._choice_record(signature) or {}).get("settings", {})
+    settings = (bundle.choice_record(signature) or {}).get("settings", {})
     tuning = None
     if args.tune:  # this device's own settings, used by the runs below and by runtime.load from now on
         from .tune import tune
@@ -176,7 +176,7 @@ def _bench_choose(bundle, args) -> int:
         tuning = tune(tuned, bundle.path, bundle.spec, bundle.manifest["outputs"], one, args.threads, args.tune,
                       args.memory_budget)
         settings = {key: record["chosen"] for key, record in tuning.items()}
-        bundle.record_device_choice(signature, {**(bundle._choice_record(signature) or {}), "settings": settings})
+        bundle.record_device_choice(signature, {**(bundle.choice_record(signature) or {}), "settings": settings})
     with contextlib.ExitStack() as stack:
         runners = {f"{b} {p}": stack.enter_context(load(bundle, b, p, args.threads)) for b, p in passed}
         if args.protocol == "single-stream":
