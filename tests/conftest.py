@@ -53,17 +53,21 @@ def checkpoint_for(tmp_path_factory):
     return make
 
 
+MEMORY_READ = ("dsc",)  # the bundles whose memory figures a test reads
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, checkpoint_for):
     """built(variant) -> BuildResult of a full build with a perturbed checkpoint
-    (few timed runs and the backends' default settings: the tests check figures, not speed)."""
+    (few timed runs and the backends' default settings: the tests check figures, not speed;
+    memory measured only where a test reads it, the dsc bundle of the board and device tests)."""
     cache = {}
 
     def make(variant: str):
         if variant not in cache:
             out = tmp_path_factory.mktemp("artifacts")
             cache[variant] = build(BuildSettings(variant=variant, checkpoint=checkpoint_for(variant), out=out,
-                                                 warmup=1, runs=5, tune_budget=0))
+                                                 warmup=1, runs=5, tune_budget=0, memory=variant in MEMORY_READ))
         return cache[variant]
 
     return make
