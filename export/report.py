@@ -280,33 +280,12 @@ def plot_latency_memory(manifest: dict[str, Any], times: dict[str, list[float]],
     """Each row's distribution of timed calls (the latency stage; an INT8 artifact whose search shipped
     another plan than the full one is left out, its calls being the full plan's) and, where measured, each
     artifact's peak resident set by phase, as a PNG at `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from runtime.plots import latency_memory
 
     shipped = {a["key"]: a for a in manifest["artifacts"]}
     rows = {k: t for k, t in times.items() if k == EAGER or (k in shipped and shipped[k].get("plan") in (None, "full"))}
-    memory = (manifest.get("memory") or {}).get("artifacts", {})
-    measured = {k: v for k, v in memory.items() if "phases" in v}
-    fig, axes = plt.subplots(1, 2 if measured else 1, figsize=(11 if measured else 6, 4), dpi=110, squeeze=False)
-    left = axes[0][0]
-    names = list(rows)
-    left.boxplot([rows[k] for k in names], vert=False, whis=(5, 95), showfliers=False)
-    left.set_yticks(range(1, len(names) + 1), [k.replace("/", " ") for k in names], fontsize=8)
-    left.set_xlabel("ms per call (box: p25-p75, line: p50, whiskers: p5-p95)")
-    left.set_title(f"{manifest['name']}: latency, batch 1, {manifest['benchmark']['threads']} threads", fontsize=9)
-    if measured:
-        right = axes[0][1]
-        phases = list(next(iter(measured.values()))["phases"])
-        for key, found in measured.items():
-            right.plot(phases, [found["phases"][p]["peak_mb"] for p in phases], marker="o", label=key.replace("/", " "))
-        right.set_ylabel("peak resident set, MB")
-        right.set_title("memory by phase, each artifact in a fresh process", fontsize=9)
-        right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    latency_memory(f"{manifest['name']}: latency, batch 1, {manifest['benchmark']['threads']} threads", rows, path,
+                   memory=(manifest.get("memory") or {}).get("artifacts", {}))
 
 
 def recommended_line(manifest: dict[str, Any]) -> str:

@@ -35,6 +35,16 @@ positive = _positive(int, "whole number")
 positive_seconds = _positive(float, "number of seconds")
 
 
+def png_file(text: str) -> Path:
+    """A path for a picture: a .png name in a folder that exists (nothing is created before the measurement)."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text!r} is not a .png file name (the picture is a PNG)")
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(path.absolute().parent)!r} does not exist")
+    return path
+
+
 def format_table(columns: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -75,9 +85,10 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench, single_stream, sustained, throughput
+    from .bench import bench_interleaved, single_stream, sustained, throughput
     from .bundle import Bundle
     from .memory import measure, phases_line
+    from .plots import latency_memory, require as require_plotting
     from .runners import choose, load
 
     bundle = Bundle.open(args.bundle)
@@ -86,6 +97,8 @@ def cmd_bench(args) -> int:
     if args.tune or args.memory_budget:
         raise UserError(f"--{'tune' if args.tune else 'memory-budget'} is for --choose (what this device runs): "
                         "add --choose")
+    if args.plot:
+        require_plotting()
     args.backend, args.precision = choose(bundle, args.backend, args.precision)
     inputs, _ = bundle.golden()
     # the golden inputs, repeated to the batch asked for
@@ -94,10 +107,12 @@ def cmd_bench(args) -> int:
     with load(bundle, args.backend, args.precision, args.threads) as runner:
         load_ms = (time.perf_counter() - start) * 1e3
         if args.protocol == "single-stream":
-            stats = single_stream({"runner": runner}, feeds, args.warmup, args.min_queries, args.min_duration)[0]
-            stats = stats["runner"]
+            stats, times = single_stream({"runner": runner}, feeds, args.warmup, args.min_queries,
+                                         args.min_duration)
         else:
-            stats = bench(runner, feeds, warmup=args.warmup, runs=args.runs)
+            times = {}
+            stats = bench_interleaved({"runner": runner}, feeds, args.warmup, args.runs, rounds=1, times=times)
+        stats = stats["runner"]
         if args.sustained:
             stats["sustained"] = sustained(runner, feeds, args.sustained, args.window, args.warmup)
     stats = {"bundle": str(bundle.path), "backend": args.backend, "precision": args.precision,
@@ -109,6 +124,10 @@ def cmd_bench(args) -> int:
         with load(bundle, args.backend, args.precision, args.threads, profile=True) as runner:
             stats["profile"] = runner.profile(feeds, runs=args.profile)
     stats["memory"] = measure(bundle.path, args.backend, args.precision, args.threads)
+    key = f"{args.backend} {args.precision}"
+    if args.plot:
+        stats["plot"] = str(latency_memory(f"{bundle.name} {key}: latency, batch {stats['batch']}", {key: times["runner"]},
+                                           args.plot, memory={key: stats["memory"]}, sustained=stats.get("sustained")))
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -131,6 +150,8 @@ def cmd_bench(args) -> int:
                else f"{t['parallel']} parallel callers, 1 thread each")
         print(f"throughput (not latency: calls overlap): {t['images_per_s']:.1f} images/s "
               f"({t['inferences']} inferences in {t['seconds']:.1f} s, {how})")
+    if args.plot:
+        print(f"plot: {stats['plot']}")
     if args.profile:
         print(f"\nwhere the time goes, per op type ({args.profile} runs, "
               f"{'ONNX Runtime profiler' if args.backend == 'onnxruntime' else 'OpenVINO performance counters'}):")
@@ -145,6 +166,7 @@ def _bench_choose(bundle, args) -> int:
     interleaved; keep the fastest as this device's choice."""
     from .bench import bench_interleaved, difference, single_stream
     from .doctor import doctor
+    from .plots import latency_memory, require as require_plotting
     from .memory import measure_all
     from .runners import load
     from .verify import verify
@@ -164,6 +186,8 @@ def _bench_choose(bundle, args) -> int:
     if not passed:
         raise UserError(f"no artifact of {bundle.name} runs within its bounds here: "
                         + "; ".join(f"{b} {p}: {why}" for (b, p), why in refused.items()))
+    if args.plot:
+        require_plotting()
     inputs, _ = bundle.golden()
     signature = report["cpu_signature"]
     settings = (bundle.choice_record(signature) or {}).get("settings", {})
@@ -182,7 +206,8 @@ def _bench_choose(bundle, args) -> int:
         if args.protocol == "single-stream":
             stats, times = single_stream(runners, inputs, args.warmup, args.min_queries, args.min_duration)
         else:
-            stats = bench_interleaved(runners, inputs, warmup=args.warmup, runs=args.runs)
+            times = {}
+            stats = bench_interleaved(runners, inputs, warmup=args.warmup, runs=args.runs, times=times)
     memory = measure_all(bundle.path, passed, args.threads)
     for key, found in memory.items():
         stats[key]["memory"] = found
@@ -212,12 +237,14 @@ def _bench_choose(bundle, args) -> int:
               **({"tuning": tuning} if tuning else {}),
               "not_chosen": {f"{b} {p}": why for (b, p), why in refused.items()}}
     path = bundle.record_device_choice(signature, choice)
+    plot = (latency_memory(f"{bundle.name} on {report['machine']['cpu']}: latency, batch 1, interleaved", times,
+                           args.plot, memory=memory) if args.plot else None)
     if args.json:
         print(json.dumps({"bundle": str(bundle.path), "cpu_signature": report["cpu_signature"], "machine": machine,
                           "choice": {"backend": backend, "precision": precision}, "choice_file": str(path),
                           "artifacts": {k: {**statuses[tuple(k.split())], **v} for k, v in stats.items()},
                           **({"versus_runner_up": versus} if versus else {}),
-                          "not_chosen": choice["not_chosen"]}, indent=2))
+                          "not_chosen": choice["not_chosen"], **({"plot": str(plot)} if plot else {})}, indent=2))
         return 0
     emulated = " (emulated CPU: these times say nothing about a real board)" if machine["emulated"] else ""
     print(f"{bundle.name} on {machine['cpu']} ({machine['machine']}, {machine['logical_cores']} cores){emulated}, "
@@ -236,6 +263,8 @@ def _bench_choose(bundle, args) -> int:
             f"{k.replace('/', ' ')}: " + (", ".join(f"{n} {v}" for n, v in r["chosen"].items()
                                                    if r["defaults"].get(n) != v) or "the defaults")
             + (" (a faster candidate was undecided)" if r["undecided"] else "") for k, r in tuning.items()))
+    if plot:
+        print(f"plot: {plot}")
     print(f"chosen for this device: {backend} {precision} (kept in {path}; runtime.load uses it by default)")
     return 0
 
@@ -401,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tune", type=positive_seconds, nargs="?", const=2.0, metavar="SECONDS",
                    help="with --choose: first measure each artifact's backend settings here, SECONDS of timed "
                         "calls each (default 2), kept with the choice; runtime.load uses them on this kind of CPU")
+    b.add_argument("--plot", type=png_file, metavar="FILE.png",
+                   help="also draw the latency distribution, memory by phase and (with --sustained) p50 over "
+                        "time into FILE.png (needs matplotlib)")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     d = sub.add_parser("doctor", help="this device: CPU, C library, Python, backends; what of a bundle runs here")
     d.add_argument("bundle", nargs="?", help="a bundle folder: which of its artifacts run here, emulated or not at all")

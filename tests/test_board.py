@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import runtime
 from export.pack import pack, wheel_floor
@@ -16,7 +19,7 @@ from runtime.bundle import DEVICE_CHOICE, Artifact, Bundle, sha256
 from runtime.doctor import CANNOT, EMULATED, RUNS, SLOW, artifact_status, doctor
 from runtime.memory import PHASES
 from runtime.machine import cpu_signature, machine_info
-from tests.test_cli import run
+from tests.test_cli import REPO, run
 
 
 @pytest.fixture
@@ -56,7 +59,7 @@ def test_bench_choose_times_every_artifact_and_load_follows_the_choice(bundle):
         assert f"dsc/{DEVICE_CHOICE}" not in tar.getnames()
 
 
-def test_the_single_stream_protocol_gives_intervals_and_calls_a_difference_real_or_not(bundle):
+def test_the_single_stream_protocol_gives_intervals_and_calls_a_difference_real_or_not(bundle, tmp_path):
     """Short here (64 queries, 0.2 s per artifact; on a board the defaults are 1024 and 60 s): every artifact
     timed at least that much, each percentile inside its bootstrap interval, the machine's conditions before
     and after, and the two fastest compared by the interval of their p50 ratio."""
@@ -76,9 +79,24 @@ def test_the_single_stream_protocol_gives_intervals_and_calls_a_difference_real_
     assert choice["protocol"] == "single-stream" and choice["versus_runner_up"] == versus
     text = run("runtime", "bench", str(bundle), "--backend", "onnxruntime", "--precision", "fp32", "--protocol",
                "single-stream", "--min-queries", "64", "--min-duration", "0.2", "--sustained", "0.6", "--window",
-               "0.2").stdout
+               "0.2", "--plot", str(tmp_path / "sustained.png")).stdout
     assert "single-stream: " in text and "95% intervals: p50 " in text and "before: load " in text
     assert "sustained 0.6 s: p50 per 0.2 s window " in text and "drift of the last window from the first" in text
+    # the picture: latency distribution, memory by phase and p50 over time, three panels side by side
+    assert f"plot: {tmp_path / 'sustained.png'}" in text
+    with Image.open(tmp_path / "sustained.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] == 3 * picture.size[1] * 5.5 / 4
+
+
+def test_a_plot_without_matplotlib_is_refused_before_anything_is_measured(bundle, tmp_path):
+    """A device install has no matplotlib: --plot says so in one line, and no picture is half written."""
+    code = ("import sys; sys.modules['matplotlib'] = None; from runtime.cli import main; "
+            f"sys.exit(main(['bench', {str(bundle)!r}, '--plot', {str(tmp_path / 'p.png')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --plot draws with matplotlib, which is not installed here: pip install matplotlib, or drop it "
+        "(--json keeps every figure)"]
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_bootstrap_intervals_tell_a_real_difference_from_noise():
