@@ -25,6 +25,7 @@ from torch import nn
 import models
 from runtime import runners as rt
 from runtime import tune
+from runtime.bench import difference
 from runtime.bundle import GOLDEN, Artifact, Bundle, sha256
 from runtime.compare import BOUNDS, Parity, effective_bounds
 from runtime.errors import UserError
@@ -335,8 +336,8 @@ def _int8_stage(st: BuildState) -> None:
     q, latency = st.manifest["quantization"], st.manifest["latency"]
     for a in [a for a in st.artifacts if a.precision == "int8"]:
         with st.stage(f"INT8 on {a.backend}: sensitivity and frontier (budget {st.s.int8_budget:.0f} s)"):
-            found = st.int8.search(a, st.runners, st.parity[a.key], latency, st.sets, task_of(st.spec),
-                                   st.made.modules)
+            found = st.int8.search(a, st.runners, st.parity[a.key], latency, st.latency_times, st.sets,
+                                   task_of(st.spec), st.made.modules)
         q["search"][a.backend] = found.to_dict()
         shipped = found.shipped
         if shipped is None:
@@ -434,8 +435,8 @@ class _Int8:
             made = self.ov.quantize(quantize.full_plan(self.keep), dst)
             return {**made, "note": f"NNCF failed ({type(err).__name__}: {err}); ONNX Runtime's QDQ model instead"}
 
-    def search(self, a: Artifact, runners: dict, parity: Parity, latency: dict, sets: dict, task: Task,
-               modules: dict[str, str]) -> quantize.Search:
+    def search(self, a: Artifact, runners: dict, parity: Parity, latency: dict, times: dict[str, list[float]],
+               sets: dict, task: Task, modules: dict[str, str]) -> quantize.Search:
         """The INT8 policy for the artifact `a`; with `--calib-method all`, ONNX Runtime's
         search goes on with the method whose full plan did least damage."""
         s, backend, twin = self.s, a.backend, runners[f"{a.backend}/fp32"]
@@ -443,17 +444,19 @@ class _Int8:
         judge = quantize.Judge(a, sets, task, lambda file, profile=False: rt.RUNNERS[backend](
             file, loaded.spec.inputs, loaded.manifest["outputs"], "int8", s.threads, profile=profile),
             self.bundle / loaded.artifact(backend, "fp32").file, s.warmup, s.runs, self.bundle / a.file)
+        fp32 = f"{backend}/fp32"
         full = quantize.Attempt(quantize.full_plan(self.keep), self.quantizer(backend).method, parity,
-                                latency[a.key], latency[f"{backend}/fp32"]["p50_ms"])
+                                latency[a.key], latency[fp32]["p50_ms"],
+                                versus=difference(times[fp32], times[a.key], latency[fp32]["others_cores"]))
         others = []
         if backend == "onnxruntime" and len(self.ort) > 1:
             for method in list(self.ort)[1:]:
                 dst = self.work / method / "full" / quantize.ONNX_INT8
                 made = self.ort[method].quantize(quantize.full_plan(self.keep), dst)
                 with judge.open(dst) as runner:
-                    lat, fp32 = judge.race(runner, twin)
+                    lat, fp32, versus = judge.race(runner, twin)
                     others.append(quantize.Attempt(quantize.full_plan(self.keep), method, judge.parity(runner),
-                                                   lat, fp32["p50_ms"], dst, made))
+                                                   lat, fp32["p50_ms"], dst, made, versus))
             full = min([full, *others], key=lambda x: x.damage)
             self.method = full.method
         # past the full plan, OpenVINO runs ONNX Runtime's QDQ models too: NNCF's ignored scope cannot
@@ -481,9 +484,9 @@ class _Int8:
         dst = self.work / "qat" / backend / "full" / Path(INT8_FILES[backend]).name
         made = plans.quantize(quantize.full_plan(self.keep), dst)
         with judge.open(dst) as runner:
-            lat, fp32 = judge.race(runner, twin)
+            lat, fp32, versus = judge.race(runner, twin)
             full = quantize.Attempt(quantize.full_plan(self.keep), plans.method, judge.parity(runner), lat,
-                                    fp32["p50_ms"], dst, made)
+                                    fp32["p50_ms"], dst, made, versus)
         return quantize.search(full, twin, plans, self.qat, judge, modules, self.keep,
                                self.work / "qat-search", self.s.int8_budget)
 

@@ -289,17 +289,18 @@ class Judge:
         inputs, reference = self.sets[self.artifact.judged_on]
         return compare(reference, runner.infer(inputs), self.artifact.bounds, self.task, self.artifact.task_bounds)
 
-    def race(self, runner: Runner, other: Runner) -> tuple[dict, dict]:
-        lat = bench_interleaved({"int8": runner, "other": other}, self.feeds, self.warmup, self.runs)
-        return lat["int8"], lat["other"]
+    def race(self, runner: Runner, fp32: Runner) -> tuple[dict, dict, dict]:
+        """The INT8 runner against its FP32 twin, interleaved: their latencies, and the difference of
+        their p50s (INT8 over FP32; undecided when the machine was busy)."""
+        times: dict[str, list[float]] = {}
+        lat = bench_interleaved({"int8": runner, "fp32": fp32}, self.feeds, self.warmup, self.runs, times=times)
+        return lat["int8"], lat["fp32"], difference(times["fp32"], times["int8"], lat["fp32"]["others_cores"])
 
     def versus_fp32(self, attempt: "Attempt", fp32: Runner) -> dict[str, Any]:
         """The attempt raced again against its FP32 twin, and the bootstrap interval of the ratio of
         their p50s (INT8 over FP32): whether it is really slower, really faster, or undecided."""
         with self.open(attempt.file or self.own) as runner:
-            times: dict[str, list[float]] = {}
-            bench_interleaved({"fp32": fp32, "int8": runner}, self.feeds, self.warmup, self.runs, times=times)
-        return difference(times["fp32"], times["int8"])
+            return self.race(runner, fp32)[2]
 
 
 @dataclass
@@ -313,6 +314,7 @@ class Attempt:
     fp32_p50_ms: float
     file: Path | None = None  # where the candidate's model is (None: the artifact's own file)
     made: dict[str, Any] = field(default_factory=dict)  # how the quantizer made it
+    versus: dict[str, Any] | None = None  # `runtime.bench.difference` of its p50 over FP32's, as it was raced
     shipped: bool = False
 
     @property
@@ -329,9 +331,13 @@ class Attempt:
 
     @property
     def problems(self) -> list[str]:
-        slower = [] if self.p50_ms <= self.fp32_p50_ms else [
-            f"slower than FP32 ({self.p50_ms:.2f} vs {self.fp32_p50_ms:.2f} ms p50)"]
-        return self.parity.failures() + slower
+        if self.versus and self.versus["busy"]:  # a speed-up measured on a busy machine decides nothing
+            speed = [f"its speed against FP32 is undecided: other processes held {self.versus['others_cores']:.2f} "
+                     "cores on average while it was timed (build on a quiet machine to decide)"]
+        else:
+            speed = [] if self.p50_ms <= self.fp32_p50_ms else [
+                f"slower than FP32 ({self.p50_ms:.2f} vs {self.fp32_p50_ms:.2f} ms p50)"]
+        return self.parity.failures() + speed
 
     @property
     def passed(self) -> bool:
@@ -341,7 +347,8 @@ class Attempt:
         return {"plan": self.plan.name, "kept_fp32": len(self.plan.keep_nodes), "method": self.method,
                 "p50_ms": self.p50_ms, "fp32_p50_ms": self.fp32_p50_ms, "speedup": self.speedup,
                 "task": self.parity.task, "damage": self.damage, "passed": self.passed, "problems": self.problems,
-                "shipped": self.shipped, "parity": self.parity.to_dict(), "latency": dict(self.latency)}
+                "shipped": self.shipped, "parity": self.parity.to_dict(), "latency": dict(self.latency),
+                "versus_fp32": self.versus}
 
 
 @dataclass
@@ -465,8 +472,8 @@ class _Searcher:
         made = self.quantizer.quantize(plan, dst)
         with self.judge.open(dst) as runner:
             parity = self.judge.parity(runner)
-            lat, twin = self.judge.race(runner, self.fp32)
-        tried = Attempt(plan, self.quantizer.method, parity, lat, twin["p50_ms"], dst, made)
+            lat, twin, versus = self.judge.race(runner, self.fp32)
+        tried = Attempt(plan, self.quantizer.method, parity, lat, twin["p50_ms"], dst, made, versus)
         self.found.attempts.append(tried)
         return tried
 

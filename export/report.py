@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.bench import BUSY_CORES
 from runtime.cli import peak_text
 from runtime.tasks import task_of
 
@@ -90,6 +91,11 @@ def busy_line(manifest: dict[str, Any]) -> str:
     """A warning when the timings spread so widely that the machine was busy, else ''."""
     spread = {key: lat["p90_ms"] / lat["p50_ms"] for key, lat in manifest["latency"].items()}
     worst = max(spread, key=spread.get)
+    held = next(iter(manifest["latency"].values())).get("others_cores")
+    if held is not None and held >= BUSY_CORES:
+        return (f"other processes held {held:.2f} cores on average while the timings ran: the machine was busy, "
+                "so the speed ratios are less certain (INT8 ships no speed-up measured so, and tuning keeps the "
+                "defaults); build again on an idle machine to confirm them")
     if spread[worst] < BUSY_SPREAD:
         return ""
     return (f"the timings spread widely (p90 is {spread[worst]:.2f}x p50 for {worst}): the machine was busy "

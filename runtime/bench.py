@@ -25,6 +25,36 @@ def latency_stats(times_ms: list[float]) -> dict[str, float]:
             "min_ms": float(t.min())}
 
 
+# other processes holding this many cores on average while a comparison was timed make it undecided:
+# the intervals measure the noise within one run, not the bias another job puts on one side of it
+BUSY_CORES = 0.25
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process has used, including time the hypervisor gave others (steal); CPU
+    seconds this process has used), or None where /proc/stat does not exist."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    own = os.times()
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+class Others:
+    """The cores other processes held, on average, from its creation to each `cores()` call."""
+
+    def __init__(self):
+        self.start, self.began = _cpu_seconds(), time.perf_counter()
+
+    def cores(self) -> float | None:
+        end, wall = _cpu_seconds(), time.perf_counter() - self.began
+        if self.start is None or end is None or wall <= 0:
+            return None
+        return max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1])) / wall
+
+
 def _time_ms(runner: Any, feeds: Mapping[str, np.ndarray]) -> float:
     start = time.perf_counter()
     runner.infer(feeds)
@@ -51,6 +81,7 @@ def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray
             r.infer(own[name])
     times = {} if times is None else times
     times.update({name: [] for name in runners})
+    others = Others()
     per_round = max(1, -(-runs // rounds))
     target, done = runs, 0
     while done < target:
@@ -63,9 +94,10 @@ def bench_interleaved(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray
             spent = sum(map(sum, times.values())) / 1e3
             fits = done + int(max(0.0, max_seconds - spent) / (spent / done))
             target = min(runs, max(fits, min(10, runs)))
+    held = others.cores()
     return {name: {"first_ms": first[name], "warmup": warmup, "runs": len(times[name]),
                    **latency_stats(times[name]), "batch": int(next(iter(own[name].values())).shape[0]),
-                   "settings": dict(getattr(runners[name], "settings", {}))}
+                   "settings": dict(getattr(runners[name], "settings", {})), "others_cores": held}
             for name in runners}
 
 
@@ -96,9 +128,12 @@ def _chunks(resamples: int, size: int, budget: int = 2_000_000) -> list[int]:
     return [min(per, resamples - i) for i in range(0, resamples, per)]
 
 
-def difference(a_ms, b_ms, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def difference(a_ms, b_ms, others_cores: float | None = None, resamples: int = 2000, level: float = 0.95,
+               seed: int = 0) -> dict[str, Any]:
     """Whether `b` is really slower or faster than `a` at p50: the bootstrap interval of the ratio of
-    their p50s (b over a); the difference is real when the interval leaves out 1."""
+    their p50s (b over a); the difference is real when the interval leaves out 1, and the machine was
+    not busy: with other processes holding `others_cores` >= BUSY_CORES while they were timed, it is
+    undecided (`busy` says so), whatever the interval."""
     rng = np.random.default_rng(seed)
     a, b = np.asarray(a_ms, np.float64), np.asarray(b_ms, np.float64)
     ratios = np.concatenate([np.median(rng.choice(b, size=(n, b.size)), axis=1)
@@ -106,8 +141,9 @@ def difference(a_ms, b_ms, resamples: int = 2000, level: float = 0.95, seed: int
                              for n in _chunks(resamples, max(a.size, b.size))])
     tail = 100 * (1 - level) / 2
     low, high = float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
+    busy = others_cores is not None and others_cores >= BUSY_CORES
     return {"ratio_p50": float(np.median(b) / np.median(a)), "interval": [low, high], "level": level,
-            "real": not low <= 1.0 <= high}
+            "real": not busy and not low <= 1.0 <= high, "others_cores": others_cores, "busy": busy}
 
 
 def conditions() -> dict[str, Any]:
@@ -142,12 +178,13 @@ def single_stream(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray], w
         for _ in range(warmup):
             r.infer(feeds)
     times: dict[str, list[float]] = {name: [] for name in runners}
+    others = Others()
     while any(len(t) < min_queries or sum(t) / 1e3 < min_seconds for t in times.values()):
         for name, r in runners.items():
             time.sleep(settle)
             times[name] += [_time_ms(r, feeds) for _ in range(32)]
-    after = conditions()
-    return {name: {"protocol": "single-stream", "first_ms": first[name], "warmup": warmup, "runs": len(t),
+    after, held = conditions(), others.cores()
+    return {name: {"protocol": "single-stream", "others_cores": held, "first_ms": first[name], "warmup": warmup, "runs": len(t),
                    "seconds": sum(t) / 1e3, **latency_stats(t), "intervals": intervals(t),
                    "conditions": {"before": before, "after": after},
                    "batch": int(next(iter(feeds.values())).shape[0]),
@@ -158,16 +195,19 @@ def single_stream(runners: Mapping[str, Any], feeds: Mapping[str, np.ndarray], w
 def sustained(runner: Any, feeds: Mapping[str, np.ndarray], seconds: float, window: float = 60.0,
               warmup: int = 10) -> dict[str, Any]:
     """Calls back to back for `seconds`: p50 per `window`, the CPU temperature at each window's end
-    where the machine gives it, and the drift of the last window's p50 from the first's."""
+    where the machine gives it, the cores other processes held during each window (a slowdown that is
+    another job's, or the hypervisor's steal, rather than the board's throttling), and the drift of the
+    last window's p50 from the first's."""
     for _ in range(warmup):
         runner.infer(feeds)
     windows, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
-        begun, t = time.perf_counter(), []
+        begun, t, others = time.perf_counter(), [], Others()
         while time.perf_counter() - begun < window and time.perf_counter() - start < seconds:
             t.append(_time_ms(runner, feeds))
         windows.append({"start_s": round(begun - start, 3), "runs": len(t), "p50_ms": float(np.median(t)),
-                        "p90_ms": float(np.percentile(t, 90)), "temperature_c": conditions()["temperature_c"]})
+                        "p90_ms": float(np.percentile(t, 90)), "temperature_c": conditions()["temperature_c"],
+                        "others_cores": others.cores()})
     drift = windows[-1]["p50_ms"] / windows[0]["p50_ms"] - 1
     return {"seconds": seconds, "window_s": window, "windows": windows, "drift": drift}
 

@@ -223,7 +223,7 @@ def _bench_choose(bundle, args) -> int:
     fastest = min(fits, key=lambda k: stats[k]["p50_ms"])
     backend, precision = fastest.split()
     runner_up = min((k for k in fits if k != fastest), key=lambda k: stats[k]["p50_ms"], default=None)
-    versus = (difference(times[fastest], times[runner_up]) | {"fastest": fastest, "runner_up": runner_up}
+    versus = (difference(times[fastest], times[runner_up], stats[fastest]["others_cores"]) | {"fastest": fastest, "runner_up": runner_up}
               if args.protocol == "single-stream" and runner_up else None)
     recommended = bundle.manifest.get("recommended") or {}
     if versus and not versus["real"] and f"{recommended.get('backend')} {recommended.get('precision')}" == runner_up:
@@ -249,13 +249,19 @@ def _bench_choose(bundle, args) -> int:
     emulated = " (emulated CPU: these times say nothing about a real board)" if machine["emulated"] else ""
     print(f"{bundle.name} on {machine['cpu']} ({machine['machine']}, {machine['logical_cores']} cores){emulated}, "
           f"batch 1, {stats[fastest]['runs']} runs each after {args.warmup} warm-up, interleaved:")
-    rows = [[k, f"{v['p50_ms']:.2f}", f"{v['p90_ms']:.2f}", peak_text(v["memory"]),
+    def quantile(v: dict, q: str) -> str:  # with its 95% interval under the single-stream protocol
+        iv = v.get("intervals", {}).get(q)
+        return f"{v[q]:.2f}" + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")
+
+    rows = [[k, quantile(v, "p50_ms"), quantile(v, "p90_ms"), peak_text(v["memory"]),
              statuses[tuple(k.split())]["status"]] for k, v in stats.items()]
     rows += [[f"{b} {p}", "", "", "", f"not timed: {why}"] for (b, p), why in refused.items()
              if f"{b} {p}" not in stats]
     rows = [[*r[:4], r[4] + (f"; not chosen: {refused[tuple(r[0].split())]}" if tuple(r[0].split()) in refused
                              and r[0] in stats else "")] for r in rows]
     print(format_table(["artifact", "p50 ms", "p90 ms", "peak MB", "here"], rows))
+    if args.protocol == "single-stream":
+        print(f"[low, high]: the bootstrap 95% interval; {conditions_text(stats[fastest])}")
     if versus:
         print(versus_line(versus))
     if tuning:
@@ -269,18 +275,23 @@ def _bench_choose(bundle, args) -> int:
     return 0
 
 
-def single_stream_line(stats: dict) -> str:
-    """The single-stream figures with their intervals and the conditions they were measured in."""
-    iv = stats["intervals"]
-    before, after = stats["conditions"]["before"], stats["conditions"]["after"]
-
+def conditions_text(stats: dict) -> str:
+    """The machine's state before and after a single-stream run, and what other processes held during it."""
     def state(c: dict) -> str:
         return (f"load {c['loadavg'][0]:.2f}" + (f", {c['governor']}" if c["governor"] else "")
                 + (f", {c['mhz']} MHz" if c["mhz"] else "") + (f", {c['temperature_c']:.0f} C" if c["temperature_c"]
                                                                is not None else ""))
+    held = stats.get("others_cores")
+    return (f"before: {state(stats['conditions']['before'])}; after: {state(stats['conditions']['after'])}"
+            + (f"; other processes held {held:.2f} cores on average" if held is not None else ""))
+
+
+def single_stream_line(stats: dict) -> str:
+    """The single-stream figures with their intervals and the conditions they were measured in."""
+    iv = stats["intervals"]
     return (f"single-stream: {stats['runs']} queries over {stats['seconds']:.1f} s; 95% intervals: "
             + ", ".join(f"{q.removesuffix('_ms')} {stats[q]:.2f} ms [{iv[q][0]:.2f}, {iv[q][1]:.2f}]" for q in iv)
-            + f"; before: {state(before)}; after: {state(after)}")
+            + f"; {conditions_text(stats)}")
 
 
 def sustained_line(found: dict) -> str:
@@ -288,6 +299,8 @@ def sustained_line(found: dict) -> str:
     return (f"sustained {found['seconds']:g} s: p50 per {found['window_s']:g} s window "
             + ", ".join(f"{w['p50_ms']:.2f}" for w in found["windows"])
             + f" ms; drift of the last window from the first {100 * found['drift']:+.1f}%"
+            + ("; other processes held " + ", ".join(f"{w['others_cores']:.2f}" for w in found["windows"])
+               + " cores" if all(w.get("others_cores") is not None for w in found["windows"]) else "")
             + (f"; temperature {temps[0]:.0f} -> {temps[-1]:.0f} C" if temps else "; no temperature sensor here"))
 
 
@@ -295,8 +308,9 @@ def versus_line(v: dict) -> str:
     low, high = v["interval"]
     return (f"{v['fastest']} against {v['runner_up']}: the runner-up's p50 is {v['ratio_p50']:.3f}x "
             f"(95% interval {low:.3f} to {high:.3f}): "
-            + ("a real difference" if v["real"] else "undecided at this length, so "
-               + (f"kept {v['kept']}" if "kept" in v else "either serves")))
+            + ("a real difference" if v["real"] else ("undecided: other processes held "
+               f"{v['others_cores']:.2f} cores on average while they were timed" if v["busy"] else
+               "undecided at this length") + ", so " + (f"kept {v['kept']}" if "kept" in v else "either serves")))
 
 
 def peak_text(found: dict) -> str:

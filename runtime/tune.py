@@ -75,7 +75,7 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
             stats = bench_interleaved(runners, feeds, warmup=3, runs=200, rounds=5, max_seconds=budget, times=times)
         p50 = [stats[str(i)]["p50_ms"] for i in range(len(tried))]
         best = min((i for i in range(len(tried)) if fits[i]), key=lambda i: p50[i], default=0)
-        versus = difference(times["0"], times[str(best)]) if best else None
+        versus = difference(times["0"], times[str(best)], stats["0"]["others_cores"]) if best else None
         wins = best and p50[best] < (1 - MARGIN) * p50[0]
         chosen = best if (wins and versus["real"]) or (best and not fits[0]) else 0
         a.settings = tried[chosen]

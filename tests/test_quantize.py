@@ -208,3 +208,27 @@ def test_the_int8_record_of_a_bundle_without_int8_is_refused_in_one_line(built):
     bundle = built("dsc").bundle
     text = one_line_exit_2(run("export", "int8", str(bundle)))
     assert text == f"error: bundle {str(bundle)!r} was built without INT8; build it with --quantize int8", text
+
+
+def test_an_int8_speed_up_measured_on_a_busy_machine_ships_nothing():
+    """Within the bounds and 1.5x faster than FP32 by one p50, but timed while other processes held a core:
+    its speed is undecided, so the plan is not shipped, and the record says why."""
+    from runtime.bench import difference
+    from runtime.compare import Parity
+
+    rng = np.random.default_rng(0)
+    fp32, int8 = rng.gamma(20, 0.5, 200), rng.gamma(20, 0.5 / 1.5, 200)
+    within = Parity(outputs=[], task={"keypoint_error_px": 0.3}, task_bounds={"keypoint_error_px": ("max", 0.5)})
+
+    def attempt(others: float) -> quantize.Attempt:
+        return quantize.Attempt(quantize.full_plan(), "minmax", within, {"p50_ms": float(np.median(int8))},
+                                float(np.median(fp32)), versus=difference(fp32, int8, others_cores=others))
+
+    quiet, busy = attempt(0.02), attempt(1.0)
+    assert quiet.passed and quiet.speedup > 1.4
+    assert not busy.passed and busy.problems == [
+        "its speed against FP32 is undecided: other processes held 1.00 cores on average while it was timed "
+        "(build on a quiet machine to decide)"]
+    search = quantize.Search("onnxruntime", "minmax", 10.0, [busy])
+    search.ship_best()
+    assert search.shipped is None and "undecided" in search.reason()
