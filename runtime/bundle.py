@@ -5,7 +5,6 @@ Only the standard library and numpy: reading a bundle must work on any device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,6 +34,8 @@ UNHASHED = (MANIFEST, DEVICE_CHOICE, DEVICES)
 
 
 def sha256(path: Path) -> str:
+    import hashlib  # here, not at the top: a process that only runs a model never loads OpenSSL
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -10,7 +10,6 @@ pip wheel the kit carries (`--no-index`: nothing is fetched), and writes the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -86,6 +85,8 @@ def check_device(kit: dict) -> list[str]:
 
 def check_files(folder: Path, skip: str | None = None) -> list[str]:
     """The kit's files that are missing or differ from SHA256SUMS (but those under `skip`/)."""
+    import hashlib  # here: the runtime imports this file, and a process that runs a model needs no OpenSSL
+
     problems = []
     for line in (folder / SUMS).read_text().splitlines():
         digest, _, name = line.partition("  ")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
+import zlib
 
 from .kit import cpu_flags, device_glibc as glibc  # the installer's own checks, which run before the rest can
 
@@ -58,4 +58,6 @@ def cpu_signature(info: dict[str, object] | None = None) -> str:
     is kept under it, so a bundle copied to another board does not inherit it."""
     info = info or machine_info()
     key = "|".join(map(str, (info["machine"], info["cpu"], info["logical_cores"], ",".join(info["flags"]))))
-    return f"{info['machine']}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    # a CRC, not a cryptographic hash: a name needs no OpenSSL, whose library (3.6 MB resident) hashlib
+    # would load into every process that runs a model
+    return f"{info['machine']}-{zlib.crc32(key.encode()):08x}"
