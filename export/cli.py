@@ -32,7 +32,7 @@ console = _console(stderr=False)
 errors = _console(stderr=True)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in (_build_command, _pack_command, _deploy_command, _diagnose_command, _int8_command, _study_command,
@@ -605,7 +605,7 @@ def cmd_list(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "deploy": cmd_deploy,
                 "diagnose": cmd_diagnose, "int8": cmd_int8, "study": cmd_study, "compete": cmd_compete,

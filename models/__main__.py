@@ -9,7 +9,7 @@ from pathlib import Path
 from runtime.errors import Parser, UserError
 
 
-def _parser() -> Parser:
+def build_parser() -> Parser:
     parser = Parser(prog="python -m models", description="Train and evaluate variants on the generated tasks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     t = sub.add_parser("train", help="a short CPU training run on the variant's generated task")
@@ -91,7 +91,7 @@ def cmd_evaluate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
     except UserError as err:

@@ -1,6 +1,6 @@
 """`python -m export compete`: the bundle's artifacts against the PyTorch peers,
 in one run, with GFLOP/s against the measured peak. Speed itself is shown by
-the command's own figures (README), not asserted here."""
+the command's own figures (docs/results/compete.md), not asserted here."""
 
 from __future__ import annotations
 

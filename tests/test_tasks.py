@@ -72,7 +72,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
 
 
 def test_training_halves_the_heldout_keypoint_error(tmp_path):
-    """A short run (80 steps of 8, about a minute here) on dsc; README gives the 200-step figures."""
+    """A short run (80 steps of 8, about a minute here) on dsc; docs/results/training.md gives the 200-step figures."""
     untrained = evaluate("dsc", samples=32)["keypoint_error_px"]
     result = run("models", "train", "--variant", "dsc", "--steps", "80", "--out", str(tmp_path / "dsc.pt"))
     assert result.returncode == 0, result.stderr

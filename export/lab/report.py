@@ -101,11 +101,26 @@ PLOTS = {
 }
 
 
-def write_report(folder: Path, s: StudySettings, sections: list[Section], peak: dict[str, Any]) -> None:
+def write_plots(sections: list[Section], folder: Path) -> None:
+    """The three plots of `PLOTS` into `folder`."""
     by_key = {section.key: section for section in sections}
     plot_latency_vs_params(sections, folder / "latency_vs_params.png")
     plot_micro(by_key["norms"], by_key["upsample"], folder / "micro_benchmarks.png")
     plot_breakdown(by_key["breakdown"], folder / "breakdown.png")
+
+
+def plots_from_json(study_json: Path, folder: Path) -> None:
+    """The plots of a study run kept as its `study.json` (JSON keeps the norms' batch sizes as strings)."""
+    sections = [Section(**{**x, "columns": tuple(x["columns"]), "rows": [tuple(r) for r in x["rows"]]})
+                for x in json.loads(Path(study_json).read_text())["sections"]]
+    for x in sections:
+        if x.key == "norms":
+            x.data["stats"] = {int(batch): stats for batch, stats in x.data["stats"].items()}
+    write_plots(sections, folder)
+
+
+def write_report(folder: Path, s: StudySettings, sections: list[Section], peak: dict[str, Any]) -> None:
+    write_plots(sections, folder)
     env = environment(s)
     m = env["machine"]
     lines = [
