@@ -149,9 +149,17 @@ def _compete_command(sub) -> None:
 
 
 def _evaluate_command(sub) -> None:
-    ev = sub.add_parser("evaluate", help="a bundle's task metrics on the generated held-out split, "
-                                         "through the device runtime")
+    ev = sub.add_parser("evaluate", help="a bundle's task metrics against the truth, through the device runtime: "
+                                         "on your labelled data (--data), or on the generated held-out split")
     ev.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
+    ev.add_argument("--data", type=Path, metavar="DIR",
+                    help="a segmenter's labelled images: DIR/images and DIR/masks matched by file stem, or Pascal "
+                         "VOC's JPEGImages and SegmentationClass; every artifact is scored on them")
+    ev.add_argument("--ignore-index", type=int, default=255, metavar="N",
+                    help="--data: the mask value that is not scored (default 255)")
+    ev.add_argument("--label-map", type=Path, metavar="FILE.json",
+                    help='--data: label id -> train id, as Cityscapes gives them ({"7": 0, "8": 1, ...}; other ids '
+                         "are ignored)")
     ev.add_argument("--backend", help=f"one of {', '.join(BACKENDS)} (default: the build's recommendation)")
     ev.add_argument("--precision", help="fp32, fp16 or int8 (those the bundle has; default: the recommended one)")
     ev.add_argument("--samples", type=int, default=64, help="held-out samples (default 64)")
@@ -570,6 +578,10 @@ def cmd_evaluate(args) -> int:
 
     from .evaluate import evaluate_bundle
 
+    if args.data is not None:
+        return _evaluate_data(args)
+    if args.label_map is not None or args.ignore_index != 255:
+        raise UserError("--ignore-index and --label-map are for --data: add --data DIR")
     result = evaluate_bundle(args.bundle, args.backend, args.precision, args.samples, args.threads)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -577,6 +589,46 @@ def cmd_evaluate(args) -> int:
     figures = {k: v for k, v in result.items() if k not in ("model", "bundle", "samples", "runtime")}
     console.print(f"{result['model']} ({result['runtime']}, {result['samples']} held-out samples): " + ", ".join(
         f"{k.replace('_', ' ')} {v:.4f}" for k, v in figures.items()), markup=False, soft_wrap=True)
+    return 0
+
+
+def _evaluate_data(args) -> int:
+    """Every artifact on the user's labelled images: one table, the FP32 reference first."""
+    import json
+
+    from runtime.cli import format_table
+    from runtime.labelled import evaluate, read_label_map
+
+    label_map = read_label_map(args.label_map) if args.label_map is not None else None
+    result = evaluate(args.bundle, args.data, args.ignore_index, label_map, args.threads, args.backend,
+                      args.precision)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+
+    def cell(f: dict, name: str) -> str:
+        low, high = f["intervals"][name]
+        return f"{100 * f[name]:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+
+    rows = []
+    for key, f in result["artifacts"].items():
+        drop = (f"{100 * f['miou_drop']:+.2f} [{100 * f['intervals']['miou_drop'][0]:+.2f}, "
+                f"{100 * f['intervals']['miou_drop'][1]:+.2f}]" if "miou_drop" in f else "reference")
+        rows.append([key, cell(f, "miou"), cell(f, "pixel_accuracy"), f"{100 * f['mean_dice']:.2f}", drop])
+    print(f"{result['model']} on {result['images']} labelled images of {result['data']} (scored in each image's "
+          f"own pixels; mask value {result['ignore_index']} ignored; [95% interval] over the images):")
+    print(format_table(["artifact", "mIoU %", "pixel accuracy %", "mean Dice %",
+                        f"mIoU drop vs {result['reference']}, points"], rows))
+    names = result["class_names"] or [str(c) for c in range(result["classes"])]
+    for key, f in result["artifacts"].items():
+        print(f"{key} IoU per class: " + ", ".join(
+            f"{n} {'-' if v is None else f'{100 * v:.1f}'}" for n, v in zip(names, f["iou"])))
+    for key, why in result["not_run"].items():
+        print(f"not run here: {key}: {why}")
+    for s in result["skipped"]:
+        print(f"skipped {s['file']}: {s['why']}")
+    if result["skipped"]:
+        print(f"{len(result['skipped'])} file(s) skipped, {result['images']} image(s) scored")
     return 0
 
 
