@@ -213,7 +213,7 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
 
     opened = Bundle.open(bundle)
     task = task_of(opened.spec)
-    if task.kind != "segmentation":
+    if not task.reads_masks:
         raise UserError(f"--data reads segmentation masks (images/ and masks/, or Pascal VOC's folders); "
                         f"{opened.name} is a {task.kind!r} model, whose labels it does not read yet")
     data = find_segmentation(folder)

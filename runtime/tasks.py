@@ -23,6 +23,8 @@ class Task:
     kind: ClassVar[str] = "none"
     # task-level bounds on INT8 against PyTorch FP32: figure -> ("max" | "min", limit)
     int8_bounds: ClassVar[dict[str, tuple[str, float]]] = {}
+    # whether `runtime.labelled` scores it on a user's masks (per-pixel class logits)
+    reads_masks: ClassVar[bool] = False
 
     def __init__(self, settings: Mapping[str, Any], outputs: tuple[str, ...]):
         self.settings = dict(settings)
@@ -134,6 +136,7 @@ class Segmentation(Task):
 
     kind = "segmentation"
     int8_bounds = {"miou": ("min", 0.99)}
+    reads_masks = True
 
     def __init__(self, settings, outputs):
         super().__init__(settings, outputs)
