@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .tasks import confusion as task_confusion, task_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = (("images", "masks"), ("JPEGImages", "SegmentationClass"))  # ours, and Pascal VOC's
@@ -144,8 +145,7 @@ def samples(data: SegmentationData, classes: int, ignore: int = IGNORE,
 def confusion(truth: np.ndarray, predicted: np.ndarray, classes: int, ignore: int = IGNORE) -> np.ndarray:
     """(classes, classes) pixel counts over the scored pixels, rows = the true class."""
     scored = truth != ignore
-    return np.bincount(truth[scored] * classes + predicted[scored],
-                       minlength=classes * classes).reshape(classes, classes)
+    return task_confusion(truth[scored], predicted[scored], classes)
 
 
 def figures(c: np.ndarray) -> dict[str, Any]:
@@ -209,7 +209,6 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
     from .errors import BackendError
     from .images import preprocess, upsampled_mask
     from .runners import installed_backends, load
-    from .tasks import task_of
 
     opened = Bundle.open(bundle)
     task = task_of(opened.spec)
@@ -223,7 +222,6 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
         raise UserError(f"no artifact of {opened.name} matches --backend {backend} --precision {precision} "
                         f"among those installed here: {', '.join(a.key for a in opened.artifacts)}")
     not_run: dict[str, str] = {}
-    per_image: dict[str, list[np.ndarray]] = {}
     skipped: list[Skipped] = list(data.skipped)
     with contextlib.ExitStack() as stack:
         runners = {}
@@ -233,7 +231,7 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
                                                                                  threads))
             except BackendError as err:
                 not_run[f"{a.backend} {a.precision}"] = str(err)
-        per_image = {key: [] for key in runners}
+        per_image: dict[str, list[np.ndarray]] = {key: [] for key in runners}
         for sample in samples(data, task.classes, ignore, label_map):
             if isinstance(sample, Skipped):
                 skipped.append(sample)
