@@ -62,6 +62,37 @@ def _build_command(sub) -> None:
     b.add_argument("--memory-budget", type=float, metavar="MB",
                    help="recommend only an artifact whose peak resident set fits in MB (the board's free memory)")
     _int8_arguments(b.add_argument_group("INT8"))
+    _data_arguments(b.add_argument_group("labelled data (accuracy against the truth)"))
+
+
+def _data_arguments(g) -> None:
+    g.add_argument("--data", type=Path, metavar="DIR",
+                   help="labelled images (masks, or keypoints as COCO JSON, CSV or JSON; as `export evaluate --data` "
+                        "reads them): some ride in the bundle, and FP16/INT8 ship only within --max-drop of PyTorch "
+                        "FP32 on them")
+    g.add_argument("--max-drop", metavar="METRIC=DROP[,...]",
+                   help="the drop allowed against PyTorch FP32 on --data: miou=0.01 (one point; a segmenter's "
+                        "default), pixel_accuracy, mean_dice; pck=0.01 (a detector's default), keypoint_error_px")
+    g.add_argument("--eval-samples", type=int, default=32, metavar="N",
+                   help="labelled images the bundle carries and judges on (default 32)")
+    g.add_argument("--ignore-index", type=int, default=255, metavar="N",
+                   help="the mask value that is not scored (default 255)")
+    g.add_argument("--label-map", type=Path, metavar="FILE.json",
+                   help='label id -> train id, as Cityscapes gives them ({"7": 0, "8": 1, ...}; other ids are ignored)')
+
+
+def parse_max_drop(text: str | None) -> dict[str, float]:
+    """--max-drop METRIC=DROP[,METRIC=DROP...] -> {metric: drop}, or a UserError naming the form."""
+    if not text:
+        return {}
+    found = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            found[name.strip().lower()] = float(value)
+        except ValueError:
+            raise UserError(f"--max-drop {text!r}: expected METRIC=DROP[,METRIC=DROP...], e.g. miou=0.01") from None
+    return found
 
 
 def _int8_arguments(g) -> None:
@@ -153,8 +184,9 @@ def _evaluate_command(sub) -> None:
                                          "on your labelled data (--data), or on the generated held-out split")
     ev.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
     ev.add_argument("--data", type=Path, metavar="DIR",
-                    help="a segmenter's labelled images: DIR/images and DIR/masks matched by file stem, or Pascal "
-                         "VOC's JPEGImages and SegmentationClass; every artifact is scored on them")
+                    help="labelled images: for a segmenter DIR/images and DIR/masks matched by file stem (or Pascal "
+                         "VOC's folders); for a keypoint detector DIR/images and DIR/annotations.json (COCO), "
+                         "keypoints.csv or keypoints.json; every artifact is scored on them")
     ev.add_argument("--ignore-index", type=int, default=255, metavar="N",
                     help="--data: the mask value that is not scored (default 255)")
     ev.add_argument("--label-map", type=Path, metavar="FILE.json",
@@ -315,6 +347,8 @@ def _build_settings(args):
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
         int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
         tune_budget=args.tune_budget, memory=args.memory, memory_budget=args.memory_budget,
+        data=args.data, max_drop=parse_max_drop(args.max_drop), eval_samples=args.eval_samples,
+        ignore_index=args.ignore_index, label_map=args.label_map,
     )
     check_settings(settings)
     return settings
@@ -344,9 +378,9 @@ def _print_notes(manifest: dict, settings) -> None:
 
 
 def _print_results(manifest: dict, passed: bool) -> None:
-    from .report import COLUMNS, busy_line, recommended_line, rows, table_title, tuning_line
+    from .report import busy_line, columns, recommended_line, rows, table_title, tuning_line
 
-    console.print(_table(table_title(manifest), COLUMNS, rows(manifest)))
+    console.print(_table(table_title(manifest), columns(manifest), rows(manifest)))
     busy = busy_line(manifest)
     if busy:
         console.print(f"[yellow]warning[/]: {busy}", soft_wrap=True)
@@ -599,30 +633,47 @@ def _evaluate_data(args) -> int:
     from runtime.cli import format_table
     from runtime.labelled import evaluate, read_label_map
 
+    from .evaluate import TorchRunner, pytorch_model
+
     label_map = read_label_map(args.label_map) if args.label_map is not None else None
+    model, why = pytorch_model(args.bundle)
     result = evaluate(args.bundle, args.data, args.ignore_index, label_map, args.threads, args.backend,
-                      args.precision)
+                      args.precision, extra={"pytorch fp32": TorchRunner(model)} if model is not None else None)
+    if model is None:
+        result["not_run"]["pytorch fp32"] = why
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
 
-    def cell(f: dict, name: str) -> str:
+    def cell(f: dict, name: str, scale: float = 100, digits: int = 2) -> str:
         low, high = f["intervals"][name]
-        return f"{100 * f[name]:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+        return f"{scale * f[name]:.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
 
+    primary = result["primary"]
     rows = []
     for key, f in result["artifacts"].items():
-        drop = (f"{100 * f['miou_drop']:+.2f} [{100 * f['intervals']['miou_drop'][0]:+.2f}, "
-                f"{100 * f['intervals']['miou_drop'][1]:+.2f}]" if "miou_drop" in f else "reference")
-        rows.append([key, cell(f, "miou"), cell(f, "pixel_accuracy"), f"{100 * f['mean_dice']:.2f}", drop])
-    print(f"{result['model']} on {result['images']} labelled images of {result['data']} (scored in each image's "
-          f"own pixels; mask value {result['ignore_index']} ignored; [95% interval] over the images):")
-    print(format_table(["artifact", "mIoU %", "pixel accuracy %", "mean Dice %",
-                        f"mIoU drop vs {result['reference']}, points"], rows))
-    names = result["class_names"] or [str(c) for c in range(result["classes"])]
-    for key, f in result["artifacts"].items():
-        print(f"{key} IoU per class: " + ", ".join(
-            f"{n} {'-' if v is None else f'{100 * v:.1f}'}" for n, v in zip(names, f["iou"])))
+        drop = (f"{100 * f[primary + '_drop']:+.2f} [{100 * f['intervals'][primary + '_drop'][0]:+.2f}, "
+                f"{100 * f['intervals'][primary + '_drop'][1]:+.2f}] " + ("pass" if f["passed"] else "FAIL")
+                if primary + "_drop" in f else "reference")
+        rows.append([key, cell(f, "miou"), cell(f, "pixel_accuracy"), f"{100 * f['mean_dice']:.2f}", drop]
+                    if primary == "miou" else
+                    [key, cell(f, "pck"), cell(f, "keypoint_error_px", 1), f"{f['oks_ap']:.3f}" if "oks_ap" in f
+                     else "-", drop])
+    where = f"{result['model']} on {result['images']} labelled images of {result['data']} (scored in each image's own pixels"
+    if primary == "miou":
+        print(f"{where}; mask value {result['ignore_index']} ignored; [95% interval] over the images):")
+        print(format_table(["artifact", "mIoU %", "pixel accuracy %", "mean Dice %",
+                            f"mIoU drop vs {result['reference']}, points (allowed {100 * result['allowed_drop']:g})"],
+                           rows))
+        names = result["class_names"] or [str(c) for c in range(result["classes"])]
+        for key, f in result["artifacts"].items():
+            print(f"{key} IoU per class: " + ", ".join(
+                f"{n} {'-' if v is None else f'{100 * v:.1f}'}" for n, v in zip(names, f["iou"])))
+    else:
+        print(f"{where}; PCK@{result['pck_alpha']:g} of the image's larger side; [95% interval] over the images):")
+        print(format_table(["artifact", "PCK %", "error px", "OKS AP",
+                            f"PCK drop vs {result['reference']}, points (allowed {100 * result['allowed_drop']:g})"],
+                           rows))
     for key, why in result["not_run"].items():
         print(f"not run here: {key}: {why}")
     for s in result["skipped"]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from runtime.bundle import DEVICES, Bundle
 from runtime.cli import format_table, peak_text
+from runtime.compare import truth_text
 from runtime.errors import UserError
 from runtime.files import atomic_file
 from runtime.kit import KIT, LAUNCHER, glibc_too_old, version_tuple
@@ -337,12 +338,13 @@ def forget(bundle_dir: str | Path, names: list[str]) -> list[str]:
 
 
 def rows(results: list[DeviceResult]) -> list[list[str]]:
-    """One row per device and artifact: device, CPU, artifact, parity, p50, p90, peak memory, the device's choice."""
+    """One row per device and artifact: device, CPU, artifact, parity, its figures on the bundle's labelled images
+    (where it has them), p50, p90, peak memory, the device's choice."""
     out = []
     for latest in results:
         r = latest.shown
         if r is None:
-            out.append([latest.device, "", "", "FAILED (below)", "", "", "", ""])
+            out.append([latest.device, "", "", "FAILED (below)", "", "", "", "", ""])
             continue
         m = r.machine
         cpu = f"{m['cpu']} ({m['machine']}, {m['logical_cores']} cores{', emulated' if m['emulated'] else ''})"
@@ -354,12 +356,13 @@ def rows(results: list[DeviceResult]) -> list[list[str]]:
             parity = {"pass": f"pass ({a.get('max_rel', 0):.1e} <= {a.get('bound', 0):.0e})",
                       "skipped": f"skipped: {a.get('why')}"}.get(a["status"], a["status"] + (
                           f": {a['why']}" if a.get("why") else ""))
-            out.append([latest.device, cpu, key, parity, f"{t['p50_ms']:.2f}" if t else "", f"{t['p90_ms']:.2f}" if t else "",
+            out.append([latest.device, cpu, key, parity, truth_text(a.get("truth"), a.get("max_drop", {})),
+                        f"{t['p50_ms']:.2f}" if t else "", f"{t['p90_ms']:.2f}" if t else "",
                         peak_text(t["memory"]) if "memory" in t else "",
                         "recommended" if (chosen.get("backend"), chosen.get("precision")) ==
                         (a["backend"], a["precision"]) else ""])
         for problem in r.verify["file_problems"]:
-            out.append([latest.device, cpu, "", "FAIL", "", "", "", problem])
+            out.append([latest.device, cpu, "", "FAIL", "", "", "", "", problem])
     return out
 
 
@@ -373,7 +376,7 @@ def status_line(r: DeviceResult) -> str:
     return line
 
 
-COLUMNS = ["device", "CPU", "artifact", "parity", "p50 ms", "p90 ms", "peak MB", "device's choice"]
+COLUMNS = ["device", "CPU", "artifact", "parity", "on the labels", "p50 ms", "p90 ms", "peak MB", "device's choice"]
 
 
 def _report(bundle: Bundle) -> None:

@@ -97,10 +97,12 @@ def one_ulp(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (x * (1 + rng.choice(np.float32([-1, 1]), x.shape) * np.finfo(np.float32).eps)).astype(np.float32)
 
 
-def save_golden(path: Path, sets: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:
+def save_golden(path: Path, sets: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
+                extra: dict[str, np.ndarray] | None = None) -> None:
     """`sets`: name -> (inputs, outputs); the "golden" set is stored as input.X /
-    output.X, any other set as <name>.input.X / <name>.output.X."""
-    arrays = {}
+    output.X, any other set as <name>.input.X / <name>.output.X; `extra` as named
+    (the labelled set's labels: truth.label)."""
+    arrays = dict(extra or {})
     for name, (inputs, outputs) in sets.items():
         prefix = "" if name == "golden" else f"{name}."
         arrays.update({f"{prefix}input.{k}": v for k, v in inputs.items()})

@@ -27,7 +27,7 @@ from runtime import runners as rt
 from runtime import tune
 from runtime.bench import difference
 from runtime.bundle import GOLDEN, Artifact, Bundle, sha256
-from runtime.compare import BOUNDS, Parity, effective_bounds
+from runtime.compare import BOUNDS, Parity, Truth, effective_bounds
 from runtime.errors import UserError
 from runtime.files import clean_leftovers, publish, temporary_name
 from runtime.machine import int8_instructions, machine_info
@@ -70,8 +70,11 @@ def _manifest_of(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = False) -> list[Artifact]:
-    """The artifacts a build makes, each with its nominal bound (and INT8's task bounds)."""
+def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = False,
+                     truth: bool = False) -> list[Artifact]:
+    """The artifacts a build makes, each with its nominal bound (and INT8's task bounds). With labelled
+    images (`truth`), FP16 and INT8 are judged on them instead: their tensor bound only catches a broken
+    model, and what they may lose is the allowed drop against the truth."""
     files = []
     if "onnxruntime" in backends:
         files.append((ONNX_FILE, "onnxruntime", "fp32"))
@@ -80,6 +83,11 @@ def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = Fa
     if int8:
         files += [(INT8_FILES[b], b, "int8") for b in backends]
     task = task_of(spec)
+    if truth:
+        return [Artifact(file, backend, precision, spec.bound(backend, precision, BOUNDS[(backend, precision)]))
+                if precision == "fp32" else Artifact(file, backend, precision, BOUNDS[(backend, "int8")],
+                                                     judged_on="truth")
+                for file, backend, precision in files]
     return [Artifact(file, backend, precision, spec.bound(backend, precision, BOUNDS[(backend, precision)]),
                      task_bounds=dict(task.int8_bounds) if precision == "int8" and task.int8_bounds else {})
             for file, backend, precision in files]
@@ -164,7 +172,7 @@ def _golden_sets(model: Exportable, s: BuildSettings) -> dict[str, tuple[dict, d
     if other is not None:
         moved = golden.golden_inputs(spec, 1, s.seed + 1, size=other)
         sets[f"size.{other[0]}x{other[1]}"] = (moved, golden.reference_outputs(model, moved))
-    if s.quantize:  # INT8 is judged on what the model was trained for, where a task exists
+    if s.quantize and s.data is None:  # INT8 is judged on what the model was trained for, where a task exists
         held_out = task_images(spec, TASK_SAMPLES)
         if held_out is not None:
             feeds = {spec.image.name: held_out}
@@ -193,6 +201,7 @@ class BuildState:
     stage: Stage
     manifest: dict[str, Any]  # filled in by the stages, in the order of `runtime.bundle.MANIFEST_KEYS`
     sets: dict[str, tuple[dict, dict]] = field(default_factory=dict)  # golden sets: inputs, PyTorch's outputs
+    truth: Truth | None = None  # the labelled images' labels (set "truth"), with `--data`
     noise: dict[str, float] = field(default_factory=dict)
     made: FP32Artifacts | None = None
     int8: "_Int8 | None" = None
@@ -233,9 +242,32 @@ def _golden_stage(st: BuildState) -> None:
     with st.stage("golden vectors"):
         st.sets = _golden_sets(st.model, st.s)
         st.noise = _noise(st.model, st.sets)
-        golden.save_golden(st.folder / GOLDEN, st.sets)
+    labels = _truth_stage(st) if st.s.data is not None else {}
+    golden.save_golden(st.folder / GOLDEN, st.sets, labels)
     st.manifest["outputs"] = [{"name": k, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)}
                               for k, v in st.sets["golden"][1].items()]
+
+
+def _truth_stage(st: BuildState) -> dict[str, np.ndarray]:
+    """The labelled images the bundle carries (set "truth"), PyTorch's outputs and figures on them, and the
+    drop the FP16/INT8 artifacts may lose from those figures; the labels, as golden.npz stores them."""
+    from runtime.labelled import eval_set, read_label_map
+
+    from .settings import max_drop
+
+    s, task = st.s, task_of(st.spec)
+    with st.stage(f"labelled images ({s.eval_samples} from {s.data})"):
+        label_map = read_label_map(s.label_map) if s.label_map is not None else None
+        inputs, labels, read = eval_set(st.spec, s.data, s.eval_samples, s.ignore_index, label_map, s.seed)
+        feeds = {st.spec.image.name: inputs}
+        st.sets["truth"] = (feeds, golden.reference_outputs(st.model, feeds))
+        st.truth = Truth.of(labels, st.sets["truth"][1], task, max_drop(s, task))
+    st.manifest["evaluation"] = {
+        **read, "set": "truth", "size": list(inputs.shape[2:]), "ignore_index": s.ignore_index,
+        "label_map": {str(k): v for k, v in label_map.items()} if label_map else None,
+        "max_drop": dict(st.truth.max_drop), "reference": dict(st.truth.reference),
+        "judge": "FP16 and INT8 ship only within max_drop of PyTorch FP32's figures on these images"}
+    return {"truth.label": labels}
 
 
 def _fp32_stage(st: BuildState) -> None:
@@ -263,7 +295,7 @@ def _int8_plans_stage(st: BuildState) -> None:
 
 def _describe_stage(st: BuildState) -> None:
     """The artifacts with their bounds, and the manifest the runtime loads them through."""
-    st.artifacts = artifact_entries(st.spec, st.s.backends, int8=bool(st.s.quantize))
+    st.artifacts = artifact_entries(st.spec, st.s.backends, int8=bool(st.s.quantize), truth=st.truth is not None)
     for a in st.artifacts:
         if a.precision == "int8" and "task" in st.sets:
             a.judged_on = "task"
@@ -311,7 +343,7 @@ def _parity_stage(st: BuildState) -> None:
     divergence localised); FP16 that fails is not shipped."""
     sizes = len([k for k in st.sets if k.startswith("size.")])
     with st.stage("parity against PyTorch" + (f" at {sizes + 1} sizes" if sizes else "")):
-        st.parity = validate(st.runners, {a.key: a for a in st.artifacts}, st.sets, task_of(st.spec))
+        st.parity = validate(st.runners, {a.key: a for a in st.artifacts}, st.sets, task_of(st.spec), st.truth)
     for a in list(st.artifacts):
         a.parity = st.parity[a.key].to_dict()
         problems = [f"{a.file} on {a.backend} ({a.precision}): {f}" for f in st.parity[a.key].failures()]
@@ -337,7 +369,7 @@ def _int8_stage(st: BuildState) -> None:
     for a in [a for a in st.artifacts if a.precision == "int8"]:
         with st.stage(f"INT8 on {a.backend}: sensitivity and frontier (budget {st.s.int8_budget:.0f} s)"):
             found = st.int8.search(a, st.runners, st.parity[a.key], latency, st.latency_times, st.sets,
-                                   task_of(st.spec), st.made.modules)
+                                   task_of(st.spec), st.made.modules, st.truth)
         q["search"][a.backend] = found.to_dict()
         shipped = found.shipped
         if shipped is None:
@@ -436,14 +468,14 @@ class _Int8:
             return {**made, "note": f"NNCF failed ({type(err).__name__}: {err}); ONNX Runtime's QDQ model instead"}
 
     def search(self, a: Artifact, runners: dict, parity: Parity, latency: dict, times: dict[str, list[float]],
-               sets: dict, task: Task, modules: dict[str, str]) -> quantize.Search:
+               sets: dict, task: Task, modules: dict[str, str], truth: Truth | None = None) -> quantize.Search:
         """The INT8 policy for the artifact `a`; with `--calib-method all`, ONNX Runtime's
         search goes on with the method whose full plan did least damage."""
         s, backend, twin = self.s, a.backend, runners[f"{a.backend}/fp32"]
         loaded = Bundle.open(self.bundle)
         judge = quantize.Judge(a, sets, task, lambda file, profile=False: rt.RUNNERS[backend](
             file, loaded.spec.inputs, loaded.manifest["outputs"], "int8", s.threads, profile=profile),
-            self.bundle / loaded.artifact(backend, "fp32").file, s.warmup, s.runs, self.bundle / a.file)
+            self.bundle / loaded.artifact(backend, "fp32").file, s.warmup, s.runs, self.bundle / a.file, truth)
         fp32 = f"{backend}/fp32"
         full = quantize.Attempt(quantize.full_plan(self.keep), self.quantizer(backend).method, parity,
                                 latency[a.key], latency[fp32]["p50_ms"],

@@ -42,7 +42,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from runtime.bench import bench_interleaved, difference
 from runtime.bundle import Artifact
-from runtime.compare import Parity, check_artifact, compare
+from runtime.compare import Parity, Truth, check_artifact, judged_parity
 from runtime.runners import Runner
 from runtime.tasks import Task
 
@@ -255,12 +255,16 @@ def quantize_onnxruntime(fp32: Path, dst: Path, data: Mapping[str, np.ndarray], 
 
 def damage(parity: Parity) -> float:
     """How far an INT8 model's figures have gone towards their bounds: 1.0 is at the
-    bound. The task figures where the artifact has task bounds, else the tensors'."""
+    bound. The task figures where the artifact has task bounds, and its drops on the
+    labelled images where it has an allowed drop; else the tensors'."""
     figures = []
     for name, (kind, limit) in parity.task_bounds.items():
         value = parity.task.get(name)
         figures.append(float("inf") if value is None else value / limit if kind == "max"
                        else (1 - value) / (1 - limit))
+    for name, limit in parity.max_drop.items():
+        drop = parity.truth.get("drop", {}).get(name)
+        figures.append(drop / limit if drop is not None and drop == drop else float("inf"))
     return max(figures or [o.max_rel / o.bound for o in parity.outputs])
 
 
@@ -277,6 +281,7 @@ class Judge:
     warmup: int
     runs: int
     own: Path | None = None  # the INT8 artifact's own file (the full plan's model)
+    truth: Truth | None = None  # the labelled images, where the build has them (`--data`)
 
     @property
     def feeds(self) -> dict[str, np.ndarray]:
@@ -285,9 +290,8 @@ class Judge:
     def parity(self, runner: Runner, every_set: bool = True) -> Parity:
         """On every set (the judged one and every other size), or on the judged set alone."""
         if every_set:
-            return check_artifact(runner, self.artifact, self.sets, self.task)
-        inputs, reference = self.sets[self.artifact.judged_on]
-        return compare(reference, runner.infer(inputs), self.artifact.bounds, self.task, self.artifact.task_bounds)
+            return check_artifact(runner, self.artifact, self.sets, self.task, self.truth)
+        return judged_parity(runner, self.artifact, self.sets, self.task, self.truth)
 
     def race(self, runner: Runner, fp32: Runner) -> tuple[dict, dict, dict]:
         """The INT8 runner against its FP32 twin, interleaved: their latencies, and the difference of
@@ -334,9 +338,14 @@ class Attempt:
         if self.versus and self.versus["busy"]:  # a speed-up measured on a busy machine decides nothing
             speed = [f"its speed against FP32 is undecided: other processes held {self.versus['others_cores']:.2f} "
                      "cores on average while it was timed (build on a quiet machine to decide)"]
+        elif self.p50_ms > self.fp32_p50_ms:
+            speed = [f"slower than FP32 ({self.p50_ms:.2f} vs {self.fp32_p50_ms:.2f} ms p50)"]
+        elif self.versus is not None and not self.versus["real"]:  # a p50 a hair below FP32's is no speed-up
+            low, high = self.versus["interval"]
+            speed = [f"not surely faster than FP32 ({self.p50_ms:.2f} vs {self.fp32_p50_ms:.2f} ms p50; the 95% "
+                     f"interval of their ratio, {low:.2f} to {high:.2f}, holds 1)"]
         else:
-            speed = [] if self.p50_ms <= self.fp32_p50_ms else [
-                f"slower than FP32 ({self.p50_ms:.2f} vs {self.fp32_p50_ms:.2f} ms p50)"]
+            speed = []
         return self.parity.failures() + speed
 
     @property

@@ -6,6 +6,7 @@ from typing import Any
 
 from runtime.bench import BUSY_CORES
 from runtime.cli import peak_text
+from runtime.compare import truth_text
 from runtime.tasks import task_of
 
 from .benchmark import EAGER
@@ -14,6 +15,15 @@ COLUMNS = ("artifact", "runtime", "parity", "max rel err", "bound", "min cosine"
            "size", "peak MB", "p50 ms", "p90 ms", "runs", "vs eager", "vs FP32")
 # p90 this far above p50 on any contender: the machine was busy while it was timed
 BUSY_SPREAD = 1.3
+LABELS_COLUMN = "on the labels"  # with labelled images (`build --data`), after "task vs PyTorch"
+
+
+def columns(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The build table's columns: `COLUMNS`, and the figures on the labelled images where the build had them."""
+    if not manifest.get("evaluation"):
+        return COLUMNS
+    at = COLUMNS.index("task vs PyTorch") + 1
+    return (*COLUMNS[:at], LABELS_COLUMN, *COLUMNS[at:])
 
 
 def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -22,7 +32,10 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
     eager = manifest["latency"][EAGER]
     describe = task_of(manifest["spec"]).describe
     memory = (manifest.get("memory") or {}).get("artifacts", {})
-    table = [("PyTorch eager", "pytorch fp32", "reference", "-", "-", "-", "-", "-", "-",
+    evaluation = manifest.get("evaluation")
+    labels = [", ".join(f"{name} {evaluation['reference'][name]:.4f}" for name in evaluation["max_drop"])
+              ] if evaluation else []
+    table = [("PyTorch eager", "pytorch fp32", "reference", "-", "-", "-", "-", *labels, "-", "-",
               f"{eager['p50_ms']:.2f}", f"{eager['p90_ms']:.2f}", str(eager["runs"]), "1.00x", "-")]
     for art in manifest["artifacts"]:
         parity, lat = art["parity"], manifest["latency"][art["key"]]
@@ -32,11 +45,39 @@ def rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
         table.append((art["file"], f"{art['backend']} {art['precision']}", "pass" if parity["passed"] else "FAIL",
                       f"{worst['max_rel']:.1e} ({worst['name']})", f"{worst['bound']:.1e}",
                       f"{min(o['cosine'] for o in outs):.6f}", describe(parity["task"]),
+                      *([truth_text(parity.get("truth"), evaluation["max_drop"])] if evaluation else []),
                       size_text(art["bytes"]), peak_text(memory[art["key"]]) if art["key"] in memory else "-",
                       f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", str(lat["runs"]),
                       f"{eager['p50_ms'] / lat['p50_ms']:.2f}x",
                       f"{twin['p50_ms'] / lat['p50_ms']:.2f}x" if twin else "-"))
     return table
+
+
+def evaluation_lines(manifest: dict[str, Any]) -> list[str]:
+    """report.md's section on the labelled images: where they came from, the judge, every figure per artifact."""
+    e = manifest.get("evaluation")
+    if not e:
+        return []
+    names = list(task_of(manifest["spec"]).truth_metrics)
+    table = [("PyTorch FP32", *(f"{e['reference'][n]:.4f}" for n in names), "-", "reference")]
+    for a in manifest["artifacts"] + manifest["rejected"]:
+        truth = (a.get("parity") or {}).get("truth")
+        if not truth:
+            continue
+        verdict = ("judged here, shipped" if a.get("judged_on") == "truth" else "reported") if a in manifest[
+            "artifacts"] else "not shipped"
+        table.append((f"{a['backend']} {a['precision']}", *(f"{truth['figures'][n]:.4f}" for n in names),
+                      ", ".join(f"{n} {truth['drop'][n]:+.4f}" for n in e["max_drop"]), verdict))
+    skipped = e["skipped"]
+    return ["## Accuracy on the labelled images", "",
+            f"{e['images']} labelled images of {e['data']} ({e['available']} pairs there"
+            + (f"; {len(skipped)} files skipped: " + "; ".join(f"{s['file']} {s['why']}" for s in skipped[:5])
+               + (" ..." if len(skipped) > 5 else "") if skipped else "") + f"), at the model's input size "
+            f"{'x'.join(map(str, e['size']))}, ride in the bundle (golden.npz, set `truth`); ignore index "
+            f"{e['ignore_index']}{', label ids mapped' if e['label_map'] else ''}. {e['judge']}: allowed drop "
+            + ", ".join(f"{n} {d:g}" for n, d in e["max_drop"].items())
+            + ". `python -m runtime verify` checks the same figures on a device.", "",
+            markdown_table(("artifact", *names, "drop", "verdict"), table), ""]
 
 
 def memory_lines(manifest: dict[str, Any]) -> list[str]:
@@ -80,7 +121,7 @@ def results_text(manifest: dict[str, Any], passed: bool) -> str:
     from runtime.cli import format_table
 
     busy = busy_line(manifest)
-    lines = [table_title(manifest), format_table(list(COLUMNS), rows(manifest)),
+    lines = [table_title(manifest), format_table(list(columns(manifest)), rows(manifest)),
              *([f"warning: {busy}"] if busy else []),
              *(f"not shipped: {r['reason']}" for r in manifest.get("rejected", [])),
              *([recommended_line(manifest)] if passed else [])]
@@ -192,8 +233,12 @@ FRONTIER_PLOT = "int8_frontier.png"
 
 
 def _figure(attempt: dict[str, Any]) -> tuple[str, float]:
-    """The figure an attempt is plotted by: its first bounded task figure, else its worst tensor error."""
-    bounds = attempt["parity"]["task_bounds"]
+    """The figure an attempt is plotted by: its first allowed drop on the labelled images, or its first
+    bounded task figure, else its worst tensor error."""
+    bounds, drops = attempt["parity"]["task_bounds"], attempt["parity"].get("max_drop")
+    if drops:
+        name = next(iter(drops))
+        return f"{name} drop on the labels", attempt["parity"]["truth"]["drop"][name]
     if bounds:
         name = next(iter(bounds))
         return name, attempt["task"].get(name, float("nan"))
@@ -221,7 +266,9 @@ def quantization_lines(manifest: dict[str, Any]) -> list[str]:
                       ("plan", "nodes in FP32", "calibration", "INT8 p50 ms", "FP32 p50 ms", "speed-up",
                        "task vs PyTorch", "verdict"),
                       [(a["plan"], str(a["kept_fp32"]), a["method"], f"{a['p50_ms']:.2f}", f"{a['fp32_p50_ms']:.2f}",
-                        f"{a['speedup']:.2f}x", describe(a["task"]),
+                        f"{a['speedup']:.2f}x", describe(a["task"]) + (
+                            f"; labels {truth_text(a['parity']['truth'], a['parity']['max_drop'])}"
+                            if a["parity"].get("truth") else ""),
                         "shipped" if a["shipped"] else "passes, slower than another" if a["passed"]
                         else "; ".join(a["problems"])) for a in found["attempts"]]), ""]
         if found["sensitivity"]:
@@ -265,8 +312,10 @@ def plot_frontier(manifest: dict[str, Any], path) -> bool:
             if a["shipped"]:
                 ax.scatter([x], [y], s=220, facecolors="none", edgecolors=color, linewidths=2, zorder=4)
         bounds = found["attempts"][0]["parity"]["task_bounds"]
-        if bounds:
-            ax.axhline(next(iter(bounds.values()))[1], color="gray", linestyle="--", linewidth=1)
+        drops = found["attempts"][0]["parity"].get("max_drop")
+        if drops or bounds:
+            limit = next(iter(drops.values())) if drops else next(iter(bounds.values()))[1]
+            ax.axhline(limit, color="gray", linestyle="--", linewidth=1)
     ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("speed-up over the FP32 twin (interleaved, p50)")
     ax.set_ylabel(f"{name} against PyTorch FP32")
@@ -331,7 +380,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         f"Latency at batch {bench['batch']}, every row on {bench['threads']} threads (PyTorch eager too), {bench['warmup']} warm-up runs, "
         "then the same number of timed runs for every row (`runs`), interleaved across them.",
         "",
-        markdown_table(COLUMNS, rows(manifest)),
+        markdown_table(columns(manifest), rows(manifest)),
         "",
         f"![latency distribution per row and memory by phase per artifact]({LATENCY_PLOT})",
         "",
@@ -340,6 +389,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         "",
         *([tuning_line(manifest), ""] if manifest.get("tuning") else []),
         *rejected_lines(manifest),
+        *evaluation_lines(manifest),
         *memory_lines(manifest),
         *quantization_lines(manifest),
         *([f"Where the artifacts part ways with PyTorch (first module output past the bound): "

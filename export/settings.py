@@ -91,6 +91,13 @@ class BuildSettings:
     tune_budget: float = 2.0  # seconds of timed calls per artifact to choose its backend settings (0: defaults)
     memory: bool = True  # each shipped artifact's peak memory by phase, in a fresh process (runtime.memory)
     memory_budget: float | None = None  # MB: the recommended artifact's peak must fit (None: no budget)
+    # labelled images (`runtime.labelled`): `eval_samples` of them ride in the bundle, and FP16/INT8 ship only
+    # within `max_drop` (task metric -> largest drop from PyTorch FP32 on them; empty: the task's default)
+    data: Path | None = None
+    eval_samples: int = 32
+    max_drop: Mapping[str, float] = field(default_factory=dict)
+    ignore_index: int = 255
+    label_map: Path | None = None
     seed: int = 0
     golden_batch: int = 2
     warmup: int = 10
@@ -130,10 +137,47 @@ def check_settings(s: BuildSettings) -> None:
     if (s.variant is None) == (s.model is None):
         raise UserError("name one model: --variant NAME (from `python -m export list`) or --model FILE.py:NAME")
     if s.variant is not None:
+        from runtime.tasks import task_of
+
         models.resolve(s.variant, **s.overrides)
+        task = task_of(models.spec(s.variant, **s.overrides))
     else:
         check_user_model(s.model)
+        task = TASKS[s.model.task.get("kind", "none")]  # its settings are complete once its outputs are known
     check_options(s)
+    check_data(s, task)
+
+
+def max_drop(s: BuildSettings, task) -> dict[str, float]:
+    """The drops the labelled data allows (`--max-drop`, else the task's first metric at its default)."""
+    return dict(s.max_drop) or {next(iter(task.truth_metrics)): task.default_max_drop}
+
+
+def check_data(s: BuildSettings, task) -> None:
+    """--data and what goes with it: a task that reads labels, a folder it can read (read through where
+    `task` is the model's own plugin, not only its class), the metrics it has."""
+    if s.data is None:
+        given = [flag for flag, on in (("--max-drop", s.max_drop), ("--label-map", s.label_map),
+                                       ("--eval-samples", s.eval_samples != 32)) if on]
+        if given:
+            raise UserError(f"{given[0]} is only used with --data DIR (labelled images)")
+        return
+    from runtime.labelled import reader_for, read_label_map
+
+    if not task.labels:
+        raise UserError(f"--data reads segmentation masks or keypoint labels; a {task.kind!r} model's outputs have "
+                        "no labels to read (its parity against PyTorch is what `runtime verify` checks)")
+    label_map = read_label_map(s.label_map) if s.label_map is not None else None
+    if isinstance(task, type):
+        if not Path(s.data).is_dir():
+            raise UserError(f"--data {str(s.data)!r} is not a folder; pass a folder of labelled images")
+    else:
+        reader_for(task, s.data, s.ignore_index, label_map)
+    check_at_least("--eval-samples", s.eval_samples)
+    for name, drop in s.max_drop.items():
+        check_choice(f"--max-drop metric of the {task.kind} task", name, tuple(task.truth_metrics))
+        if not 0 <= drop < 1:
+            raise UserError(f"--max-drop {name}={drop:g}: a drop is a fraction from 0 to 1 (0.01 is one point)")
 
 
 def check_options(s: BuildSettings) -> None:

@@ -7,11 +7,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime.bundle import Artifact
-from runtime.compare import Parity, check_artifact
+from runtime.compare import Parity, Truth, check_artifact
 from runtime.tasks import Task
 
 
 def validate(runners: Mapping[str, Any], artifacts: Mapping[str, Artifact],
-             sets: Mapping[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], task: Task) -> dict[str, Parity]:
-    """Parity per artifact (keyed like `runners`), as `runtime.compare.check_artifact` judges it."""
-    return {key: check_artifact(runner, artifacts[key], sets, task) for key, runner in runners.items()}
+             sets: Mapping[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], task: Task,
+             truth: Truth | None = None) -> dict[str, Parity]:
+    """Parity per artifact (keyed like `runners`), as `runtime.compare.check_artifact` judges it
+    (with the labelled images' figures where the build has them)."""
+    return {key: check_artifact(runner, artifacts[key], sets, task, truth) for key, runner in runners.items()}

@@ -1,4 +1,4 @@
-"""`python -m models`: train a variant on its generated task, evaluate it."""
+"""`python -m models`: train a variant on its generated task, evaluate it, write its held-out split."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def build_parser() -> Parser:
     e.add_argument("--checkpoint", type=Path, help="weights to evaluate (default: random init)")
     e.add_argument("--samples", type=int, default=64, help="held-out samples (default 64)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
+    h = sub.add_parser("heldout", help="write a variant's held-out split as labelled files to try --data on: images/ "
+                                       "with masks/ (palette PNGs) or annotations.json (COCO keypoints)")
+    h.add_argument("--variant", required=True, help="a pet segmenter (segnet, segnet-dsc, unet, unet-dsc) or a "
+                   "keypoint detector")
+    h.add_argument("--out", type=Path, required=True, help="a new folder")
+    h.add_argument("--samples", type=int, default=64, help="held-out samples (default 64)")
+    h.add_argument("--size", type=int, help="the pictures' side in pixels (default: 192 for pets, whose models take "
+                   "128; 256 for figures)")
     return parser
 
 
@@ -90,10 +98,19 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_heldout(args) -> int:
+    from .labelled import write_heldout
+
+    out = write_heldout(args.variant, args.out, args.samples, args.size)
+    labels = "masks" if (out / "masks").is_dir() else "COCO keypoint annotations"
+    print(f"{args.variant}: {args.samples} held-out pictures with their {labels} in {out}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "heldout": cmd_heldout}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 READ_BY_RUNTIME = ("name", "spec", "outputs", "artifacts", "files")
 MANIFEST_KEYS = (
     "name", "spec", "model", "checkpoint", "outputs", "export", "simplify", "rewrites", "quantization", "golden",
-    "reference_noise", "artifacts", "versions", "machine", "tuning", "latency", "memory", "rejected", "recommended",
+    "evaluation", "reference_noise", "artifacts", "versions", "machine", "tuning", "latency", "memory", "rejected", "recommended",
     "benchmark",
     "targets", "format", "files",
 )
@@ -196,8 +196,16 @@ class Bundle:
 
     def golden_sets(self) -> list[str]:
         """The sets of golden.npz: "golden"; "task" (held-out task samples INT8 is
-        judged on); "size.HxW" (the golden inputs at another size, for dynamic sides)."""
+        judged on); "truth" (the user's labelled images, with their labels); "size.HxW"
+        (the golden inputs at another size, for dynamic sides)."""
         return list(self.manifest.get("golden", {}).get("sets", {"golden": 0}))
+
+    def labels(self, name: str = "truth"):
+        """The labels golden.npz stores beside a set's inputs (the labelled images of `build --data`)."""
+        import numpy as np
+
+        with np.load(self.path / GOLDEN) as data:
+            return data[f"{name}.label"]
 
     def golden(self, name: str = "golden") -> tuple[dict[str, Any], dict[str, Any]]:
         """(inputs, reference outputs) of one set of golden.npz, stored at build time."""

@@ -53,6 +53,7 @@ def format_table(columns: list[str], rows: list[list[str]]) -> str:
 
 def cmd_verify(args) -> int:
     from .bundle import Bundle
+    from .compare import truth_text
     from .tasks import task_of
     from .verify import verify
 
@@ -66,17 +67,25 @@ def cmd_verify(args) -> int:
         print(f"FAIL  {problem}")
     if not result.file_problems:
         print(f"ok    sha256 of all {len(result.bundle_files)} files matches the manifest")
+    evaluation = bundle.manifest.get("evaluation")
+    if evaluation and not result.file_problems:
+        print(f"ok    {evaluation['images']} labelled images in the bundle; PyTorch FP32 on them: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in evaluation["reference"].items())
+              + "; allowed drop " + ", ".join(f"{k} {v:g}" for k, v in evaluation["max_drop"].items()))
+    labels = ["on the labels"] if evaluation else []
     rows = []
     for c in result.checks:
         a = c.artifact
         if c.skipped or c.error:
             rows.append([a.file, a.backend, a.precision, "FAIL" if c.error else "skipped",
-                         "cannot run here" if c.error else "", "", "" if c.error else c.skipped])
+                         "cannot run here" if c.error else "", "", "" if c.error else c.skipped, *[""] * len(labels)])
             continue
         worst = c.parity.worst
         rows.append([a.file, a.backend, a.precision, "pass" if c.passed else "FAIL",
-                     f"{worst.max_rel:.1e} ({worst.name})", f"{worst.bound:.1e}", task.describe(c.parity.task)])
-    print(format_table(["artifact", "backend", "precision", "parity", "max rel err", "bound", "task vs PyTorch"], rows))
+                     f"{worst.max_rel:.1e} ({worst.name})", f"{worst.bound:.1e}", task.describe(c.parity.task),
+                     *([truth_text(c.parity.truth, c.parity.max_drop)] if labels else [])])
+    print(format_table(["artifact", "backend", "precision", "parity", "max rel err", "bound", "task vs PyTorch",
+                        *labels], rows))
     for c in result.checks:
         for failure in c.parity.failures() if c.parity else [c.error] if c.error else []:
             print(f"FAIL  {c.artifact.file} ({c.artifact.backend} {c.artifact.precision}): {failure}")
@@ -181,7 +190,7 @@ def _bench_choose(bundle, args) -> int:
         raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest "
                         f"({'; '.join(checked.file_problems)}); copy it again before choosing")
     passed = [(c.artifact.backend, c.artifact.precision) for c in checked.checks if c.passed]
-    refused = {(c.artifact.backend, c.artifact.precision): c.skipped or c.error or "fails parity here"
+    refused = {(c.artifact.backend, c.artifact.precision): c.skipped or c.error or "; ".join(c.parity.failures())
                for c in checked.checks if not c.passed}
     if not passed:
         raise UserError(f"no artifact of {bundle.name} runs within its bounds here: "

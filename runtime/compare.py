@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .bundle import Artifact
-from .tasks import Task
+from .bundle import Artifact, Bundle
+from .tasks import Task, task_of
 
 # Bounds on max relative error, by backend and precision (recorded in the manifest).
 BOUNDS: dict[tuple[str, str], float] = {
@@ -42,14 +42,65 @@ class OutputParity:
 
 
 @dataclass(frozen=True)
+class Truth:
+    """A bundle's labelled evaluation set, as parity reads it: the labels of golden.npz's "truth" set
+    (whose inputs are the labelled images and whose outputs are PyTorch FP32's on them), PyTorch's
+    figures against those labels, and the drop from them each artifact is allowed (metric -> drop)."""
+
+    labels: np.ndarray
+    reference: Mapping[str, float]
+    max_drop: Mapping[str, float]
+
+    @classmethod
+    def of(cls, labels: np.ndarray, reference_outputs: Mapping[str, np.ndarray], task: Task,
+           max_drop: Mapping[str, float]) -> "Truth":
+        return cls(labels, task.metrics(labels, reference_outputs), dict(max_drop))
+
+    @classmethod
+    def of_bundle(cls, bundle: Bundle) -> "Truth | None":
+        """The labelled images a bundle carries (`build --data`), or None where it has none."""
+        evaluation = bundle.manifest.get("evaluation")
+        if not evaluation:
+            return None
+        return cls.of(bundle.labels(evaluation["set"]), bundle.golden(evaluation["set"])[1], task_of(bundle.spec),
+                      evaluation["max_drop"])
+
+    def judge(self, task: Task, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """An artifact's figures against the labels, and how far each is below PyTorch's."""
+        figures = task.metrics(self.labels, outputs)
+        return {"images": len(self.labels), "figures": figures, "reference": dict(self.reference),
+                "drop": task.drops(figures, self.reference)}
+
+
+def truth_text(truth: Mapping[str, Any] | None, max_drop: Mapping[str, float]) -> str:
+    """An artifact's judged figures on the labelled images and their change from PyTorch's, for a table
+    cell: 'miou 0.8312 (-0.0021)'."""
+    if not truth:
+        return "-"
+    return ", ".join(f"{name} {truth['figures'][name]:.4f} ({-truth['drop'][name]:+.4f})" for name in max_drop)
+
+
+@dataclass(frozen=True)
 class Parity:
     outputs: list[OutputParity]
     task: dict[str, float] = field(default_factory=dict)
     task_bounds: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+    truth: dict[str, Any] = field(default_factory=dict)  # `Truth.judge`'s figures, where the bundle has labels
+    max_drop: Mapping[str, float] = field(default_factory=dict)  # what the truth figures may drop
 
     @property
     def passed(self) -> bool:
-        return all(o.passed for o in self.outputs) and not self.task_failures()
+        return all(o.passed for o in self.outputs) and not self.task_failures() and not self.truth_failures()
+
+    def truth_failures(self) -> list[str]:
+        failures = []
+        for name, limit in self.max_drop.items():
+            drop = self.truth.get("drop", {}).get(name)
+            if drop is not None and not drop <= limit:  # NaN (nothing scored) fails too
+                failures.append(f"{name} {self.truth['figures'][name]:.4f} on the {self.truth['images']} labelled "
+                                f"images drops {drop:.4f} from PyTorch FP32's {self.truth['reference'][name]:.4f}, "
+                                f"more than the allowed {limit:g}")
+        return failures
 
     def task_failures(self) -> list[str]:
         failures = []
@@ -66,11 +117,12 @@ class Parity:
     def failures(self) -> list[str]:
         return [f"{o.name}: max relative error {o.max_rel:.2e} > bound {o.bound:.1e} "
                 f"(max abs {o.max_abs:.2e}, cosine {o.cosine:.6f})" for o in self.outputs if not o.passed
-                ] + self.task_failures()
+                ] + self.task_failures() + self.truth_failures()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "outputs": {o.name: {**asdict(o), "passed": o.passed} for o in self.outputs},
-                "task": self.task, "task_bounds": dict(self.task_bounds)}
+        found = {"passed": self.passed, "outputs": {o.name: {**asdict(o), "passed": o.passed} for o in self.outputs},
+                 "task": self.task, "task_bounds": dict(self.task_bounds)}
+        return {**found, "truth": self.truth, "max_drop": dict(self.max_drop)} if self.truth else found
 
 
 class ParityError(Exception):
@@ -132,13 +184,25 @@ def compare(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], bound:
     return Parity(outputs, task.agreement(ref, out) if task is not None else {}, limits)
 
 
-def check_artifact(runner: Any, artifact: Artifact, sets: Mapping[str, tuple[dict, dict]],
-                   task: Task | None) -> Parity:
-    """An artifact's parity on its set of inputs (`judged_on`: "golden" unless said
-    otherwise) and, for a model with dynamic sides, on every other size stored
-    (sets named "size.HxW"; their outputs reported as "logits@HxW")."""
+def judged_parity(runner: Any, artifact: Artifact, sets: Mapping[str, tuple[dict, dict]], task: Task | None,
+                  truth: Truth | None = None) -> Parity:
+    """An artifact's parity on the set it is judged on alone (`judged_on`: "golden" unless said otherwise;
+    "truth": the labelled images, its figures held to the truth's allowed drop), and where the bundle has
+    labelled images, its figures on them."""
     inputs, reference = sets[artifact.judged_on]
-    parity = compare(reference, runner.infer(inputs), artifact.bounds, task, artifact.task_bounds)
+    out = runner.infer(inputs)
+    parity = compare(reference, out, artifact.bounds, task, artifact.task_bounds)
+    if truth is None or task is None:
+        return parity
+    out = out if artifact.judged_on == "truth" else runner.infer(sets["truth"][0])
+    return replace(parity, truth=truth.judge(task, out), max_drop=dict(truth.max_drop))
+
+
+def check_artifact(runner: Any, artifact: Artifact, sets: Mapping[str, tuple[dict, dict]],
+                   task: Task | None, truth: Truth | None = None) -> Parity:
+    """An artifact's parity on its set of inputs (`judged_parity`) and, for a model with dynamic sides,
+    on every other size stored (sets named "size.HxW"; their outputs reported as "logits@HxW")."""
+    parity = judged_parity(runner, artifact, sets, task, truth)
     for name, (inputs, reference) in sets.items():
         if name.startswith("size."):
             other = compare(reference, runner.infer(inputs), artifact.bounds,

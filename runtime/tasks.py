@@ -23,8 +23,12 @@ class Task:
     kind: ClassVar[str] = "none"
     # task-level bounds on INT8 against PyTorch FP32: figure -> ("max" | "min", limit)
     int8_bounds: ClassVar[dict[str, tuple[str, float]]] = {}
-    # whether `runtime.labelled` scores it on a user's masks (per-pixel class logits)
-    reads_masks: ClassVar[bool] = False
+    # the labels `runtime.labelled` reads for it from a user's files: "masks", "keypoints" or none
+    labels: ClassVar[str] = ""
+    # its figures against the truth (`metrics`), each "higher" or "lower" is better: what a labelled
+    # evaluation set's allowed drop (`--max-drop`) can name; the first is the default's
+    truth_metrics: ClassVar[dict[str, str]] = {}
+    default_max_drop: ClassVar[float] = 0.01
 
     def __init__(self, settings: Mapping[str, Any], outputs: tuple[str, ...]):
         self.settings = dict(settings)
@@ -66,6 +70,11 @@ class Task:
         """Task figures of outputs against ground truth."""
         return {}
 
+    def drops(self, figures: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
+        """How much worse each truth figure is than the reference's (positive: worse), whichever way it goes."""
+        return {name: (reference[name] - figures[name]) if better == "higher" else (figures[name] - reference[name])
+                for name, better in self.truth_metrics.items() if name in figures and name in reference}
+
     def describe(self, figures: Mapping[str, float]) -> str:
         """The figures in a few characters, for tables."""
         return "-"
@@ -80,6 +89,9 @@ class Keypoints(Task):
 
     kind = "keypoints"
     int8_bounds = {"keypoint_error_px": ("max", 0.5)}
+    labels = "keypoints"
+    truth_metrics = {"pck": "higher", "keypoint_error_px": "lower"}
+    PCK_ALPHA = 0.05  # PCK@0.05: a keypoint within 5% of the image's side of the truth counts as found
 
     def __init__(self, settings, outputs):
         super().__init__(settings, outputs)
@@ -118,7 +130,15 @@ class Keypoints(Task):
         return {"keypoint_error_px": self.error_px(ref[self.output], out[self.output])}
 
     def metrics(self, targets, outputs):
-        return {"keypoint_error_px": self.error_px(targets, outputs[self.output])}
+        """Mean error in pixels and PCK@alpha (alpha of the image's side) over the labelled keypoints
+        (a truth of NaN, a keypoint not labelled, is not scored)."""
+        targets = np.asarray(targets, np.float64)
+        labelled = ~np.isnan(targets).any(-1)
+        distance = np.linalg.norm((targets - np.asarray(outputs[self.output], np.float64)) * self.image_size / 2,
+                                  axis=-1)[labelled]
+        alpha = float(self.settings.get("pck_alpha", self.PCK_ALPHA))
+        return {"keypoint_error_px": float(distance.mean()) if distance.size else float("nan"),
+                "pck": float((distance <= alpha * self.image_size).mean()) if distance.size else float("nan")}
 
     def describe(self, figures):
         return f"kp {figures['keypoint_error_px']:.4f} px" if "keypoint_error_px" in figures else "-"
@@ -136,7 +156,8 @@ class Segmentation(Task):
 
     kind = "segmentation"
     int8_bounds = {"miou": ("min", 0.99)}
-    reads_masks = True
+    labels = "masks"
+    truth_metrics = {"miou": "higher", "pixel_accuracy": "higher", "mean_dice": "higher"}
 
     def __init__(self, settings, outputs):
         super().__init__(settings, outputs)
@@ -172,8 +193,12 @@ class Segmentation(Task):
         return {"mask_agreement": float((ref_mask == mask).mean()), "miou": miou(ref_mask, mask, self.classes)}
 
     def metrics(self, targets, outputs):
+        """mIoU, pixel accuracy and mean Dice over the labelled pixels (a negative class is not scored)."""
+        targets = np.asarray(targets)
+        scored = targets >= 0
         mask = outputs[self.output].argmax(1)
-        return {"pixel_accuracy": float((mask == targets).mean()), "miou": miou(targets, mask, self.classes)}
+        found = mask_figures(confusion(targets[scored], mask[scored], self.classes))
+        return {k: found[k] for k in self.truth_metrics}
 
     def describe(self, figures):
         return f"mask {100 * figures['mask_agreement']:.3f}%" if "mask_agreement" in figures else "-"
@@ -207,6 +232,22 @@ def confusion(ref_mask: np.ndarray, mask: np.ndarray, classes: int) -> np.ndarra
     """(classes, classes) pixel counts, rows = reference class."""
     return np.bincount(ref_mask.ravel().astype(np.int64) * classes + mask.ravel(),
                        minlength=classes * classes).reshape(classes, classes)
+
+
+def mask_figures(c: np.ndarray) -> dict[str, Any]:
+    """mIoU (over the classes present in the truth or the prediction), per-class IoU (None for a class
+    absent from both), pixel accuracy and mean Dice, from a confusion matrix."""
+    c = c.astype(np.float64)
+    inter = np.diag(c)
+    union = c.sum(0) + c.sum(1) - inter
+    present = union > 0
+    iou = np.where(present, inter / np.where(present, union, 1), np.nan)
+    dice = np.where(present, 2 * inter / np.where(present, union + inter, 1), np.nan)
+    total = c.sum()
+    return {"miou": float(np.nanmean(iou)) if present.any() else float("nan"),
+            "pixel_accuracy": float(inter.sum() / total) if total else float("nan"),
+            "mean_dice": float(np.nanmean(dice)) if present.any() else float("nan"),
+            "iou": [None if np.isnan(x) else float(x) for x in iou]}
 
 
 def miou(ref_mask: np.ndarray, mask: np.ndarray, classes: int) -> float:

@@ -1,5 +1,7 @@
 """On-device parity: check every file's sha256, then replay the golden vectors
-through every artifact on every installed backend, against the stored bounds."""
+through every artifact on every installed backend, against the stored bounds; where
+the bundle carries labelled images (`build --data`), each artifact's task figures
+against their labels too, held to the drop from PyTorch's the build allowed."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import Artifact, Bundle
-from .compare import Parity, check_artifact
+from .compare import Parity, Truth, check_artifact
 from .errors import BackendError, UserError, backend_reason
 from .runners import installed_backends, load
 from .tasks import task_of
@@ -51,9 +53,10 @@ class Verification:
             if c.error:
                 return {**entry, "status": "FAIL", "why": c.error, "failures": [c.error]}
             worst = c.parity.worst
-            return {**entry, "status": "pass" if c.passed else "FAIL", "max_rel": worst.max_rel,
-                    "worst_output": worst.name, "bound": worst.bound, "failures": c.parity.failures(),
-                    "task": task.describe(c.parity.task) if task else c.parity.task}
+            found = {**entry, "status": "pass" if c.passed else "FAIL", "max_rel": worst.max_rel,
+                     "worst_output": worst.name, "bound": worst.bound, "failures": c.parity.failures(),
+                     "task": task.describe(c.parity.task) if task else c.parity.task}
+            return {**found, "truth": c.parity.truth, "max_drop": dict(c.parity.max_drop)} if c.parity.truth else found
         return {"bundle": str(self.bundle), "passed": self.passed, "files": len(self.bundle_files),
                 "file_problems": self.file_problems, "artifacts": [check(c) for c in self.checks]}
 
@@ -62,10 +65,11 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     result = Verification(bundle.path, list(bundle.manifest["files"]), bundle.check_files())
     broken = {p.split(" ", 1)[0] for p in result.file_problems}
-    sets = {}
+    sets, truth = {}, None
     if "golden.npz" not in broken:
         for name in bundle.golden_sets():
             sets[name] = bundle.golden(name)
+        truth = Truth.of_bundle(bundle)
     have = installed_backends()
     task = task_of(bundle.spec)
     for art in bundle.artifacts:
@@ -80,7 +84,7 @@ def verify(bundle: str | Path | Bundle, threads: int | None = None) -> Verificat
         else:
             try:  # a backend that cannot compile or run the artifact on this CPU fails it, with its reason
                 with load(bundle, art.backend, art.precision, threads) as runner:
-                    check.parity = check_artifact(runner, art, sets, task)
+                    check.parity = check_artifact(runner, art, sets, task, truth)
             except BackendError as err:
                 check.error = str(err)
             except UserError:

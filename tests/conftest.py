@@ -54,20 +54,27 @@ def checkpoint_for(tmp_path_factory):
 
 
 MEMORY_READ = ("dsc",)  # the bundles whose memory figures a test reads
+LABELLED = {"dsc": 4}  # labelled pictures of its held-out split (COCO keypoints) a bundle carries, as `--data` makes
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, checkpoint_for):
     """built(variant) -> BuildResult of a full build with a perturbed checkpoint
     (few timed runs and the backends' default settings: the tests check figures, not speed;
-    memory measured only where a test reads it, the dsc bundle of the board and device tests)."""
+    memory measured only where a test reads it, the dsc bundle of the board and device tests, which also
+    carries labelled pictures, so that verify and deploy report its accuracy against the truth)."""
+    from models.labelled import write_heldout
+
     cache = {}
 
     def make(variant: str):
         if variant not in cache:
             out = tmp_path_factory.mktemp("artifacts")
+            count = LABELLED.get(variant)
+            data = write_heldout(variant, tmp_path_factory.mktemp("labelled") / variant, count) if count else None
             cache[variant] = build(BuildSettings(variant=variant, checkpoint=checkpoint_for(variant), out=out,
-                                                 warmup=1, runs=5, tune_budget=0, memory=variant in MEMORY_READ))
+                                                 warmup=1, runs=5, tune_budget=0, memory=variant in MEMORY_READ,
+                                                 data=data, eval_samples=count or 32))
         return cache[variant]
 
     return make

@@ -1,6 +1,7 @@
 """Across architectures: a dsc bundle built here (x86-64) with every artifact this machine
-ships (FP32, the FP16 IR where it passes here, INT8 where a plan passes), packed as a
-linux-aarch64 kit, installed without network in an emulated ARM64 Debian 12 and verified there.
+ships (FP32, the FP16 IR where it passes here, INT8 where a plan passes), judged on labelled
+pictures it carries, packed as a linux-aarch64 kit, installed without network in an emulated
+ARM64 Debian 12 and verified there, parity and accuracy on the labels.
 
 qemu-user runs the arm64 Python, numpy, ONNX Runtime and OpenVINO of the kit's
 wheels instruction by instruction, so parity there is parity across
@@ -23,11 +24,14 @@ from tests.devices import arm64_root, in_arm64
 
 @pytest.fixture(scope="module")
 def arm64(tmp_path_factory):
+    from models.labelled import write_heldout
+
     root = arm64_root()
     out = tmp_path_factory.mktemp("arm64")
-    # random weights, as a first build has: where this CPU computes the FP16 IR within its bound, it ships
+    figures = write_heldout("dsc", tmp_path_factory.mktemp("figures") / "dsc", 4)
+    # random weights, as a first build has: FP16 and INT8 ship where they are within the allowed PCK drop
     made = build(BuildSettings(variant="dsc", out=out, quantize="int8", int8_anyway=True, int8_budget=5,
-                               calib_samples=4, warmup=1, runs=5, tune_budget=0))
+                               calib_samples=4, warmup=1, runs=5, tune_budget=0, data=figures, eval_samples=4))
     assert made.passed, made.failures
     bundle = made.bundle
     kit = pack(bundle, target="linux-aarch64", python="3.11")
@@ -70,14 +74,22 @@ def test_every_artifact_the_build_ships_passes_on_arm64_or_fails_with_the_backen
     checked = {(a["backend"], a["precision"]): a for a in result["artifacts"]}
     assert set(checked) == set(shipped)
     assert ("openvino", "fp16") in shipped or any(r["precision"] == "fp16" for r in manifest["rejected"])
+    allowed = manifest["evaluation"]["max_drop"]
+    assert manifest["evaluation"]["images"] == 4 and allowed == {"pck": 0.01}
     for key, there in checked.items():
         if there["status"] == "pass":
             assert 0 < there["max_rel"] <= there["bound"] == shipped[key]["bounds"][there["worst_output"]], there
+            # the labels, judged there too: 40 keypoints, within the allowed drop from PyTorch's figures
+            assert there["truth"]["images"] == 4 and there["max_drop"] == allowed
+            assert there["truth"]["reference"] == manifest["evaluation"]["reference"]
+            assert there["truth"]["drop"]["pck"] <= allowed["pck"], there
         else:
             assert there["status"] == "FAIL" and there["failures"], there
     failed = [c for c in checked.values() if c["status"] != "pass"]
     assert result["passed"] == (not failed) and (verified.returncode != 0) == bool(failed), verified.stdout
     assert table.returncode == verified.returncode
+    assert "ok    4 labelled images in the bundle; PyTorch FP32 on them: pck " in table.stdout
+    assert "on the labels" in table.stdout
     assert table.stdout.rstrip().endswith("verify: " + ("FAILED" if failed else "passed")), table.stdout
     for c in failed:  # each failure in its own line, with the backend's or parity's reason
         assert any(line.startswith(f"FAIL  {c['file']} ({c['backend']} {c['precision']}): ")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import LABELLED
 from tests.devices import SshServers, old_glibc_tools, tools_without_python
 
 
@@ -70,6 +71,7 @@ def test_deploys_to_two_devices_at_once_and_brings_back_one_table(two_devices, b
         # one row per artifact: CPU, parity within the stored bound, p50 and p90 timed on the device
         assert len(rows) == shipped >= 2, first.stdout
         assert all("x86_64" in r and "pass (" in r for r in rows), rows
+        assert all(" pck " in r for r in rows), rows  # each artifact's figure on the bundle's labelled pictures
         assert sum("recommended" in r for r in rows) == 1, rows
         assert f"ok     {label}: kit copied and installed, verify passed" in first.stdout
     for label in labels:
@@ -78,6 +80,9 @@ def test_deploys_to_two_devices_at_once_and_brings_back_one_table(two_devices, b
         assert record["ok"] and record["copied"] and record["target"] == "linux-x86_64"
         assert record["verify"]["passed"] and len(record["verify"]["artifacts"]) == shipped
         assert all(a["max_rel"] <= a["bound"] for a in record["verify"]["artifacts"])
+        allowed = json.loads((bundle / "manifest.json").read_text())["evaluation"]["max_drop"]
+        assert all(a["truth"]["images"] == LABELLED["dsc"] and a["truth"]["drop"]["pck"] <= allowed["pck"]
+                   for a in record["verify"]["artifacts"])
         choice = record["bench"]["choice"]
         assert (choice["backend"], choice["precision"]) in {(a["backend"], a["precision"])
                                                             for a in record["verify"]["artifacts"]}

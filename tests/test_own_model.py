@@ -38,9 +38,10 @@ def photo(path: Path, width: int = 150, height: int = 100) -> Path:
 
 # name -> (--model, its flags, the size a 150x100 photo runs at, whether infer draws a picture)
 THIRD_PARTY = {
-    # MONAI's residual U-Net from a factory in a file, at any size that is a multiple of 8
+    # MONAI's residual U-Net from a factory in a file, at any size that is a multiple of 8, judged on labelled
+    # masks (PETS: the pet task's held-out pictures, written as images/ and masks/)
     "UNet": (f"{OWN}/third_party.py:monai_unet", "--input", "image:1x3x64x96", "--dynamic", "image:0,2,3",
-             "--multiple", "8", "--task", "segmentation", [152, 96], True),
+             "--multiple", "8", "--task", "segmentation", "--data", "PETS", "--eval-samples", "4", [152, 96], True),
     # MONAI's UNet++ straight from the installed package: four deep-supervision outputs in a list
     "unetpp": ("monai.networks.nets:BasicUNetPlusPlus", "--model-arg", "spatial_dims=2", "--model-arg",
                "in_channels=3", "--model-arg", "out_channels=2", "--model-arg", "features=(8, 8, 16, 32, 64, 8)",
@@ -55,7 +56,11 @@ THIRD_PARTY = {
 
 @pytest.mark.parametrize("name", THIRD_PARTY)
 def test_a_model_written_by_others_builds_verifies_without_torch_and_infers(name, tmp_path):
+    from models.labelled import write_heldout
+
     ref, *flags, input_size, picture = THIRD_PARTY[name]
+    if "PETS" in flags:
+        flags[flags.index("PETS")] = str(write_heldout("unet-dsc", tmp_path / "pets", 6, 96))
     result = run("export", "build", "--model", ref, *flags, "--out", str(tmp_path), "--threads", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "model contract: inputs image" in result.stdout
@@ -67,6 +72,15 @@ def test_a_model_written_by_others_builds_verifies_without_torch_and_infers(name
 
     verify = run_without_torch("verify", str(bundle.path))
     assert verify.returncode == 0 and verify.stdout.strip().endswith("verify: passed"), verify.stdout + verify.stderr
+    if "--data" in flags:  # its figures on the labels: at the build, on the device, and on the whole folder
+        e = bundle.manifest["evaluation"]
+        assert e["images"] == 4 and e["available"] == 6 and e["max_drop"] == {"miou": 0.01}
+        assert f"ok    4 labelled images in the bundle; PyTorch FP32 on them: miou {e['reference']['miou']:.4f}" \
+            in verify.stdout and "on the labels" in verify.stdout
+        scored = json.loads(run("export", "evaluate", str(bundle.path), "--data", flags[flags.index("--data") + 1],
+                                "--json").stdout)
+        assert scored["images"] == 6 and scored["skipped"] == [] and len(scored["artifacts"]) == len(bundle.artifacts)
+        assert all(0 <= f["miou"] <= 1 and len(f["iou"]) == 3 for f in scored["artifacts"].values())
 
     infer = run_without_torch("infer", str(bundle.path), str(photo(tmp_path / "photo.jpg")), "--out",
                               str(tmp_path / "pred"))

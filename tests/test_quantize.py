@@ -232,3 +232,22 @@ def test_an_int8_speed_up_measured_on_a_busy_machine_ships_nothing():
     search = quantize.Search("onnxruntime", "minmax", 10.0, [busy])
     search.ship_best()
     assert search.shipped is None and "undecided" in search.reason()
+
+
+def test_an_int8_plan_a_hair_faster_than_fp32_is_not_shipped():
+    """Within the bounds and a p50 0.5% below FP32's on a quiet machine: the interval of the ratio holds 1,
+    so it is no speed-up, and it is not shipped."""
+    from runtime.bench import difference
+    from runtime.compare import Parity
+
+    fp32 = np.random.default_rng(0).gamma(20, 0.5, 200)
+    int8 = fp32 * 0.995
+    within = Parity(outputs=[], task={"keypoint_error_px": 0.3}, task_bounds={"keypoint_error_px": ("max", 0.5)})
+    versus = difference(fp32, int8, others_cores=0.0)
+    hair = quantize.Attempt(quantize.full_plan(), "minmax", within, {"p50_ms": float(np.median(int8))},
+                            float(np.median(fp32)), versus=versus)
+    low, high = versus["interval"]
+    assert hair.p50_ms < hair.fp32_p50_ms and low < 1 < high
+    assert not hair.passed and hair.problems == [
+        f"not surely faster than FP32 ({hair.p50_ms:.2f} vs {hair.fp32_p50_ms:.2f} ms p50; the 95% interval of "
+        f"their ratio, {low:.2f} to {high:.2f}, holds 1)"]
