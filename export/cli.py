@@ -620,7 +620,8 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    figures = {k: v for k, v in result.items() if k not in ("model", "bundle", "samples", "runtime")}
+    figures = {k: v for k, v in result.items() if k not in ("model", "bundle", "samples", "runtime")
+               and isinstance(v, float)}  # per class or keypoint: in --json
     console.print(f"{result['model']} ({result['runtime']}, {result['samples']} held-out samples): " + ", ".join(
         f"{k.replace('_', ' ')} {v:.4f}" for k, v in figures.items()), markup=False, soft_wrap=True)
     return 0
@@ -652,13 +653,22 @@ def _evaluate_data(args) -> int:
     primary = result["primary"]
     rows = []
     for key, f in result["artifacts"].items():
+        verdict = ("pass" if f["passed"] else "FAIL") if "passed" in f else "reference"
+        if primary == "max_rel":  # expected outputs: the parity metric, each artifact within its bound
+            rows.append([key, f"{f['max_rel']:.2e}", f"{f['mean_max_rel']:.2e}",
+                         f"{f['max_rel_drop']:+.2e} (bound {f['allowed_drop']:.0e}) {verdict}"
+                         if "passed" in f else verdict])
+            continue
         drop = (f"{100 * f[primary + '_drop']:+.2f} [{100 * f['intervals'][primary + '_drop'][0]:+.2f}, "
-                f"{100 * f['intervals'][primary + '_drop'][1]:+.2f}] " + ("pass" if f["passed"] else "FAIL")
-                if primary + "_drop" in f else "reference")
+                f"{100 * f['intervals'][primary + '_drop'][1]:+.2f}] {verdict}" if "passed" in f else verdict)
         rows.append([key, cell(f, "miou"), cell(f, "pixel_accuracy"), f"{100 * f['mean_dice']:.2f}", drop]
                     if primary == "miou" else
                     [key, cell(f, "pck"), cell(f, "keypoint_error_px", 1), f"{f['oks_ap']:.3f}" if "oks_ap" in f
                      else "-", drop])
+    if primary == "max_rel":
+        print(f"{result['model']} on {result['images']} input files of {result['data']} against the outputs they "
+              "expect (max relative error over each output's scale, the worst output and file):")
+        print(format_table(["artifact", "max rel err", "mean over files", f"more than {result['reference']}"], rows))
     where = f"{result['model']} on {result['images']} labelled images of {result['data']} (scored in each image's own pixels"
     if primary == "miou":
         print(f"{where}; mask value {result['ignore_index']} ignored; [95% interval] over the images):")
@@ -669,7 +679,7 @@ def _evaluate_data(args) -> int:
         for key, f in result["artifacts"].items():
             print(f"{key} IoU per class: " + ", ".join(
                 f"{n} {'-' if v is None else f'{100 * v:.1f}'}" for n, v in zip(names, f["iou"])))
-    else:
+    elif primary == "pck":
         print(f"{where}; PCK@{result['pck_alpha']:g} of the image's larger side; [95% interval] over the images):")
         print(format_table(["artifact", "PCK %", "error px", "OKS AP",
                             f"PCK drop vs {result['reference']}, points (allowed {100 * result['allowed_drop']:g})"],

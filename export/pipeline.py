@@ -41,7 +41,8 @@ from .calibration import CALIB_METHODS, calibration_set, task_images
 from .artifacts import ONNX_FILE, FP32Artifacts, Stage, make_fp32_artifacts, silent
 from .contract import Exportable, check_modules, check_signature, example_tensors, infer_spec
 from .manifest import tool_versions, write_manifest
-from .report import FRONTIER_PLOT, LATENCY_PLOT, plot_frontier, plot_latency_memory, report_markdown
+from .report import (FRONTIER_PLOT, LABELS_PLOT, LATENCY_PLOT, plot_frontier, plot_labels, plot_latency_memory,
+                     report_markdown)
 from .settings import BuildSettings, check_settings
 from .stats import model_stats
 from .validate import validate
@@ -415,6 +416,7 @@ def _finish_stage(st: BuildState) -> None:
     m["artifacts"] = [a.to_dict() for a in st.artifacts]
     plot_frontier(m, folder / FRONTIER_PLOT)
     plot_latency_memory(m, st.latency_times, folder / LATENCY_PLOT)
+    plot_labels(m, folder / LABELS_PLOT)
     (folder / "report.md").write_text(report_markdown(m))
     write_manifest(folder, m)
 

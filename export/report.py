@@ -77,7 +77,47 @@ def evaluation_lines(manifest: dict[str, Any]) -> list[str]:
             f"{e['ignore_index']}{', label ids mapped' if e['label_map'] else ''}. {e['judge']}: allowed drop "
             + ", ".join(f"{n} {d:g}" for n, d in e["max_drop"].items())
             + ". `python -m runtime verify` checks the same figures on a device.", "",
-            markdown_table(("artifact", *names, "drop", "verdict"), table), ""]
+            markdown_table(("artifact", *names, "drop", "verdict"), table), "",
+            f"![each class's IoU, or each keypoint's error, on the labelled images]({LABELS_PLOT})", ""]
+
+
+LABELS_PLOT = "labels.png"
+
+
+def plot_labels(manifest: dict[str, Any], path) -> bool:
+    """The labelled images' figures per class (a segmenter: IoU) or per keypoint (a detector: mean error in
+    pixels of the input), PyTorch FP32 and every artifact side by side, as a PNG at `path`; False where
+    the build had no labels."""
+    e = manifest.get("evaluation")
+    if not e:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = {"PyTorch FP32": e["reference"]} | {
+        f"{a['backend']} {a['precision']}" + ("" if a in manifest["artifacts"] else " (not shipped)"):
+        a["parity"]["truth"]["figures"] for a in manifest["artifacts"] + manifest["rejected"]
+        if (a.get("parity") or {}).get("truth")}
+    task = manifest["spec"]["task"]
+    key, what = (("iou", "IoU") if "iou" in e["reference"] else ("error_px_per_keypoint", "mean error, px"))
+    names = task.get("names") or [str(i) for i in range(len(e["reference"][key]))]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4), dpi=110)
+    width = 0.8 / len(rows)
+    for i, (row, figures) in enumerate(rows.items()):
+        values = [np.nan if v is None else v for v in figures[key]]
+        ax.bar(np.arange(len(names)) + (i - (len(rows) - 1) / 2) * width, values, width, label=row)
+    ax.set_xticks(range(len(names)), names, fontsize=8, rotation=30 if len(names) > 5 else 0)
+    ax.set_ylabel(f"{what} on {e['images']} labelled images")
+    ax.set_title(f"{manifest['name']}: {what} per {'class' if key == 'iou' else 'keypoint'}, at the model's input "
+                 "size", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def memory_lines(manifest: dict[str, Any]) -> list[str]:

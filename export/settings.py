@@ -137,15 +137,14 @@ def check_settings(s: BuildSettings) -> None:
     if (s.variant is None) == (s.model is None):
         raise UserError("name one model: --variant NAME (from `python -m export list`) or --model FILE.py:NAME")
     if s.variant is not None:
-        from runtime.tasks import task_of
-
         models.resolve(s.variant, **s.overrides)
-        task = task_of(models.spec(s.variant, **s.overrides))
+        spec = models.spec(s.variant, **s.overrides)
+        task = TASKS[spec.task.get("kind", "none")]
     else:
         check_user_model(s.model)
-        task = TASKS[s.model.task.get("kind", "none")]  # its settings are complete once its outputs are known
+        spec, task = None, TASKS[s.model.task.get("kind", "none")]  # a user's spec is known once it is exported
     check_options(s)
-    check_data(s, task)
+    check_data(s, task, spec)
 
 
 def max_drop(s: BuildSettings, task) -> dict[str, float]:
@@ -153,26 +152,26 @@ def max_drop(s: BuildSettings, task) -> dict[str, float]:
     return dict(s.max_drop) or {next(iter(task.truth_metrics)): task.default_max_drop}
 
 
-def check_data(s: BuildSettings, task) -> None:
-    """--data and what goes with it: a task that reads labels, a folder it can read (read through where
-    `task` is the model's own plugin, not only its class), the metrics it has."""
+def check_data(s: BuildSettings, task, spec=None) -> None:
+    """--data and what goes with it: a task whose labels a build can judge on, a folder it can read (read
+    through where the model's `spec` is known before it is made: a zoo variant), the metrics it has."""
     if s.data is None:
         given = [flag for flag, on in (("--max-drop", s.max_drop), ("--label-map", s.label_map),
                                        ("--eval-samples", s.eval_samples != 32)) if on]
         if given:
             raise UserError(f"{given[0]} is only used with --data DIR (labelled images)")
         return
-    from runtime.labelled import reader_for, read_label_map
+    from runtime.labelled import READERS, reader_for, read_label_map
 
-    if not task.labels:
-        raise UserError(f"--data reads segmentation masks or keypoint labels; a {task.kind!r} model's outputs have "
-                        "no labels to read (its parity against PyTorch is what `runtime verify` checks)")
+    if not hasattr(READERS[task.labels], "at_input"):
+        raise UserError(f"build --data judges segmenters and keypoint detectors on their labels; a {task.kind!r} "
+                        "model's expected outputs (.npz) are scored by `export evaluate --data`")
     label_map = read_label_map(s.label_map) if s.label_map is not None else None
-    if isinstance(task, type):
+    if spec is None:
         if not Path(s.data).is_dir():
             raise UserError(f"--data {str(s.data)!r} is not a folder; pass a folder of labelled images")
     else:
-        reader_for(task, s.data, s.ignore_index, label_map)
+        reader_for(spec, s.data, s.ignore_index, label_map)
     check_at_least("--eval-samples", s.eval_samples)
     for name, drop in s.max_drop.items():
         check_choice(f"--max-drop metric of the {task.kind} task", name, tuple(task.truth_metrics))

@@ -70,7 +70,7 @@ def cmd_verify(args) -> int:
     evaluation = bundle.manifest.get("evaluation")
     if evaluation and not result.file_problems:
         print(f"ok    {evaluation['images']} labelled images in the bundle; PyTorch FP32 on them: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in evaluation["reference"].items())
+              + ", ".join(f"{k} {v:.4f}" for k, v in evaluation["reference"].items() if isinstance(v, float))
               + "; allowed drop " + ", ".join(f"{k} {v:g}" for k, v in evaluation["max_drop"].items()))
     labels = ["on the labels"] if evaluation else []
     rows = []

@@ -179,9 +179,11 @@ class Masks:
     """A segmenter's labels: per image, its confusion matrix in the image's own pixels."""
 
     primary = "miou"  # the figure whose drop against the reference is given with its interval
+    held_to_bound = False  # held to the drop the bundle allows
 
-    def __init__(self, task, folder: str | Path, ignore: int = IGNORE, label_map: Mapping[int, int] | None = None):
+    def __init__(self, spec, folder: str | Path, ignore: int = IGNORE, label_map: Mapping[int, int] | None = None):
         data = find_segmentation(folder)
+        task = task_of(spec)
         self.task, self.folder, self.items, self.skipped = task, data.folder, data.pairs, list(data.skipped)
         self.ignore, self.label_map = ignore, label_map
 
@@ -194,8 +196,13 @@ class Masks:
         predicted = upsampled_mask(outputs[self.task.output][0], sample.image.size)
         return confusion(sample.label, predicted, self.task.classes, self.ignore)
 
-    def figures(self, total: np.ndarray) -> dict[str, Any]:
-        return mask_figures(total)
+    def inputs(self, sample: Sample, spec) -> np.ndarray:
+        from .images import preprocess
+
+        return preprocess(sample.image, spec)
+
+    def figures(self, stack: np.ndarray) -> dict[str, Any]:
+        return mask_figures(stack.sum(0))
 
     def resampled(self, summed: np.ndarray) -> dict[str, np.ndarray]:
         """The figures of each resample's summed confusion matrix (resamples, classes, classes)."""
@@ -224,8 +231,10 @@ class KeypointLabels:
     Per image: the labelled keypoints, those within PCK's reach, and the summed error in pixels."""
 
     primary = "pck"
+    held_to_bound = False  # held to the drop the bundle allows
 
-    def __init__(self, task, folder: str | Path, ignore: int = IGNORE, label_map: Mapping[int, int] | None = None):
+    def __init__(self, spec, folder: str | Path, ignore: int = IGNORE, label_map: Mapping[int, int] | None = None):
+        task = task_of(spec)
         if ignore != IGNORE or label_map is not None:
             raise UserError(f"--ignore-index and --label-map are for masks; a {task.kind!r} model's labels have "
                             "neither")
@@ -367,8 +376,13 @@ class KeypointLabels:
         reach = PCK_ALPHA * max(sample.image.size)
         return np.array([error.size, (error <= reach).sum(), error.sum()], np.float64)
 
-    def figures(self, total: np.ndarray) -> dict[str, Any]:
-        count, hits, error = total
+    def inputs(self, sample: Sample, spec) -> np.ndarray:
+        from .images import preprocess
+
+        return preprocess(sample.image, spec)
+
+    def figures(self, stack: np.ndarray) -> dict[str, Any]:
+        count, hits, error = stack.sum(0)
         return {"pck": float(hits / count) if count else float("nan"),
                 "keypoint_error_px": float(error / count) if count else float("nan"), "keypoints": int(count)}
 
@@ -427,16 +441,72 @@ class KeypointLabels:
         return float(found.stats[0])
 
 
-READERS = {"masks": Masks, "keypoints": KeypointLabels}  # a task's `labels` -> the reader of them
+class Pairs:
+    """Any other model's labels (task none): `.npz` files, each with one set of the model's inputs and the
+    outputs expected of them, named as the model names them. Each is judged by the parity metric: the max
+    relative error of every output against the expected one (over its scale, `runtime.compare.scale`)."""
+
+    primary = "max_rel"
+    held_to_bound = True  # an artifact's error may exceed PyTorch's by its parity bound
+
+    def __init__(self, spec, folder: str | Path, ignore: int = IGNORE, label_map: Mapping[int, int] | None = None):
+        if ignore != IGNORE or label_map is not None:
+            raise UserError("--ignore-index and --label-map are for masks; expected outputs have neither")
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"--data {str(folder)!r} is not a folder; pass a folder of .npz files, each with the "
+                            "model's inputs and the outputs expected of them")
+        self.task, self.folder, self.skipped = task_of(spec), folder, []
+        self.names = {"input": list(spec.input_names), "output": list(spec.outputs)}
+        self.items = sorted(p for p in folder.iterdir() if p.suffix == ".npz" and p.is_file())
+        if not self.items:
+            raise UserError(f"--data {str(folder)!r} holds no .npz files (each with the inputs "
+                            f"{', '.join(self.names['input'])} and the expected outputs {', '.join(self.names['output'])})")
+
+    def read(self, path: Path) -> Sample | Skipped:
+        import zipfile
+
+        name = _rel(path, self.folder)
+        try:
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            return Skipped(name, f"is not a readable .npz file ({err.__class__.__name__}: {err})")
+        missing = [n for kind in ("input", "output") for n in self.names[kind] if n not in arrays]
+        if missing:
+            return Skipped(name, f"lacks {missing[0]}; each file holds the inputs {', '.join(self.names['input'])} "
+                                 f"and the expected outputs {', '.join(self.names['output'])}, by those names")
+        return Sample(name, None, arrays)
+
+    def inputs(self, sample: Sample, spec) -> dict[str, np.ndarray]:
+        return {n: np.asarray(sample.label[n], np.float32) for n in self.names["input"]}
+
+    def score(self, sample: Sample, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """[the largest max relative error over the outputs]; an output of another shape is infinitely wrong."""
+        from .compare import output_parity
+
+        return np.array([max(output_parity(n, sample.label[n], outputs[n], 1.0).max_rel
+                             for n in self.names["output"])])
+
+    def figures(self, stack: np.ndarray) -> dict[str, Any]:
+        return {"max_rel": float(stack.max()), "mean_max_rel": float(stack.mean())}
+
+    def resampled(self, summed: np.ndarray) -> dict[str, np.ndarray]:
+        return {}  # a worst case has no interval worth the name
+
+    def about(self) -> dict[str, Any]:
+        return {"inputs": self.names["input"], "outputs": self.names["output"]}
+
+    def oks_ap(self, predictions) -> None:
+        return None
 
 
-def reader_for(task, folder: str | Path, ignore: int = IGNORE, label_map: Mapping[int, int] | None = None):
-    """The reader of `task`'s labels in `folder`, or a UserError saying which tasks have labels."""
-    reader = READERS.get(task.labels)
-    if reader is None:
-        raise UserError(f"--data reads segmentation masks or keypoint labels; a {task.kind!r} model's outputs have "
-                        "no labels to read (its parity against PyTorch is what `runtime verify` checks)")
-    return reader(task, folder, ignore, label_map)
+READERS = {"masks": Masks, "keypoints": KeypointLabels, "pairs": Pairs}  # a task's `labels` -> their reader
+
+
+def reader_for(spec, folder: str | Path, ignore: int = IGNORE, label_map: Mapping[int, int] | None = None):
+    """The reader of the labels in `folder` of the model `spec` describes, by its task."""
+    return READERS[task_of(spec).labels](spec, folder, ignore, label_map)
 
 
 def bootstrap(per_image: Mapping[str, np.ndarray], reference: str | None, reader, better: Mapping[str, str],
@@ -455,7 +525,7 @@ def bootstrap(per_image: Mapping[str, np.ndarray], reference: str | None, reader
     primary = reader.primary
     for key, figures in resampled.items():
         found[key] = {name: np.nanpercentile(v, [tail, 100 - tail]) for name, v in figures.items()}
-        if reference is not None and key != reference:
+        if reference is not None and key != reference and primary in figures:
             drop = resampled[reference][primary] - figures[primary]
             found[key][f"{primary}_drop"] = np.nanpercentile(drop if better[primary] == "higher" else -drop,
                                                             [tail, 100 - tail])
@@ -473,12 +543,11 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
 
     from .bundle import Bundle
     from .errors import BackendError
-    from .images import preprocess
     from .runners import installed_backends, load
 
     opened = Bundle.open(bundle)
     task = task_of(opened.spec)
-    reader = reader_for(task, folder, ignore, label_map)
+    reader = reader_for(opened.spec, folder, ignore, label_map)
     chosen = [a for a in opened.artifacts if a.backend in installed_backends()
               and (backend is None or a.backend == backend) and (precision is None or a.precision == precision)]
     if not chosen:
@@ -501,7 +570,7 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
             if isinstance(sample, Skipped):
                 skipped.append(sample)
                 continue
-            x = preprocess(sample.image, opened.spec)
+            x = reader.inputs(sample, opened.spec)
             for key, runner in runners.items():
                 outputs = runner.infer(x)
                 per_image[key].append(reader.score(sample, outputs))
@@ -515,9 +584,10 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
     fp32 = [k for k in stacks if k.endswith(" fp32")]
     reference = next((k for k in ("pytorch fp32", "onnxruntime fp32") if k in stacks), fp32[0] if fp32 else None)
     intervals = bootstrap(stacks, reference, reader, task.truth_metrics)
-    found = {key: {**reader.figures(c.sum(0)), "intervals": intervals[key]} for key, c in stacks.items()}
+    found = {key: {**reader.figures(c), "intervals": intervals[key]} for key, c in stacks.items()}
     primary = reader.primary
-    # the drop the bundle allows (`build --data --max-drop`), else the task's default
+    # the drop the bundle allows (`build --data --max-drop`), else the task's default; or each artifact's bound
+    bounds = {f"{a.backend} {a.precision}": a.bound for a in chosen}
     allowed = ((opened.manifest.get("evaluation") or {}).get("max_drop") or {}).get(primary, task.default_max_drop)
     for key, f in found.items():
         ap = reader.oks_ap(predictions.get(key, {}))
@@ -525,7 +595,8 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
             f["oks_ap"] = ap
         if reference is not None and key != reference:
             f[f"{primary}_drop"] = task.drops(f, found[reference])[primary]
-            f["passed"] = bool(f[f"{primary}_drop"] <= allowed)
+            f["allowed_drop"] = bounds.get(key, allowed) if reader.held_to_bound else allowed
+            f["passed"] = bool(f[f"{primary}_drop"] <= f["allowed_drop"])
     return {"model": opened.name, "task": task.kind, "bundle": str(opened.path), "data": str(reader.folder),
             "images": scored, "skipped": [{"file": s.file, "why": s.why} for s in skipped], **reader.about(),
             "primary": primary, "reference": reference, "allowed_drop": allowed, "artifacts": found,
@@ -541,7 +612,10 @@ def eval_set(spec, folder: str | Path, count: int, ignore: int = IGNORE, label_m
     available, the files skipped.)"""
     from .images import preprocess
 
-    reader = reader_for(task_of(spec), folder, ignore, label_map)
+    reader = reader_for(spec, folder, ignore, label_map)
+    if not hasattr(reader, "at_input"):
+        raise UserError(f"build --data judges segmenters and keypoint detectors on their labels; a "
+                        f"{reader.task.kind!r} model's expected outputs are scored by `export evaluate --data`")
     height, width = spec.image.example[2:]
     inputs, labels, skipped = [], [], list(reader.skipped)
     for i in np.random.default_rng(seed).permutation(len(reader.items)):

@@ -23,11 +23,12 @@ class Task:
     kind: ClassVar[str] = "none"
     # task-level bounds on INT8 against PyTorch FP32: figure -> ("max" | "min", limit)
     int8_bounds: ClassVar[dict[str, tuple[str, float]]] = {}
-    # the labels `runtime.labelled` reads for it from a user's files: "masks", "keypoints" or none
-    labels: ClassVar[str] = ""
-    # its figures against the truth (`metrics`), each "higher" or "lower" is better: what a labelled
-    # evaluation set's allowed drop (`--max-drop`) can name; the first is the default's
-    truth_metrics: ClassVar[dict[str, str]] = {}
+    # the labels `runtime.labelled` reads for it from a user's files: "masks", "keypoints", or "pairs"
+    # (inputs with the outputs expected of them, judged by the parity metric)
+    labels: ClassVar[str] = "pairs"
+    # its figures against the truth, each "higher" or "lower" is better: what a labelled evaluation set's
+    # allowed drop (`--max-drop`) can name; the first is the default's
+    truth_metrics: ClassVar[dict[str, str]] = {"max_rel": "lower"}
     default_max_drop: ClassVar[float] = 0.01
 
     def __init__(self, settings: Mapping[str, Any], outputs: tuple[str, ...]):
@@ -131,14 +132,18 @@ class Keypoints(Task):
 
     def metrics(self, targets, outputs):
         """Mean error in pixels and PCK@alpha (alpha of the image's side) over the labelled keypoints
-        (a truth of NaN, a keypoint not labelled, is not scored)."""
+        (a truth of NaN, a keypoint not labelled, is not scored), and the mean error of each keypoint."""
         targets = np.asarray(targets, np.float64)
         labelled = ~np.isnan(targets).any(-1)
-        distance = np.linalg.norm((targets - np.asarray(outputs[self.output], np.float64)) * self.image_size / 2,
-                                  axis=-1)[labelled]
+        every = np.linalg.norm((targets - np.asarray(outputs[self.output], np.float64)) * self.image_size / 2,
+                               axis=-1)
+        distance = every[labelled]
         alpha = float(self.settings.get("pck_alpha", self.PCK_ALPHA))
+        counts = labelled.sum(0)
+        per_keypoint = np.where(labelled, every, 0).sum(0) / np.maximum(counts, 1)
         return {"keypoint_error_px": float(distance.mean()) if distance.size else float("nan"),
-                "pck": float((distance <= alpha * self.image_size).mean()) if distance.size else float("nan")}
+                "pck": float((distance <= alpha * self.image_size).mean()) if distance.size else float("nan"),
+                "error_px_per_keypoint": [float(e) if n else None for e, n in zip(per_keypoint, counts)]}
 
     def describe(self, figures):
         return f"kp {figures['keypoint_error_px']:.4f} px" if "keypoint_error_px" in figures else "-"
@@ -193,12 +198,13 @@ class Segmentation(Task):
         return {"mask_agreement": float((ref_mask == mask).mean()), "miou": miou(ref_mask, mask, self.classes)}
 
     def metrics(self, targets, outputs):
-        """mIoU, pixel accuracy and mean Dice over the labelled pixels (a negative class is not scored)."""
+        """mIoU, pixel accuracy and mean Dice over the labelled pixels (a negative class is not scored), and
+        each class's IoU."""
         targets = np.asarray(targets)
         scored = targets >= 0
         mask = outputs[self.output].argmax(1)
         found = mask_figures(confusion(targets[scored], mask[scored], self.classes))
-        return {k: found[k] for k in self.truth_metrics}
+        return {**{k: found[k] for k in self.truth_metrics}, "iou": found["iou"]}
 
     def describe(self, figures):
         return f"mask {100 * figures['mask_agreement']:.3f}%" if "mask_agreement" in figures else "-"

@@ -88,7 +88,9 @@ def test_every_artifact_the_build_ships_passes_on_arm64_or_fails_with_the_backen
     failed = [c for c in checked.values() if c["status"] != "pass"]
     assert result["passed"] == (not failed) and (verified.returncode != 0) == bool(failed), verified.stdout
     assert table.returncode == verified.returncode
-    assert "ok    4 labelled images in the bundle; PyTorch FP32 on them: pck " in table.stdout
+    line = next(x for x in table.stdout.splitlines() if x.startswith("ok    4 labelled images in the bundle"))
+    assert "PyTorch FP32 on them: keypoint_error_px " in line
+    assert f"pck {manifest['evaluation']['reference']['pck']:.4f}" in line
     assert "on the labels" in table.stdout
     assert table.stdout.rstrip().endswith("verify: " + ("FAILED" if failed else "passed")), table.stdout
     for c in failed:  # each failure in its own line, with the backend's or parity's reason

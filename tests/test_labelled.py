@@ -236,6 +236,8 @@ def test_the_labels_judge_what_ships_and_ride_in_the_bundle(judged):
         assert all(a["parity"]["truth"]["drop"]["miou"] <= MAX_DROP for a in shipped)
     report = (result.bundle / "report.md").read_text()
     assert "## Accuracy on the labelled images" in report and "allowed drop miou 0.001" in report
+    assert "labels.png" in m["files"] and "](labels.png)" in report  # each class's IoU, artifact by artifact
+    assert len(e["reference"]["iou"]) == 3 and all(len(a["parity"]["truth"]["figures"]["iou"]) == 3 for a in every)
     # on the device: the same figures from the bundle alone, every artifact within the allowance
     checked = run("runtime", "verify", str(result.bundle), "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -82,6 +82,9 @@ def test_a_model_written_by_others_builds_verifies_without_torch_and_infers(name
         assert scored["images"] == 6 and scored["skipped"] == [] and len(scored["artifacts"]) == len(bundle.artifacts)
         assert all(0 <= f["miou"] <= 1 and len(f["iou"]) == 3 for f in scored["artifacts"].values())
 
+    if name == "EfficientNet":  # a classifier (task none): scored on inputs with the outputs expected of them
+        expected_outputs_are_scored_by_the_parity_metric(bundle, tmp_path / "pairs")
+
     infer = run_without_torch("infer", str(bundle.path), str(photo(tmp_path / "photo.jpg")), "--out",
                               str(tmp_path / "pred"))
     assert infer.returncode == 0, infer.stderr
@@ -92,6 +95,35 @@ def test_a_model_written_by_others_builds_verifies_without_torch_and_infers(name
     assert (tmp_path / "pred" / "photo.png").is_file() == picture
     assert ("infer draws no picture" in infer.stdout) != picture
     assert np.asarray(found.get("mask", np.zeros((100, 150)))).shape == (100, 150)  # a mask: the photo's size
+
+
+def expected_outputs_are_scored_by_the_parity_metric(bundle: runtime.Bundle, folder: Path) -> None:
+    """Three .npz files of inputs and ONNX Runtime FP32's own outputs (the model has random weights, which
+    its manifest cannot remake, so PyTorch says why it has no row), a file without the output and a
+    truncated one: each artifact's max relative error against them, within its parity bound."""
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    with runtime.load(bundle, "onnxruntime", "fp32") as runner:
+        for i in range(3):
+            x = rng.random((1, 3, 96, 96), np.float32)
+            np.savez(folder / f"pair{i}.npz", image=x, **runner.infer(x))
+    np.savez(folder / "no-output.npz", image=x)
+    data = (folder / "pair0.npz").read_bytes()
+    (folder / "truncated.npz").write_bytes(data[: len(data) // 2])
+    found = json.loads(run("export", "evaluate", str(bundle.path), "--data", str(folder), "--json").stdout)
+    assert found["images"] == 3 and found["reference"] == "onnxruntime fp32"
+    assert found["not_run"]["pytorch fp32"] == ("the model remade from its manifest does not give the build's "
+                                                "golden outputs (random weights?)")
+    skipped = {s["file"]: s["why"] for s in found["skipped"]}
+    assert skipped["no-output.npz"] == "lacks output; each file holds the inputs image and the expected outputs " \
+                                       "output, by those names"
+    assert skipped["truncated.npz"].startswith("is not a readable .npz file (")
+    assert found["artifacts"]["onnxruntime fp32"]["max_rel"] == 0.0
+    for key, f in found["artifacts"].items():
+        if key != "onnxruntime fp32":
+            assert 0 <= f["max_rel"] <= f["allowed_drop"] == bundle.artifact(*key.split()).bound and f["passed"]
+    text = run("export", "evaluate", str(bundle.path), "--data", str(folder)).stdout
+    assert "on 3 input files of" in text and "openvino fp32" in text and " pass" in text
 
 
 def test_two_named_inputs_and_a_tuple_output_through_the_python_api(tmp_path, capsys):
