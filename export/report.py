@@ -84,6 +84,16 @@ def evaluation_lines(manifest: dict[str, Any]) -> list[str]:
 LABELS_PLOT = "labels.png"
 
 
+def _save(fig, path) -> bool:
+    """Write a figure as a PNG at `path` and let it go."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def plot_labels(manifest: dict[str, Any], path) -> bool:
     """The labelled images' figures per class (a segmenter: IoU) or per keypoint (a detector: mean error in
     pixels of the input), PyTorch FP32 and every artifact side by side, as a PNG at `path`; False where
@@ -114,10 +124,7 @@ def plot_labels(manifest: dict[str, Any], path) -> bool:
     ax.set_title(f"{manifest['name']}: {what} per {'class' if key == 'iou' else 'keypoint'}, at the model's input "
                  "size", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def memory_lines(manifest: dict[str, Any]) -> list[str]:
@@ -362,10 +369,7 @@ def plot_frontier(manifest: dict[str, Any], path) -> bool:
     ax.set_title(f"{manifest['name']}: INT8 plans (numbers: layers kept in FP32; dashed: the bound; ringed: "
                  "shipped)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 LATENCY_PLOT = "latency_memory.png"
