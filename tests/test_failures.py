@@ -159,7 +159,8 @@ def test_a_build_whose_parity_fails_says_where(checkpoint_for, tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def runners(built):
     bundle = built("dsc").bundle
-    with runtime.load(bundle, "onnxruntime", threads=1) as ort, runtime.load(bundle, "openvino", threads=1) as ov:
+    with runtime.load(bundle, "onnxruntime", "fp32", threads=1) as ort, \
+            runtime.load(bundle, "openvino", "fp32", threads=1) as ov:
         yield ort, ov
 
 
