@@ -84,14 +84,14 @@ def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = Fa
     if int8:
         files += [(INT8_FILES[b], b, "int8") for b in backends]
     task = task_of(spec)
-    if truth:
-        return [Artifact(file, backend, precision, spec.bound(backend, precision, BOUNDS[(backend, precision)]))
-                if precision == "fp32" else Artifact(file, backend, precision, BOUNDS[(backend, "int8")],
-                                                     judged_on="truth")
-                for file, backend, precision in files]
-    return [Artifact(file, backend, precision, spec.bound(backend, precision, BOUNDS[(backend, precision)]),
-                     task_bounds=dict(task.int8_bounds) if precision == "int8" and task.int8_bounds else {})
-            for file, backend, precision in files]
+
+    def entry(file: str, backend: str, precision: str) -> Artifact:
+        if truth and precision != "fp32":
+            return Artifact(file, backend, precision, BOUNDS[(backend, "int8")], judged_on="truth")
+        return Artifact(file, backend, precision, spec.bound(backend, precision, BOUNDS[(backend, precision)]),
+                        task_bounds=dict(task.int8_bounds) if precision == "int8" and task.int8_bounds else {})
+
+    return [entry(*f) for f in files]
 
 
 def model_for(s: BuildSettings) -> tuple[nn.Module, ModelSpec, dict | None]:

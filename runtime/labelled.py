@@ -262,7 +262,7 @@ class KeypointLabels:
     def _order(self, names: list[str]) -> list[int]:
         """For each of the model's keypoints, its index among the labels' `names`."""
         model = self.task.names or names
-        if len(self.task.names or names) != len(names) or set(model) != set(names):
+        if len(model) != len(names) or set(model) != set(names):
             raise UserError(f"{self.source.name} labels the keypoints {', '.join(names)}; the model finds "
                             f"{', '.join(self.task.names) or f'{len(model)} unnamed ones'} (name them alike)")
         return [names.index(n) for n in model]
