@@ -78,7 +78,7 @@ def evaluation_lines(manifest: dict[str, Any]) -> list[str]:
             + ", ".join(f"{n} {d:g}" for n, d in e["max_drop"].items())
             + ". `python -m runtime verify` checks the same figures on a device.", "",
             markdown_table(("artifact", *names, "drop", "verdict"), table), "",
-            f"![each class's IoU, or each keypoint's error, on the labelled images]({LABELS_PLOT})", ""]
+            f"![each class's IoU, or each keypoint's error and their histogram, on the labelled images]({LABELS_PLOT})", ""]
 
 
 LABELS_PLOT = "labels.png"
@@ -94,10 +94,22 @@ def _save(fig, path) -> bool:
     return True
 
 
+def _grouped_bars(ax, groups: list[str], rows: dict[str, list[float | None]]) -> None:
+    """One bar per row in each group, side by side (None: no bar), with a legend."""
+    import numpy as np
+
+    width = 0.8 / len(rows)
+    for i, (row, values) in enumerate(rows.items()):
+        ax.bar(np.arange(len(groups)) + (i - (len(rows) - 1) / 2) * width,
+               [np.nan if v is None else v for v in values], width, label=row)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=30 if len(groups) > 5 else 0)
+    ax.legend(fontsize=7)
+
+
 def plot_labels(manifest: dict[str, Any], path) -> bool:
     """The labelled images' figures per class (a segmenter: IoU) or per keypoint (a detector: mean error in
-    pixels of the input), PyTorch FP32 and every artifact side by side, as a PNG at `path`; False where
-    the build had no labels."""
+    pixels of the input, beside a histogram of the keypoints' errors), PyTorch FP32 and every artifact side
+    by side, as a PNG at `path`; False where the build had no labels."""
     e = manifest.get("evaluation")
     if not e:
         return False
@@ -105,7 +117,6 @@ def plot_labels(manifest: dict[str, Any], path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rows = {"PyTorch FP32": e["reference"]} | {
         f"{a['backend']} {a['precision']}" + ("" if a in manifest["artifacts"] else " (not shipped)"):
@@ -114,16 +125,20 @@ def plot_labels(manifest: dict[str, Any], path) -> bool:
     task = manifest["spec"]["task"]
     key, what = (("iou", "IoU") if "iou" in e["reference"] else ("error_px_per_keypoint", "mean error, px"))
     names = task.get("names") or [str(i) for i in range(len(e["reference"][key]))]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4), dpi=110)
-    width = 0.8 / len(rows)
-    for i, (row, figures) in enumerate(rows.items()):
-        values = [np.nan if v is None else v for v in figures[key]]
-        ax.bar(np.arange(len(names)) + (i - (len(rows) - 1) / 2) * width, values, width, label=row)
-    ax.set_xticks(range(len(names)), names, fontsize=8, rotation=30 if len(names) > 5 else 0)
-    ax.set_ylabel(f"{what} on {e['images']} labelled images")
-    ax.set_title(f"{manifest['name']}: {what} per {'class' if key == 'iou' else 'keypoint'}, at the model's input "
-                 "size", fontsize=9)
-    ax.legend(fontsize=7)
+    histogram = "error_px_histogram" in e["reference"]
+    fig, axes = plt.subplots(1, 2 if histogram else 1, figsize=(max(6.0, 0.9 * len(names) + 2) + 5 * histogram, 4),
+                             dpi=110, squeeze=False)
+    _grouped_bars(axes[0][0], names, {row: figures[key] for row, figures in rows.items()})
+    axes[0][0].set_ylabel(f"{what} on {e['images']} labelled images")
+    axes[0][0].set_title(f"{manifest['name']}: {what} per {'class' if key == 'iou' else 'keypoint'}, at the model's "
+                         "input size", fontsize=9)
+    if histogram:  # how the keypoints' errors spread: a mean hides a few far misses
+        edges = task_of(manifest["spec"]).ERROR_BINS_PX
+        bins = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges, edges[1:])] + [f"{edges[-1]:g}+"]
+        _grouped_bars(axes[0][1], bins, {row: figures["error_px_histogram"] for row, figures in rows.items()})
+        axes[0][1].set_xlabel("error, px of the input")
+        axes[0][1].set_ylabel("labelled keypoints")
+        axes[0][1].set_title("histogram of the keypoints' errors", fontsize=9)
     return _save(fig, path)
 
 

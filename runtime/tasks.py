@@ -93,6 +93,7 @@ class Keypoints(Task):
     labels = "keypoints"
     truth_metrics = {"pck": "higher", "keypoint_error_px": "lower"}
     PCK_ALPHA = 0.05  # PCK@0.05: a keypoint within 5% of the image's side of the truth counts as found
+    ERROR_BINS_PX = (0, 1, 2, 4, 8, 16, 32, 64)  # the lower edges of the error histogram's bins, in pixels
 
     def __init__(self, settings, outputs):
         super().__init__(settings, outputs)
@@ -132,7 +133,8 @@ class Keypoints(Task):
 
     def metrics(self, targets, outputs):
         """Mean error in pixels and PCK@alpha (alpha of the image's side) over the labelled keypoints
-        (a truth of NaN, a keypoint not labelled, is not scored), and the mean error of each keypoint."""
+        (a truth of NaN, a keypoint not labelled, is not scored), the mean error of each keypoint, and how
+        many keypoints fall in each bin of error (`ERROR_BINS_PX`, the last bin open-ended)."""
         targets = np.asarray(targets, np.float64)
         labelled = ~np.isnan(targets).any(-1)
         every = np.linalg.norm((targets - np.asarray(outputs[self.output], np.float64)) * self.image_size / 2,
@@ -143,7 +145,8 @@ class Keypoints(Task):
         per_keypoint = np.where(labelled, every, 0).sum(0) / np.maximum(counts, 1)
         return {"keypoint_error_px": float(distance.mean()) if distance.size else float("nan"),
                 "pck": float((distance <= alpha * self.image_size).mean()) if distance.size else float("nan"),
-                "error_px_per_keypoint": [float(e) if n else None for e, n in zip(per_keypoint, counts)]}
+                "error_px_per_keypoint": [float(e) if n else None for e, n in zip(per_keypoint, counts)],
+                "error_px_histogram": np.histogram(distance, [*self.ERROR_BINS_PX, np.inf])[0].tolist()}
 
     def describe(self, figures):
         return f"kp {figures['keypoint_error_px']:.4f} px" if "keypoint_error_px" in figures else "-"

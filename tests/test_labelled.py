@@ -12,6 +12,7 @@ from PIL import Image
 import models
 import runtime
 from models.tasks import pet_sample
+from runtime.bundle import DEVICE_CHOICE
 from runtime.images import preprocess, upsampled_mask
 from runtime.labelled import IGNORE, confusion, read_label_map
 from runtime.tasks import mask_figures as figures, task_of
@@ -250,6 +251,27 @@ def test_the_labels_judge_what_ships_and_ride_in_the_bundle(judged):
     assert f"ok    8 labelled images in the bundle; PyTorch FP32 on them: miou {e['reference']['miou']:.4f}" in text
 
 
+def test_bench_choose_leaves_out_every_artifact_that_loses_more_than_the_allowance_on_the_labels(judged, tmp_path):
+    """The device chooses only among artifacts within the allowed drop on the bundle's labelled images. The
+    same bundle with an allowance no artifact can meet (each must gain a whole point of mIoU over PyTorch):
+    nothing is timed, and the one line names each artifact and its figure on the labels."""
+    import shutil
+
+    result, _ = judged
+    bundle = tmp_path / "bundle"
+    shutil.copytree(result.bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["evaluation"]["max_drop"] = {"miou": -1.0}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    chose = run("runtime", "bench", str(bundle), "--choose", "--runs", "5", "--warmup", "1")
+    line = one_line_exit_2(chose)
+    assert line.startswith(f"error: no artifact of {manifest['name']} runs within its bounds here: "), line
+    for a in manifest["artifacts"]:
+        assert f"{a['backend']} {a['precision']}: miou " in line
+    assert line.count("more than the allowed -1") == len(manifest["artifacts"]), line
+    assert not (bundle / DEVICE_CHOICE).exists()  # nothing chosen
+
+
 def test_an_artifact_is_held_to_the_allowed_drop_from_pytorchs_figures_on_the_labels():
     """Two pixels of 16 flipped from PyTorch's masks, on labels PyTorch matches but for one pixel: the drop
     is counted against PyTorch's own figures, and one over the allowance fails in one line."""
@@ -277,6 +299,25 @@ def test_an_artifact_is_held_to_the_allowed_drop_from_pytorchs_figures_on_the_la
         f"{truth.reference['miou']:.4f}, more than the allowed 0.05"]
     assert Parity([], truth=judged, max_drop={"miou": 0.5}).passed
     assert truth_text(judged, {"miou": 0.05}) == f"miou {judged['figures']['miou']:.4f} ({-drop:+.4f})"
+
+
+def test_a_detectors_figures_on_the_labels_count_each_keypoints_error_in_pixels_and_bin_them():
+    """Keypoints at known distances from their labels: the mean error, PCK (within 5% of the side) and the
+    histogram's counts follow from them; a keypoint without a label (NaN) is not counted."""
+    task = task_of(models.spec("dsc"))
+    k, side = len(task.names), task.image_size
+    targets = np.zeros((2, k, 2))
+    targets[1, 0] = np.nan  # not labelled
+    errors_px = np.linspace(0.5, 80, 2 * k).reshape(2, k)  # along x, in pixels of the input
+    outputs = {task.output: (targets + np.stack([errors_px * 2 / side, np.zeros_like(errors_px)], -1))}
+    found = task.metrics(targets, outputs)
+    scored = np.delete(errors_px.ravel(), k)
+    assert found["keypoint_error_px"] == pytest.approx(scored.mean())
+    assert found["pck"] == pytest.approx((scored <= 0.05 * side).mean())
+    assert found["error_px_per_keypoint"][0] == pytest.approx(errors_px[0, 0])  # its one labelled figure
+    assert sum(found["error_px_histogram"]) == 2 * k - 1
+    assert found["error_px_histogram"] == np.histogram(scored, [*task.ERROR_BINS_PX, np.inf])[0].tolist()
+    assert found["error_px_histogram"][-1] == (scored >= task.ERROR_BINS_PX[-1]).sum() > 0  # the open last bin
 
 
 def figure_pictures(count: int) -> list[Image.Image]:
