@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runtime.bundle import BACKENDS
+from runtime.bundle import BACKENDS, SIGNATURE
 from runtime.errors import Parser, UserError
 
 from .pack import DEFAULT_GLIBC, TARGETS, archive_member, pack
@@ -35,8 +35,8 @@ errors = _console(stderr=True)
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (_build_command, _pack_command, _deploy_command, _diagnose_command, _int8_command, _study_command,
-                    _compete_command, _evaluate_command, _list_command):
+    for command in (_build_command, _pack_command, _deploy_command, _signing_commands, _diagnose_command,
+                    _int8_command, _study_command, _compete_command, _evaluate_command, _list_command):
         command(sub)
     return parser
 
@@ -52,6 +52,8 @@ def _build_command(sub) -> None:
                    help=f"comma-separated subset of {','.join(BACKENDS)} (default: both)")
     b.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
     b.add_argument("--pack", action="store_true", help="also write <out>/<name>.tar.gz to copy to a device")
+    b.add_argument("--sign", type=Path, metavar="KEY", help="sign the bundle's manifest with this ed25519 private "
+                   "key (python -m export keygen); devices check it with runtime verify --trust KEY.pub")
     b.add_argument("--no-rewrites", dest="rewrites", action="store_false",
                    help="leave the simplified graph as it is (default: apply the graph rewrites that do less work)")
     b.add_argument("--tune-budget", type=float, default=2.0, metavar="SECONDS",
@@ -139,7 +141,20 @@ def _deploy_command(sub) -> None:
                    help="trust a device's host key on first contact (a changed key is still refused)")
     d.add_argument("--bench", action="store_true", help="also time every artifact there and keep the device's choice")
     d.add_argument("--force", action="store_true", help="copy the kit again even where the same kit is installed")
+    d.add_argument("--trust", type=Path, metavar="KEY.pub",
+                   help="send only a bundle this key signed, and make each device trust it (PATH/trusted.pub): "
+                        "from then on its installer refuses any bundle the key did not sign")
     d.add_argument("--json", action="store_true", help="print every device's results as JSON")
+
+
+def _signing_commands(sub) -> None:
+    k = sub.add_parser("keygen", help="write an ed25519 key pair to sign bundles with: KEY and KEY.pub")
+    k.add_argument("--out", type=Path, required=True, metavar="KEY",
+                   help="the private key's file (mode 0600; the public key goes to KEY.pub)")
+    s = sub.add_parser("sign", help="sign a bundle's manifest (manifest.sig) so devices can check who made it")
+    s.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
+    s.add_argument("key", type=Path, help="the ed25519 private key (python -m export keygen, or ssh-keygen -t "
+                                          "ed25519); a passphrase from EDGE_EXPORT_KEY_PASSPHRASE")
 
 
 def _diagnose_command(sub) -> None:
@@ -328,6 +343,9 @@ def cmd_build(args) -> int:
         _print_failure(result)
         return 1
     console.print(f"Bundle: {result.bundle}  ({time.perf_counter() - start:.1f} s)")
+    if result.signed_by:
+        console.print(f"Signed by {result.signed_by} ({SIGNATURE}; devices check it with runtime verify --trust "
+                      f"{args.sign}.pub)", markup=False, soft_wrap=True)
     _print_replaced(result)
     if args.pack:
         _print_packed(pack(result.bundle))
@@ -348,7 +366,7 @@ def _build_settings(args):
         int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
         tune_budget=args.tune_budget, memory=args.memory, memory_budget=args.memory_budget,
         data=args.data, max_drop=parse_max_drop(args.max_drop), eval_samples=args.eval_samples,
-        ignore_index=args.ignore_index, label_map=args.label_map,
+        ignore_index=args.ignore_index, label_map=args.label_map, sign=args.sign,
     )
     check_settings(settings)
     return settings
@@ -456,6 +474,25 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def cmd_keygen(args) -> int:
+    from .signing import keygen
+
+    public, fingerprint = keygen(args.out)
+    console.print(f"Key pair: {args.out} (private: keep it off devices and out of bundles) and {public} "
+                  f"({fingerprint}). Sign with: python -m export sign BUNDLE {args.out}; devices trust {public}.",
+                  markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from .signing import sign
+
+    signer = sign(args.bundle, args.key)
+    console.print(f"Signed {args.bundle} by {signer}: {args.bundle / SIGNATURE}. On a device: python -m runtime "
+                  f"verify BUNDLE --trust {args.key}.pub", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_deploy(args) -> int:
     from runtime.cli import format_table
 
@@ -470,7 +507,7 @@ def cmd_deploy(args) -> int:
         if not args.to:
             return 0
     results = deploy(args.bundle, args.to, args.identity, args.known_hosts, args.accept_new_host_key,
-                     args.bench, args.force)
+                     args.bench, args.force, args.trust)
     if args.json:
         import dataclasses
 
@@ -722,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "deploy": cmd_deploy,
                 "diagnose": cmd_diagnose, "int8": cmd_int8, "study": cmd_study, "compete": cmd_compete,
-                "evaluate": cmd_evaluate}[args.command](args)
+                "evaluate": cmd_evaluate, "keygen": cmd_keygen, "sign": cmd_sign}[args.command](args)
     except UserError as err:
         errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2

@@ -14,7 +14,12 @@ The system's OpenSSH does the talking. Host keys are always checked
 (`StrictHostKeyChecking=yes`; first contact only with `accept_new_host_key`),
 `BatchMode=yes` means no password is ever asked for or passed, every path sent
 to the device is quoted, and what runs there is fixed: the probe, mkdir, tar,
-the kit's install.sh and the runtime's own commands.
+the kit's install.sh and the runtime's own commands. A server without an SFTP
+subsystem gets the kit by the original SCP protocol (`scp -O`).
+
+With `trust` (a public key), only a bundle that key signed is sent; each device is
+made to trust the key (PATH/trusted.pub, unless it trusts another, which is
+refused), so its installer and `verify --trust` refuse anything the key did not sign.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from runtime.cli import format_table, peak_text
 from runtime.compare import truth_text
 from runtime.errors import UserError
 from runtime.files import atomic_file
-from runtime.kit import KIT, LAUNCHER, glibc_too_old, version_tuple
+from runtime.kit import KIT, LAUNCHER, TRUSTED, glibc_too_old, version_tuple
+from runtime.signing import check_trusted
 
 from .manifest import update_manifest
 from .pack import TARGETS, archive_member, pack_kit
@@ -107,11 +113,25 @@ class Ssh:
         return done
 
     def copy(self, local: Path, remote: str) -> None:
+        """`scp`, which speaks SFTP since OpenSSH 9.0; where the device's server has no SFTP subsystem
+        (Dropbear, a trimmed sshd), again with the original SCP protocol (`scp -O`)."""
         port = ["-P", str(self.device.port)] if self.device.port else []
-        done = subprocess.run(["scp", "-q", *self._options(), *port, str(local), f"{self.device.login}:{remote}"],
-                              capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise DeviceError(f"copying the kit failed: {self._why(done.stderr)}")
+        tried = []
+        for legacy in ([], ["-O"]):
+            done = subprocess.run(["scp", "-q", *legacy, *self._options(), *port, str(local),
+                                   f"{self.device.login}:{remote}"],
+                                  capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+            if done.returncode == 0:
+                return
+            tried.append(done.stderr)
+            # OpenSSH's scp says only this (at LogLevel ERROR) when the server refuses the SFTP subsystem
+            if "scp: Connection closed" not in done.stderr and "subsystem request failed" not in done.stderr:
+                break  # not the missing SFTP server: the original protocol would fail the same way
+        if len(tried) == 2:
+            raise DeviceError(f"copying the kit failed: the device's SSH server has no SFTP subsystem, and the "
+                              f"original SCP protocol (scp -O) failed too: {self._why(tried[1])}; add `Subsystem "
+                              "sftp` to its sshd_config, or install scp there")
+        raise DeviceError(f"copying the kit failed: {self._why(tried[0])}")
 
     def _why(self, stderr: str) -> str:
         host = self.device.host + (f" port {self.device.port}" if self.device.port else "")
@@ -240,7 +260,22 @@ def _json_of(done: subprocess.CompletedProcess, what: str) -> dict:
         raise DeviceError(f"{what} failed there: {_last(done.stderr or done.stdout)}") from None
 
 
-def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool) -> DeviceResult:
+def trust_there(ssh: Ssh, key_line: str, fingerprint: str) -> str:
+    """Make the device trust the signing key `key_line` (an OpenSSH public key line): written to
+    PATH/trusted.pub where the device trusts none yet; a device that trusts another key is left as it is and
+    refused. The path of the key there."""
+    path = f"{ssh.device.path}/{TRUSTED}"
+    done = ssh.run(f'f={shlex.quote(path)}; [ -f "$f" ] || printf "%s\\n" {shlex.quote(key_line)} > "$f"; cat "$f"')
+    there = done.stdout.split()[:2]
+    if there != key_line.split()[:2]:
+        raise DeviceError(f"the device trusts another signing key ({' '.join(there)[:40] or 'unreadable'}...) in "
+                          f"{path}, not {fingerprint}: refused; remove that file there if the device is to trust "
+                          "the new key")
+    return path
+
+
+def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool,
+               trust: tuple[str, str] | None = None) -> DeviceResult:
     result = DeviceResult(device.label, at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     try:
         p = probe(ssh)
@@ -269,6 +304,7 @@ def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool) 
             if unpack.returncode != 0:
                 raise DeviceError(f"unpacking the kit failed: {_last(unpack.stderr)}")
             result.copied = True
+        trusted = trust_there(ssh, *trust) if trust else None  # the installer then refuses what it did not sign
         install = ssh.run(f"sh {q(folder + '/install.sh')}")
         if install.returncode != 0:
             raise DeviceError(f"install failed: {_last(install.stderr or install.stdout).removeprefix('error: ')}")
@@ -276,7 +312,8 @@ def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool) 
         bundle_there = q(f"{folder}/{kit['bundle']}")
         result.doctor = _json_of(ssh.run(f"{runtime} doctor {bundle_there} --json"), "doctor")
         result.machine = result.doctor["machine"]
-        result.verify = _json_of(ssh.run(f"{runtime} verify {bundle_there} --json"), "verify")
+        checked = ssh.run(f"{runtime} verify {bundle_there} --json" + (f" --trust {q(trusted)}" if trusted else ""))
+        result.verify = _json_of(checked, "verify")
         if bench and not result.verify["file_problems"]:
             done = ssh.run(f"{runtime} bench {bundle_there} --choose --json")
             result.bench = _json_of(done, "bench --choose") if done.returncode == 0 else {"error": _last(done.stderr)}
@@ -294,8 +331,10 @@ def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool) 
 
 
 def deploy(bundle_dir: str | Path, to: list[str], identity: Path | None = None, known_hosts: Path | None = None,
-           accept_new_host_key: bool = False, bench: bool = False, force: bool = False) -> list[DeviceResult]:
-    """Deploy to every device in `to`, concurrently; results kept under BUNDLE/devices/."""
+           accept_new_host_key: bool = False, bench: bool = False, force: bool = False,
+           trust: Path | None = None) -> list[DeviceResult]:
+    """Deploy to every device in `to`, concurrently; results kept under BUNDLE/devices/. With `trust` (a
+    public key), only a bundle that key signed is sent, and each device is made to trust that key alone."""
     devices = [Device.parse(t) for t in to]
     if len({d.stem for d in devices}) < len(devices):
         raise UserError("--to names the same device twice; give each device once")
@@ -306,10 +345,13 @@ def deploy(bundle_dir: str | Path, to: list[str], identity: Path | None = None, 
     if problems:
         raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest ({'; '.join(problems)}); "
                         "rebuild it before deploying")
+    signer = None
+    if trust is not None:  # refused here, before any device is touched
+        signer = (" ".join(Path(trust).read_text().split()[:2]), check_trusted(bundle.path, trust))
     kits = _Kits(bundle)
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
         results = list(pool.map(lambda d: deploy_one(d, Ssh(d, identity, known_hosts, accept_new_host_key),
-                                                     kits, bench, force), devices))
+                                                     kits, bench, force, signer), devices))
     folder = bundle.path / DEVICES
     folder.mkdir(exist_ok=True)
     for device, result in zip(devices, results):
@@ -367,8 +409,9 @@ def rows(results: list[DeviceResult]) -> list[list[str]]:
 
 
 def status_line(r: DeviceResult) -> str:
+    signed = f", signed by {r.verify['signed_by']}" if r.verify.get("signed_by") else ""
     line = f"{'ok    ' if r.ok else 'FAILED'} {r.device}: " + (r.reason or (
-        ("kit copied and installed" if r.copied else "the same kit was there") + ", verify passed"))
+        ("kit copied and installed" if r.copied else "the same kit was there") + f", verify passed{signed}"))
     if r.last_good:
         good = DeviceResult(**r.last_good)
         line += (f" (at {r.at}); its rows are from its last run with figures, at {good.at}"

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import runtime
-from runtime.bundle import MANIFEST, Bundle, sha256
+from runtime.bundle import MANIFEST, SIGNATURE, Bundle, sha256
 from runtime.errors import UserError, check_choice, check_folder
 from runtime.files import atomic_file
 from runtime.kit import KIT, LAUNCHER, SUMS
@@ -57,7 +57,7 @@ OLDEST_GLIBC = (2, 17)  # manylinux2014, the oldest tag current wheels carry
 # legacy manylinux tags and the glibc they stand for
 LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 INSTALL_SH = """#!/bin/sh
-# Install this kit offline (nothing is fetched): sh install.sh
+# Install this kit offline (nothing is fetched): sh install.sh [--trust KEY.pub]
 # It checks the device (architecture, Python {python}, glibc, CPU) and every file's sha256,
 # installs the wheels into lib/ and writes ./{launcher}; then: ./{launcher} verify {bundle}
 set -eu
@@ -66,7 +66,7 @@ if ! command -v python3 >/dev/null 2>&1; then
     echo "error: no python3 on this device; this kit needs Python {python} (Debian, Ubuntu, Raspberry Pi OS: apt install python3)" >&2
     exit 2
 fi
-exec python3 "$here/lib/runtime/kit.py"
+exec python3 "$here/lib/runtime/kit.py" "$@"
 """
 
 
@@ -107,10 +107,15 @@ def pack(bundle_dir: str | Path, dest: str | Path | None = None, target: str | N
     name = bundle.path.resolve().name
     archive = _destination(bundle, dest) / f"{name}.tar.gz"
     with atomic_file(archive) as partial, tarfile.open(partial, "w:gz") as tar:
-        for file in sorted([*bundle.manifest["files"], MANIFEST]):
+        for file in sorted([*bundle.manifest["files"], *_manifest_files(bundle)]):
             tar.add(bundle.path / file, arcname=f"{name}/{file}", filter=_normalise)
     _write_checksum(archive)
     return archive
+
+
+def _manifest_files(bundle: Bundle) -> list[str]:
+    """The manifest, and its signature where the bundle is signed."""
+    return [MANIFEST, *([SIGNATURE] if (bundle.path / SIGNATURE).is_file() else [])]
 
 
 def wheel_floor(filename: str) -> tuple[int, int] | None:
@@ -137,7 +142,8 @@ def _parse_glibc(text: str) -> tuple[int, int]:
 def requirements(bundle: Bundle) -> list[str]:
     """What the runtime needs on the device for this bundle, pinned to the versions it was proven with."""
     proven = bundle.manifest.get("versions", {})
-    names = ["numpy", *sorted({a.backend for a in bundle.artifacts}), "pillow"]
+    signed = ["cryptography"] if (bundle.path / SIGNATURE).is_file() else []  # the device checks the signature
+    names = ["numpy", *sorted({a.backend for a in bundle.artifacts}), "pillow", *signed]
     pins = []
     for name in names:
         version = proven.get(name)
@@ -197,7 +203,7 @@ def pack_kit(bundle_dir: str | Path, target: str, dest: str | Path | None = None
             "packed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         update_manifest(bundle.path, targets={**bundle.manifest.get("targets", {}), target: description})
         bundle = Bundle.open(bundle.path)
-        for file in sorted([*bundle.manifest["files"], MANIFEST]):
+        for file in sorted([*bundle.manifest["files"], *_manifest_files(bundle)]):
             (kit_dir / name / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(bundle.path / file, kit_dir / name / file)
         source = Path(runtime.__file__).parent
@@ -210,6 +216,7 @@ def pack_kit(bundle_dir: str | Path, target: str, dest: str | Path | None = None
                          [*wheels.glob("*.whl"), *(kit_dir / "lib" / "runtime").glob("*.py")]]
         # what the device holds, but for the manifest and report.md (which pack and deploy add to)
         content = [f"{f} {h}" for f, h in bundle.manifest["files"].items() if f != "report.md"]
+        content += [f"{f} {sha256(bundle.path / f)}" for f in _manifest_files(bundle)[1:]]  # a new signature: a new kit
         kit = {"kit": 1, "name": name, "bundle": name, "target": target, "machine": t.machine, **description,
                "pip": next(w for w in floors if w.startswith("pip-")),
                "runtime_digest": _digest(runtime_files), "digest": _digest(runtime_files + content)}

@@ -57,6 +57,7 @@ class BuildResult:
     passed: bool
     failures: list[str]
     replaced: dict[str, Any] | None = None  # the manifest of the bundle this one replaced
+    signed_by: str | None = None  # the fingerprint of the key that signed it (`--sign`)
 
 
 
@@ -147,6 +148,10 @@ def build_model(module: nn.Module, spec: ModelSpec, s: BuildSettings, stage: Sta
     try:
         result = _build_into(tmp, s, spec, model, stats, stage, checkpoint_read)
         if result.passed:
+            if s.sign is not None:  # signed before it is published: no moment without its signature
+                from .signing import sign
+
+                result.signed_by = sign(tmp, s.sign)
             result.replaced = _manifest_of(out / name)
             publish(tmp, out / name)
             result.bundle = out / name

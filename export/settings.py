@@ -98,6 +98,7 @@ class BuildSettings:
     max_drop: Mapping[str, float] = field(default_factory=dict)
     ignore_index: int = 255
     label_map: Path | None = None
+    sign: Path | None = None  # the private key that signs the finished bundle's manifest (`export.signing`)
     seed: int = 0
     golden_batch: int = 2
     warmup: int = 10
@@ -145,6 +146,10 @@ def check_settings(s: BuildSettings) -> None:
         spec, task = None, TASKS[s.model.task.get("kind", "none")]  # a user's spec is known once it is exported
     check_options(s)
     check_data(s, task, spec)
+    if s.sign is not None:  # a key that cannot sign is refused now, not after the build
+        from .signing import load_private_key
+
+        load_private_key(s.sign)
 
 
 def max_drop(s: BuildSettings, task) -> dict[str, float]:

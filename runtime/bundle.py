@@ -30,7 +30,8 @@ MANIFEST_KEYS = (
 # What a device writes beside the hashed files, in the bundle's folder: never hashed, never packed.
 DEVICE_CHOICE = "device-choice.json"  # the artifact `runtime bench --choose` measured fastest, per CPU signature
 DEVICES = "devices"  # `python -m export deploy`'s results, one JSON file per device
-UNHASHED = (MANIFEST, DEVICE_CHOICE, DEVICES)
+SIGNATURE = "manifest.sig"  # `python -m export sign`'s signature of the manifest (runtime.signing); packed with it
+UNHASHED = (MANIFEST, DEVICE_CHOICE, DEVICES, SIGNATURE)
 
 
 def sha256(path: Path) -> str:

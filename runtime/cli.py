@@ -58,11 +58,18 @@ def cmd_verify(args) -> int:
     from .verify import verify
 
     bundle = Bundle.open(args.bundle)
+    signer = None
+    if args.trust is not None:  # nothing of a bundle its key did not sign is run
+        from .signing import check_signature
+
+        signer = check_signature(bundle.path, bundle.manifest, args.trust)
     task = task_of(bundle.spec)
     result = verify(bundle, threads=args.threads)
     if args.json:
-        print(json.dumps(result.to_dict(task), indent=2))
+        print(json.dumps({**result.to_dict(task), **({"signed_by": signer} if signer else {})}, indent=2))
         return 0 if result.passed else 1
+    if signer:
+        print(f"ok    manifest signed by {signer}, the trusted key of {args.trust}")
     for problem in result.file_problems:
         print(f"FAIL  {problem}")
     if not result.file_problems:
@@ -423,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("bundle")
     v.add_argument("--threads", type=positive)
     v.add_argument("--json", action="store_true", help="print the checks as JSON")
+    v.add_argument("--trust", type=Path, metavar="KEY.pub",
+                   help="run nothing unless the bundle is signed by this public key (python -m export sign) "
+                        "and unchanged since")
     b = sub.add_parser("bench", help="latency of one artifact")
     b.add_argument("bundle")
     b.add_argument("--backend", help=f"one of {', '.join(BACKENDS)} (default: the build's recommendation)")

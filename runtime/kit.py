@@ -6,6 +6,13 @@ kit was packed for (architecture, Python, glibc, CPU features) and that every
 file matches SHA256SUMS, then installs the kit's wheels into `lib/` with the
 pip wheel the kit carries (`--no-index`: nothing is fetched), and writes the
 `edge-runtime` launcher. Each refusal is one line on stderr and exit code 2.
+
+A device that trusts a signing key (`sh install.sh --trust KEY.pub`, or `trusted.pub` in the
+folder the kit was unpacked into, where `export deploy --trust` puts it) installs only a
+bundle that key signed, whose files match the signed manifest (`runtime.signing`): an
+unsigned bundle, another key's, a forged signature or a manifest changed after signing
+is refused before the launcher is written. The check runs with the kit's own wheels (the
+`cryptography` package a signed bundle's kit carries), once they are installed into lib/.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ KIT = "kit.json"
 SUMS = "SHA256SUMS"
 INSTALLED = ".installed"
 LAUNCHER = "edge-runtime"
+TRUSTED = "trusted.pub"  # beside the kits: the key a device requires their bundles be signed by
 
 
 class KitError(Exception):
@@ -105,16 +113,40 @@ def check_files(folder: Path, skip: str | None = None) -> list[str]:
     return problems
 
 
-def install(folder: Path) -> str:
+def trusted_key(folder: Path, given: str | None) -> Path | None:
+    """The key this device requires the bundle be signed by: `--trust`'s, else `trusted.pub` beside the
+    kit's folder where it exists, else none."""
+    if given:
+        if not Path(given).is_file():
+            raise KitError(f"--trust {given!r} is not a file; pass the public key the bundles are signed with")
+        return Path(given)
+    default = folder.parent / TRUSTED
+    return default if default.is_file() else None
+
+
+def check_trust(folder: Path, kit: dict, key: Path) -> str:
+    """The signature check of `runtime.signing`, run with the kit's installed wheels."""
+    env = {**os.environ, "PYTHONPATH": str(folder / "lib")}
+    done = subprocess.run([sys.executable, "-m", "runtime.signing", str(folder / kit["bundle"]), str(key)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise KitError(last.removeprefix("error: "))
+    return done.stdout.strip()
+
+
+def install(folder: Path, trust: str | None = None) -> str:
     kit = json.loads((folder / KIT).read_text())
     marker = folder / "lib" / INSTALLED
     installed = marker.is_file() and marker.read_text().strip() == kit["runtime_digest"]
+    key = trusted_key(folder, trust)
     # once installed, the bundle's files are verify's to check (it names the artifact a change breaks)
     problems = check_device(kit) + check_files(folder, skip=kit["bundle"] if installed else None)
     if problems:
         raise KitError("; ".join(problems))
     if installed:
-        return f"already installed in {folder / 'lib'}"
+        signed = f"; {check_trust(folder, kit, key)}" if key else ""
+        return f"already installed in {folder / 'lib'}{signed}"
     pip = folder / "wheels" / kit["pip"] / "pip"
     command = [sys.executable, str(pip), "install", "--isolated", "--no-index", "--find-links",
                str(folder / "wheels"), "--target", str(folder / "lib"), "--no-compile", "--upgrade",
@@ -123,19 +155,24 @@ def install(folder: Path) -> str:
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
         raise KitError(f"pip could not install the kit's wheels offline: {last}")
+    signed = f"; {check_trust(folder, kit, key)}" if key else ""
     launcher = folder / LAUNCHER
     launcher.write_text('#!/bin/sh\n# edge-export runtime of this kit; no network, no torch\n'
                         'here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)\n'
                         f'PYTHONPATH="$here/lib${{PYTHONPATH:+:$PYTHONPATH}}" exec {sys.executable} -m runtime "$@"\n')
     launcher.chmod(0o755)
     marker.write_text(kit["runtime_digest"] + "\n")
-    return f"installed {len(kit['requirements'])} packages and the runtime in {folder / 'lib'}"
+    return f"installed {len(kit['requirements'])} packages and the runtime in {folder / 'lib'}{signed}"
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     folder = Path(__file__).resolve().parent.parent.parent  # <kit>/lib/runtime/kit.py
+    if argv and (len(argv) != 2 or argv[0] != "--trust"):
+        print("error: install.sh takes no arguments but --trust KEY.pub (the public key the bundle must be "
+              "signed with)", file=sys.stderr)
+        return 2
     try:
-        done = install(folder)
+        done = install(folder, argv[1] if argv else None)
     except KitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -145,4 +182,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -67,16 +67,17 @@ class SshServers:
         self.homes: list[Path] = []
         self.mounts: list[Path] = []
 
-    def start(self, path: str = "/usr/bin:/bin") -> int:
-        """A new sshd whose sessions get PATH=`path`; returns its port."""
+    def start(self, path: str = "/usr/bin:/bin", sftp: bool = True) -> int:
+        """A new sshd whose sessions get PATH=`path` (and, unless `sftp` is False, an SFTP subsystem, which
+        Dropbear and trimmed servers lack); returns its port."""
         port = free_port()
         config = self.folder / f"sshd-{port}.conf"
         config.write_text("\n".join([
             f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {self.folder / 'host_key'}",
             f"PidFile {self.folder / f'sshd-{port}.pid'}", f"AuthorizedKeysFile {self.folder / 'authorized_keys'}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
-            "StrictModes no", "UsePAM no", f"AllowUsers {USER}", "Subsystem sftp /usr/lib/openssh/sftp-server",
-            f"SetEnv PATH={path}", ""]))
+            "StrictModes no", "UsePAM no", f"AllowUsers {USER}",
+            *(["Subsystem sftp /usr/lib/openssh/sftp-server"] if sftp else []), f"SetEnv PATH={path}", ""]))
         process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
         self.processes.append(process)
         for _ in range(100):
@@ -120,11 +121,14 @@ class SshServers:
             _run("userdel", "--remove", USER)
 
 
-def tools_without_python(folder: Path) -> Path:
-    """A folder of the commands a device without Python has (a PATH with no python3 on it)."""
+def tools_without_python(folder: Path, python: bool = False) -> Path:
+    """A folder of the commands a device without Python has (a PATH with no python3 on it, and no scp);
+    with `python`, python3 too: a device that has Python but no scp."""
     folder.mkdir(parents=True, exist_ok=True)
     for tool in ("sh", "uname", "getconf", "mkdir", "df", "tail", "cat", "tar", "gzip", "rm"):
         (folder / tool).symlink_to(shutil.which(tool))
+    if python:  # the system's, as a device has it (not this test's virtual environment)
+        (folder / "python3").symlink_to(shutil.which("python3", path="/usr/bin:/bin"))
     folder.chmod(0o755)
     return folder
 

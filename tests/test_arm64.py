@@ -26,12 +26,17 @@ from tests.devices import arm64_root, in_arm64
 def arm64(tmp_path_factory):
     from models.labelled import write_heldout
 
+    from export.signing import keygen
+
     root = arm64_root()
     out = tmp_path_factory.mktemp("arm64")
     figures = write_heldout("dsc", tmp_path_factory.mktemp("figures") / "dsc", 4)
+    key = tmp_path_factory.mktemp("keys") / "release"
+    public, _ = keygen(key)
     # random weights, as a first build has: FP16 and INT8 ship where they are within the allowed PCK drop
     made = build(BuildSettings(variant="dsc", out=out, quantize="int8", int8_anyway=True, int8_budget=5,
-                               calib_samples=4, warmup=1, runs=5, tune_budget=0, data=figures, eval_samples=4))
+                               calib_samples=4, warmup=1, runs=5, tune_budget=0, data=figures, eval_samples=4,
+                               sign=key))
     assert made.passed, made.failures
     bundle = made.bundle
     kit = pack(bundle, target="linux-aarch64", python="3.11")
@@ -39,22 +44,49 @@ def arm64(tmp_path_factory):
     with tarfile.open(kit) as tar:
         tar.extractall(root / inside.lstrip("/"), filter="data")
     folder = f"{inside}/dsc-linux-aarch64"
+    shutil.copy(public, root / inside.lstrip("/") / "trusted.pub")  # the key this board trusts
     try:
         installed = in_arm64(root, f"sh {folder}/install.sh")
         doctor = in_arm64(root, f"{folder}/edge-runtime doctor {folder}/dsc --json")
-        verified = in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc --json")
+        verified = in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc --json --trust {inside}/trusted.pub")
         table = in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc")
         offline = in_arm64(root, "python3 -c \"import socket; socket.create_connection(('151.101.2.132', 80), 5)\"")
-        yield bundle, installed, doctor, (verified, table), offline
+        refused = {}
+        for tamper in ("unsigned", "forged", "edited"):  # copies of the installed bundle, each spoilt one way
+            copy = root / inside.lstrip("/") / tamper / "dsc"
+            shutil.copytree(root / folder.lstrip("/") / "dsc", copy)
+            spoil(copy, tamper)
+            refused[tamper] = in_arm64(root, f"{folder}/edge-runtime verify {inside}/{tamper}/dsc "
+                                             f"--trust {inside}/trusted.pub")
+        yield bundle, installed, doctor, (verified, table), offline, (inside, refused)
     finally:
         shutil.rmtree(root / inside.lstrip("/"), ignore_errors=True)
 
 
+def spoil(bundle, how: str) -> None:
+    """Remove the signature, flip a bit of it, or loosen the bounds in the manifest after signing."""
+    import base64
+
+    if how == "unsigned":
+        (bundle / "manifest.sig").unlink()
+    elif how == "forged":
+        found = json.loads((bundle / "manifest.sig").read_text())
+        raw = bytearray(base64.b64decode(found["signature"]))
+        raw[-1] ^= 1
+        (bundle / "manifest.sig").write_text(json.dumps({**found, "signature": base64.b64encode(raw).decode()}))
+    else:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        for a in manifest["artifacts"]:
+            a["bound"] = 1.0
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_the_kit_installs_in_an_arm64_debian_with_no_network(arm64):
-    _, installed, doctor, _, offline = arm64
+    _, installed, doctor, _, offline, _ = arm64
     assert offline.returncode != 0 and "Network is unreachable" in offline.stderr, offline.stderr
     assert installed.returncode == 0, installed.stderr
-    assert "installed 4 packages and the runtime" in installed.stdout
+    # numpy, both backends, pillow and cryptography (the bundle is signed), then the signature checked there
+    assert "installed 5 packages and the runtime" in installed.stdout and "; signed by SHA256:" in installed.stdout
     report = json.loads(doctor.stdout)
     assert report["machine"]["machine"] == "aarch64" and report["machine"]["glibc"] == "2.36"
     assert report["machine"]["python"].startswith("3.11.")
@@ -65,7 +97,7 @@ def test_every_artifact_the_build_ships_passes_on_arm64_or_fails_with_the_backen
     """Each artifact passes within the bound the build stored (not one loosened for the device),
     or is a FAIL row that says why its backend cannot run it there; the exit code is non-zero
     only for such a failure, and no traceback reaches the user either way."""
-    bundle, _, _, (verified, table), _ = arm64
+    bundle, _, _, (verified, table), _, _ = arm64
     assert "Traceback" not in verified.stderr + table.stderr, verified.stderr + table.stderr
     result = json.loads(verified.stdout)
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -98,3 +130,17 @@ def test_every_artifact_the_build_ships_passes_on_arm64_or_fails_with_the_backen
                    for line in table.stdout.splitlines()), table.stdout
     # FP32 on both backends is what a board can always fall back on
     assert checked["onnxruntime", "fp32"]["status"] == checked["openvino", "fp32"]["status"] == "pass", checked
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ("unsigned", "error: bundle dsc is not signed, and the key in {inside}/trusted.pub must have signed it"),
+    ("forged", "error: bundle dsc's signature does not verify with the trusted key SHA256:"),
+    ("edited", "error: bundle dsc's manifest.json changed after it was signed"),
+])
+def test_the_board_refuses_a_bundle_its_trusted_key_did_not_sign_as_it_is(arm64, tamper, message):
+    bundle, _, _, (verified, _), _, (inside, refused) = arm64
+    assert json.loads(verified.stdout)["signed_by"].startswith("SHA256:")  # the signed bundle itself passes
+    done = refused[tamper]
+    text = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2 and len(text.splitlines()) == 1 and "Traceback" not in text, text
+    assert text.startswith(message.format(inside=inside)), text

@@ -132,14 +132,16 @@ def failing(servers, bundle):
     old = servers.start(path=f"{old_glibc_tools(tools / 'old')}:/usr/bin:/bin")
     unknown_host = servers.start()
     small = servers.start()
-    for port in (good, no_python, old, small):
+    no_transfer = servers.start(path=str(tools_without_python(tools / "no-scp", python=True)), sftp=False)
+    for port in (good, no_python, old, small, no_transfer):
         servers.trust(port)
     devices = {"good": f"edge-device@127.0.0.1:{good}{servers.device_folder()}",
                "no_python": f"edge-device@127.0.0.1:{no_python}{servers.device_folder()}",
                "old_glibc": f"edge-device@127.0.0.1:{old}{servers.device_folder()}",
                "unknown_host": f"edge-device@127.0.0.1:{unknown_host}",
                "full_disk": f"edge-device@127.0.0.1:{small}{servers.small_disk()}",
-               "unreachable": "edge-device@127.0.0.1:1"}
+               "unreachable": "edge-device@127.0.0.1:1",
+               "no_transfer": f"edge-device@127.0.0.1:{no_transfer}{servers.device_folder()}"}
     result = deploy(bundle, servers, *devices.values())
     wrong_key = deploy(bundle, servers, f"edge-device@127.0.0.1:{good}",
                        extra=("--identity", str(servers.stranger_key)))
@@ -154,6 +156,8 @@ def failing(servers, bundle):
                      "--accept-new-host-key to trust it on this first contact"),
     ("full_disk", "not enough disk at '/tmp/edge-device-"),
     ("unreachable", "127.0.0.1 port 1 is unreachable (connect to host 127.0.0.1 port 1: Connection refused)"),
+    ("no_transfer", "copying the kit failed: the device's SSH server has no SFTP subsystem, and the original SCP "
+                    "protocol (scp -O) failed too: "),
 ])
 def test_each_broken_device_gets_its_reason_and_the_others_go_on(failing, device, reason):
     devices, result, _ = failing
@@ -227,3 +231,74 @@ def test_bad_deploy_arguments_are_refused_before_any_connection(bundle, args, me
     result = subprocess.run([sys.executable, "-m", "export", "deploy", str(bundle), *args],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+
+
+@pytest.fixture(scope="module")
+def signed_fleet(servers, built, tmp_path_factory):
+    """The dsc bundle signed, deployed with --trust to three devices at once: one whose sshd has no SFTP
+    subsystem (as Dropbear has none), one that already trusts another key, one as any; then the unsigned
+    bundle to that last one, which now trusts the key, without --trust."""
+    from export.signing import keygen, sign
+    from runtime.kit import TRUSTED
+
+    keys = tmp_path_factory.mktemp("keys")
+    release, _ = keygen(keys / "release")
+    stranger, _ = keygen(keys / "stranger")
+    signed = tmp_path_factory.mktemp("signed") / "dsc"
+    unsigned = tmp_path_factory.mktemp("unsigned") / "dsc"
+    for copy in (signed, unsigned):
+        shutil.copytree(built("dsc").bundle, copy)
+    signer = sign(signed, keys / "release")
+    ports = {"no_sftp": servers.start(sftp=False), "other_key": servers.start(), "plain": servers.start()}
+    devices = {}
+    for name, port in ports.items():
+        servers.trust(port)
+        folder = servers.device_folder()
+        devices[name] = f"edge-device@127.0.0.1:{port}{folder}"
+    other = Path("/" + devices["other_key"].split("/", 1)[1]) / TRUSTED
+    shutil.copy(stranger, other)
+    shutil.chown(other, "edge-device", "edge-device")
+    result = deploy(signed, servers, *devices.values(), extra=("--trust", str(release)))
+    refused_here = deploy(unsigned, servers, devices["plain"], extra=("--trust", str(release)))
+    refused_there = deploy(unsigned, servers, devices["plain"])
+    return devices, signer, release, result, refused_here, refused_there
+
+
+def label_of(device: str) -> str:
+    return device.split("/", 1)[0]
+
+
+def test_a_device_whose_ssh_server_has_no_sftp_receives_the_kit(signed_fleet):
+    devices, signer, _, result, *_ = signed_fleet
+    assert (f"ok     {label_of(devices['no_sftp'])}: kit copied and installed, verify passed, signed by {signer}"
+            in result.stdout), result.stdout + result.stderr
+
+
+def test_deploy_with_trust_makes_each_device_trust_the_key_and_verify_the_signature_there(signed_fleet):
+    devices, signer, release, result, *_ = signed_fleet
+    from runtime.kit import TRUSTED
+
+    assert result.returncode == 1  # the device that trusts another key
+    assert f"ok     {label_of(devices['plain'])}: kit copied and installed, verify passed, signed by {signer}" \
+        in result.stdout, result.stdout
+    there = Path("/" + devices["plain"].split("/", 1)[1]) / TRUSTED
+    assert there.read_text().split()[:2] == release.read_text().split()[:2]
+    folder = "/" + devices["other_key"].split("/", 1)[1]
+    assert (f"FAILED {label_of(devices['other_key'])}: the device trusts another signing key (ssh-ed25519 "
+            in result.stdout), result.stdout
+    assert f"in {folder}/{TRUSTED}, not {signer}: refused; remove that file there if the device is to trust the " \
+           "new key" in result.stdout
+
+
+def test_an_unsigned_bundle_is_refused_here_with_trust_and_by_a_device_that_trusts_a_key(signed_fleet):
+    devices, _, release, _, refused_here, refused_there = signed_fleet
+    assert refused_here.returncode == 2 and refused_here.stderr.strip() == (
+        f"error: bundle dsc is not signed, and the key in {release} must have signed it: sign it where it was "
+        "built (python -m export sign BUNDLE KEY)"), refused_here.stderr
+    from runtime.kit import TRUSTED
+
+    folder = "/" + devices["plain"].split("/", 1)[1]
+    assert refused_there.returncode == 1
+    assert (f"FAILED {label_of(devices['plain'])}: install failed: bundle dsc is not signed, and the key in "
+            f"{folder}/{TRUSTED} must have signed it" in refused_there.stdout), refused_there.stdout
+    assert not (Path(folder) / "dsc-linux-x86_64" / "edge-runtime").exists()  # nothing it could run is left
