@@ -35,8 +35,9 @@ errors = _console(stderr=True)
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (_build_command, _pack_command, _deploy_command, _signing_commands, _diagnose_command,
-                    _int8_command, _study_command, _compete_command, _evaluate_command, _list_command):
+    for command in (_build_command, _pack_command, _deploy_command, _fleet_commands, _signing_commands,
+                    _diagnose_command, _int8_command, _study_command, _compete_command, _evaluate_command,
+                    _list_command):
         command(sub)
     return parser
 
@@ -141,6 +142,20 @@ def _deploy_command(sub) -> None:
                    help="trust a device's host key on first contact (a changed key is still refused)")
     d.add_argument("--bench", action="store_true", help="also time every artifact there and keep the device's choice")
     d.add_argument("--force", action="store_true", help="copy the kit again even where the same kit is installed")
+    fleet = d.add_argument_group("a fleet, through Ansible (the [fleet] extra)")
+    fleet.add_argument("--inventory", type=Path, metavar="HOSTS",
+                       help="an Ansible inventory (YAML or INI: groups, ansible_user, ansible_port, "
+                            "ansible_ssh_private_key_file, ansible_ssh_common_args; the folder on the device as "
+                            "edge_export_path): releases installed in batches, each made current only after its "
+                            "gate passes there")
+    fleet.add_argument("--limit", help="the inventory's groups or hosts to reach (Ansible's --limit)")
+    fleet.add_argument("--serial", help="devices per batch: a number or a percentage (default 1)")
+    fleet.add_argument("--max-fail", help="stop after the batch in which this many devices (or this percentage of "
+                                          "the batch) have failed, and roll that batch back (default 1)")
+    fleet.add_argument("--forks", type=int, help="devices Ansible talks to at once (default Ansible's, 5)")
+    fleet.add_argument("--max-p90-ms", type=float, metavar="MS",
+                       help="the health gate's latency budget: the recommended artifact's p90 measured there "
+                            "(a host's edge_export_max_p90_ms overrides it)")
     d.add_argument("--trust", type=Path, metavar="KEY.pub",
                    help="send only a bundle this key signed, and make each device trust it (PATH/trusted.pub): "
                         "from then on its installer refuses any bundle the key did not sign")
@@ -155,6 +170,25 @@ def _signing_commands(sub) -> None:
     s.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
     s.add_argument("key", type=Path, help="the ed25519 private key (python -m export keygen, or ssh-keygen -t "
                                           "ed25519); a passphrase from EDGE_EXPORT_KEY_PASSPHRASE")
+
+
+def _fleet_commands(sub) -> None:
+    r = sub.add_parser("rollback", help="switch each device of an Ansible inventory back to its previous release")
+    r.add_argument("bundle", type=Path, help="the bundle whose devices/ records the result")
+    r.add_argument("--inventory", type=Path, required=True, metavar="HOSTS", help="an Ansible inventory")
+    r.add_argument("--limit", help="the inventory's groups or hosts to roll back")
+    r.add_argument("--forks", type=int, help="devices Ansible talks to at once")
+    r.add_argument("--identity", type=Path, help="the SSH private key (default: the inventory's, or ssh's)")
+    r.add_argument("--known-hosts", type=Path, help="the known_hosts file to check host keys against")
+    r.add_argument("--accept-new-host-key", action="store_true", help="trust a device's host key on first contact")
+    r.add_argument("--json", action="store_true", help="print the results as JSON")
+    p = sub.add_parser("playbook", help="the rollout as an Ansible playbook, with its kits, for your own "
+                                        "ansible-playbook, vault and inventory")
+    p.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
+    p.add_argument("--out", type=Path, required=True, help="a new folder for deploy.yml, rollback.yml and the kits")
+    p.add_argument("--target", action="append", choices=list(TARGETS),
+                   help="a platform to pack a kit for (repeat; default: every one)")
+    p.add_argument("--python", help="the devices' Python (default: this one's)")
 
 
 def _diagnose_command(sub) -> None:
@@ -498,9 +532,15 @@ def cmd_deploy(args) -> int:
 
     from .deploy import COLUMNS, deploy, forget, rows, status_line
 
+    if args.inventory is not None:
+        return _deploy_fleet(args)
+    fleet_only = [f for f, on in (("--limit", args.limit), ("--serial", args.serial), ("--max-fail", args.max_fail),
+                                  ("--forks", args.forks), ("--max-p90-ms", args.max_p90_ms)) if on is not None]
+    if fleet_only:
+        raise UserError(f"{fleet_only[0]} is for a fleet: add --inventory hosts.yml (an Ansible inventory)")
     if not args.to and not args.forget:
-        raise UserError("name a device: --to USER@HOST[:PORT][/PATH] to deploy, or --forget USER@HOST[:PORT] "
-                        "to remove its record")
+        raise UserError("name a device: --to USER@HOST[:PORT][/PATH] to deploy, --inventory hosts.yml for a fleet, "
+                        "or --forget USER@HOST[:PORT] to remove its record")
     if args.forget:
         for stem in forget(args.bundle, args.forget):
             print(f"forgot {stem}: {Path(args.bundle) / 'devices' / stem}.json removed, report.md's rows with it")
@@ -518,6 +558,50 @@ def cmd_deploy(args) -> int:
             print(status_line(r))
         print(f"results: {Path(args.bundle) / 'devices'}/*.json and the devices section of report.md")
     return 0 if all(r.ok for r in results) else 1
+
+
+def _deploy_fleet(args) -> int:
+    from .fleet import deploy_fleet
+
+    if args.to or args.forget or args.bench or args.force:
+        raise UserError("--inventory deploys to the inventory's hosts: drop --to, --forget, --bench and --force "
+                        "(put each device in the inventory)")
+    run = deploy_fleet(args.bundle, args.inventory, args.limit, args.serial or "1", args.max_fail or "1",
+                       args.forks, args.max_p90_ms, args.trust, args.identity, args.known_hosts,
+                       args.accept_new_host_key)
+    return _print_fleet(run, args)
+
+
+def _print_fleet(run, args) -> int:
+    from .fleet import fleet_table
+
+    if args.json:
+        print(json.dumps({"hosts": run.hosts, "results": run.results, "unreachable": run.unreachable}, indent=2))
+    else:
+        groups, devices = fleet_table(run)
+        print(groups)
+        print()
+        print(devices)
+        print(f"results: {Path(args.bundle) / 'devices'}/*.json and the devices section of report.md")
+    healthy = [h for h in run.hosts if run.results.get(h, {}).get("healthy") and not run.results[h].get("stopped")]
+    return 0 if len(healthy) == len(run.hosts) else 1
+
+
+def cmd_rollback(args) -> int:
+    from .fleet import rollback_fleet
+
+    return _print_fleet(rollback_fleet(args.bundle, args.inventory, args.limit, args.forks, args.identity,
+                                       args.known_hosts, args.accept_new_host_key), args)
+
+
+def cmd_playbook(args) -> int:
+    from .fleet import playbook
+
+    path = playbook(args.bundle, args.out, args.target or list(TARGETS), args.python)
+    console.print(f"Playbook: {path} (and rollback.yml, edge-export.yml, the kits in kits/). Run it with your "
+                  f"inventory: ansible-playbook -i hosts.yml {path} -e edge_export_serial=10% -e "
+                  "edge_export_max_fail=1", markup=False, soft_wrap=True)
+    return 0
 
 
 def cmd_diagnose(args) -> int:
@@ -759,7 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"build": cmd_build, "list": cmd_list, "pack": cmd_pack, "deploy": cmd_deploy,
                 "diagnose": cmd_diagnose, "int8": cmd_int8, "study": cmd_study, "compete": cmd_compete,
-                "evaluate": cmd_evaluate, "keygen": cmd_keygen, "sign": cmd_sign}[args.command](args)
+                "evaluate": cmd_evaluate, "keygen": cmd_keygen, "sign": cmd_sign, "rollback": cmd_rollback,
+                "playbook": cmd_playbook}[args.command](args)
     except UserError as err:
         errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2

@@ -169,6 +169,8 @@ class DeviceResult:
     doctor: dict[str, Any] = field(default_factory=dict)
     # the latest earlier run with figures, when this one has none (it failed before verify ran there)
     last_good: dict[str, Any] = field(default_factory=dict)
+    release: str = ""  # a fleet's (`export.fleet`): the release the run installed, and what became of it
+    state: str = ""
 
     @property
     def shown(self) -> "DeviceResult | None":

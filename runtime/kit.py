@@ -165,14 +165,76 @@ def install(folder: Path, trust: str | None = None) -> str:
     return f"installed {len(kit['requirements'])} packages and the runtime in {folder / 'lib'}{signed}"
 
 
-def main(argv: list[str]) -> int:
-    folder = Path(__file__).resolve().parent.parent.parent  # <kit>/lib/runtime/kit.py
-    if argv and (len(argv) != 2 or argv[0] != "--trust"):
-        print("error: install.sh takes no arguments but --trust KEY.pub (the public key the bundle must be "
-              "signed with)", file=sys.stderr)
-        return 2
+def _runtime_json(folder: Path, kit: dict, *args: str) -> tuple[dict | None, str]:
+    """(The JSON a runtime command prints, or None; its last line of error) for the kit's bundle."""
+    done = subprocess.run([str(folder / LAUNCHER), args[0], str(folder / kit["bundle"]), *args[1:], "--json"],
+                          capture_output=True, text=True)
     try:
-        done = install(folder, argv[1] if argv else None)
+        return json.loads(done.stdout), ""
+    except ValueError:
+        return None, (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1].removeprefix(
+            "error: ")
+
+
+def release(folder: Path, trust: str | None, max_p90_ms: float | None) -> dict:
+    """A release on the device: the kit, unpacked in ROOT/releases/<digest>/, installed and held to the
+    health gate there (verify, with the trusted key where there is one; with `max_p90_ms`, the recommended
+    artifact's p90 latency measured there), and made current only if it passes: ROOT/current switched to
+    it in one rename, ROOT/previous kept pointing at the release it replaces. What happened, as a dict."""
+    kit = json.loads((folder / KIT).read_text())
+    here = folder.parent  # releases/<digest>
+    root = here.parent.parent
+    current = root / "current"
+    found = {"release": here.name, "previous": os.readlink(current).split("/")[-1] if current.is_symlink() else None,
+             "healthy": False, "switched": False, "reason": ""}
+    key = trust or (str(root / TRUSTED) if (root / TRUSTED).is_file() else None)  # the device's, beside its releases
+    try:
+        found["installed"] = install(folder, key)
+    except KitError as err:
+        return {**found, "reason": f"install failed: {err}"}
+    found["doctor"], _ = _runtime_json(folder, kit, "doctor")
+    found["verify"], why = _runtime_json(folder, kit, "verify", *(["--trust", key] if key else []))
+    if found["verify"] is None or not found["verify"]["passed"]:
+        failed = [] if found["verify"] is None else found["verify"]["file_problems"] + [
+            f"FAIL for {a['backend']} {a['precision']}" for a in found["verify"]["artifacts"] if a["status"] == "FAIL"]
+        return {**found, "reason": "verify failed there: " + (why or "; ".join(failed))}
+    if max_p90_ms is not None:
+        found["bench"], why = _runtime_json(folder, kit, "bench", "--runs", "50", "--warmup", "5")
+        if found["bench"] is None:
+            return {**found, "reason": f"bench failed there: {why}"}
+        p90 = found["bench"]["p90_ms"]
+        if p90 > max_p90_ms:
+            return {**found, "reason": f"the latency gate failed: p90 {p90:.2f} ms of {found['bench']['backend']} "
+                                       f"{found['bench']['precision']} is over --max-p90-ms {max_p90_ms:g}"}
+    found["healthy"] = True
+    if found["previous"] != here.name:
+        if found["previous"] is not None:
+            (root / "previous.new").unlink(missing_ok=True)
+            os.symlink(os.readlink(current), root / "previous.new")
+            os.replace(root / "previous.new", root / "previous")
+        (root / "current.new").unlink(missing_ok=True)
+        os.symlink(f"releases/{here.name}", root / "current.new")
+        os.replace(root / "current.new", current)  # the switch: one rename
+        found["switched"] = True
+    return found
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    folder = Path(__file__).resolve().parent.parent.parent  # <kit>/lib/runtime/kit.py
+    parser = argparse.ArgumentParser(prog="install.sh", description="Install this kit offline.")
+    parser.add_argument("--trust", metavar="KEY.pub", help="install only a bundle this public key signed")
+    parser.add_argument("--release", action="store_true",
+                        help="as a release (the kit in ROOT/releases/<digest>/): gate it, then make it ROOT/current; "
+                             "print what happened as JSON")
+    parser.add_argument("--max-p90-ms", type=float, help="with --release: the latency the gate allows")
+    args = parser.parse_args(argv)
+    if args.release:
+        print(json.dumps(release(folder, args.trust, args.max_p90_ms)))
+        return 0
+    try:
+        done = install(folder, args.trust)
     except KitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -66,17 +66,27 @@ class SshServers:
         self.processes: list[subprocess.Popen] = []
         self.homes: list[Path] = []
         self.mounts: list[Path] = []
+        self.users: list[str] = []  # made by add_user
 
-    def start(self, path: str = "/usr/bin:/bin", sftp: bool = True) -> int:
-        """A new sshd whose sessions get PATH=`path` (and, unless `sftp` is False, an SFTP subsystem, which
-        Dropbear and trimmed servers lack); returns its port."""
+    def add_user(self, user: str) -> str:
+        """Another device user (a login shell of /bin/sh, a home, the test's authorised key), removed at stop."""
+        if _run("id", user).returncode != 0:
+            made = _run("useradd", "--create-home", "--shell", "/bin/sh", user)
+            assert made.returncode == 0, made.stderr
+            self.users.append(user)
+        _run("usermod", "-p", "*", user)
+        return user
+
+    def start(self, path: str = "/usr/bin:/bin", sftp: bool = True, user: str = USER) -> int:
+        """A new sshd for `user` whose sessions get PATH=`path` (and, unless `sftp` is False, an SFTP subsystem,
+        which Dropbear and trimmed servers lack); returns its port."""
         port = free_port()
         config = self.folder / f"sshd-{port}.conf"
         config.write_text("\n".join([
             f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {self.folder / 'host_key'}",
             f"PidFile {self.folder / f'sshd-{port}.pid'}", f"AuthorizedKeysFile {self.folder / 'authorized_keys'}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
-            "StrictModes no", "UsePAM no", f"AllowUsers {USER}",
+            "StrictModes no", "UsePAM no", f"AllowUsers {user}",
             *(["Subsystem sftp /usr/lib/openssh/sftp-server"] if sftp else []), f"SetEnv PATH={path}", ""]))
         process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
         self.processes.append(process)
@@ -87,10 +97,10 @@ class SshServers:
             time.sleep(0.05)
         raise RuntimeError(f"sshd did not start on port {port}")
 
-    def device_folder(self) -> Path:
+    def device_folder(self, user: str = USER) -> Path:
         """A fresh folder the device user owns, for one device's kit."""
         home = Path(tempfile.mkdtemp(prefix="edge-device-"))
-        shutil.chown(home, USER, USER)
+        shutil.chown(home, user, user)
         self.homes.append(home)
         return home
 
@@ -117,8 +127,8 @@ class SshServers:
             _run("umount", str(folder))
         for home in [*self.homes, self.folder]:
             shutil.rmtree(home, ignore_errors=True)
-        if self.made_user:
-            _run("userdel", "--remove", USER)
+        for user in [*([USER] if self.made_user else []), *self.users]:
+            _run("userdel", "--remove", user)
 
 
 def tools_without_python(folder: Path, python: bool = False) -> Path:

@@ -225,7 +225,9 @@ def test_no_host_key_is_accepted_silently(failing, servers):
     (["--to", "pi@host:99999"], "error: --to 'pi@host:99999' is not a device"),
     (["--to", "a@h", "--to", "a@h"], "error: --to names the same device twice"),
     (["--to", "a@h", "--identity", "/no/such/key"], "error: --identity '/no/such/key' is not a file"),
-    ([], "error: name a device: --to USER@HOST[:PORT][/PATH] to deploy, or --forget USER@HOST[:PORT]"),
+    ([], "error: name a device: --to USER@HOST[:PORT][/PATH] to deploy, --inventory hosts.yml for a fleet, or "
+         "--forget USER@HOST[:PORT]"),
+    (["--to", "a@h", "--serial", "2"], "error: --serial is for a fleet: add --inventory hosts.yml"),
 ])
 def test_bad_deploy_arguments_are_refused_before_any_connection(bundle, args, message):
     result = subprocess.run([sys.executable, "-m", "export", "deploy", str(bundle), *args],

@@ -143,8 +143,9 @@ def test_a_flag_removed_from_a_parser_is_caught_in_the_pages_that_show_it(capsys
     assert all("--memory-budget" in p for p in problems), problems
 
 
-BUILT_FILES = {"report.md", "manifest.json"}  # written by the commands the pages show
-USERS_FILES = {"my_unet.py", "FILE.py", "nope.py", "net.py", "make.py"}  # the user's own files in the examples
+BUILT_FILES = {"report.md", "manifest.json", "deploy.yml", "DIR/deploy.yml", "rollback.yml",
+               "edge-export.yml"}  # written by the commands the pages show
+USERS_FILES = {"my_unet.py", "FILE.py", "nope.py", "net.py", "make.py", "hosts.yml"}  # the user's own, in the examples
 
 
 def test_every_file_a_page_names_exists():
