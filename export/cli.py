@@ -150,8 +150,9 @@ def _deploy_command(sub) -> None:
                             "gate passes there")
     fleet.add_argument("--limit", help="the inventory's groups or hosts to reach (Ansible's --limit)")
     fleet.add_argument("--serial", help="devices per batch: a number or a percentage (default 1)")
-    fleet.add_argument("--max-fail", help="stop after the batch in which this many devices (or this percentage of "
-                                          "the batch) have failed, and roll that batch back (default 1)")
+    fleet.add_argument("--max-fail", help="stop once this many devices (or this percentage of all the devices "
+                                          "targeted) have failed, and roll back the batch in which it happened "
+                                          "(default 1)")
     fleet.add_argument("--forks", type=int, help="devices Ansible talks to at once (default Ansible's, 5)")
     fleet.add_argument("--max-p90-ms", type=float, metavar="MS",
                        help="the health gate's latency budget: the recommended artifact's p90 measured there "

@@ -134,20 +134,25 @@ class Ssh:
         raise DeviceError(f"copying the kit failed: {self._why(tried[0])}")
 
     def _why(self, stderr: str) -> str:
-        host = self.device.host + (f" port {self.device.port}" if self.device.port else "")
-        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
-            return (f"the host key of {host} differs from the one known_hosts holds: refused (another device, "
-                    "or someone in between); if the device was reinstalled, remove its old entry with ssh-keygen -R")
-        if "Host key verification failed" in stderr or "No " in stderr and "host key is known" in stderr:
-            return (f"the host key of {host} is not known: check its fingerprint and add it to known_hosts "
-                    "(ssh-keyscan), or pass --accept-new-host-key to trust it on this first contact")
-        if "Permission denied" in stderr:
-            return (f"{host} refused the login of {self.device.login} ({_last(stderr)}): pass --identity with a key "
-                    "its authorized_keys holds")
-        for sign in ("Connection refused", "timed out", "No route to host", "Could not resolve", "Network is unreachable"):
-            if sign in stderr:
-                return f"{host} is unreachable ({_last(stderr)})"
-        return f"ssh to {host} failed: {_last(stderr)}"
+        return ssh_failure(stderr, self.device.host + (f" port {self.device.port}" if self.device.port else ""),
+                           self.device.login)
+
+
+def ssh_failure(stderr: str, host: str, login: str) -> str:
+    """What ssh's complaint about `host` ("10.0.0.7 port 2222") means for the user, in one line."""
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return (f"the host key of {host} differs from the one known_hosts holds: refused (another device, "
+                "or someone in between); if the device was reinstalled, remove its old entry with ssh-keygen -R")
+    if "Host key verification failed" in stderr or "No " in stderr and "host key is known" in stderr:
+        return (f"the host key of {host} is not known: check its fingerprint and add it to known_hosts "
+                "(ssh-keyscan), or pass --accept-new-host-key to trust it on this first contact")
+    if "Permission denied" in stderr:
+        return (f"{host} refused the login of {login} ({_last(stderr)}): pass --identity with a key "
+                "its authorized_keys holds")
+    for sign in ("Connection refused", "timed out", "No route to host", "Could not resolve", "Network is unreachable"):
+        if sign in stderr:
+            return f"{host} is unreachable ({_last(stderr)})"
+    return f"ssh to {host} failed: {_last(stderr)}"
 
 
 def _last(text: str) -> str:

@@ -18,9 +18,10 @@ The rollout, per device, in batches (`--serial`):
    PATH/releases/<digest>/, installed offline, held to the health gate (verify, with the trusted key
    where there is one; the latency budget `--max-p90-ms` or the host variable `edge_export_max_p90_ms`),
    and only then made PATH/current by one rename, PATH/previous keeping the release it replaced;
-5. after each batch: once `--max-fail` devices have failed (a gate, or unreachable; counted over the
-   rollout), every device of the batch that switched is switched back to its previous release and the
-   rollout stops; devices not yet reached are not touched.
+5. after each batch: once `--max-fail` devices (a number, or a percentage of all the devices the
+   rollout targets) have failed (a gate, or unreachable; counted over the rollout), every device of the
+   batch that switched is switched back to its previous release and the rollout stops; devices not
+   yet reached are not touched.
 
 `export rollback --inventory` switches each device back to its previous release. The results of every
 run land in BUNDLE/devices/<host>.json and report.md's devices section, as `export deploy --to` leaves
@@ -46,7 +47,7 @@ from runtime.files import atomic_file
 from runtime.kit import TRUSTED
 from runtime.signing import check_trusted
 
-from .deploy import DeviceResult, _report
+from .deploy import UNPACKED, DeviceResult, _report, ssh_failure
 from .pack import TARGETS, pack_kit
 
 PLAYBOOK = "deploy.yml"
@@ -76,8 +77,8 @@ def rollout_play(name: str) -> list[dict[str, Any]]:
     result = "edge_export_result"
     failed_so_far = ("(ansible_play_hosts_all | difference(ansible_play_hosts) | length) + (ansible_play_batch | "
                      "map('extract', hostvars, ['edge_export_result', 'healthy']) | reject | list | length)")
-    limit = ("((edge_export_max_fail | string)[:-1] | int * ansible_play_batch | length / 100) | round(0, 'ceil') | "
-             "int if (edge_export_max_fail | string).endswith('%') else edge_export_max_fail | int")
+    limit = ("((edge_export_max_fail | string)[:-1] | int * ansible_play_hosts_all | length / 100) | round(0, 'ceil') "
+             "| int if (edge_export_max_fail | string).endswith('%') else edge_export_max_fail | int")
     unset = f"{result}.reason == ''"
     return [{
         "name": f"edge-export: roll out {name} (release {{{{ edge_export_digest[:12] }}}})",
@@ -99,8 +100,8 @@ def rollout_play(name: str) -> list[dict[str, Any]]:
                                     f"(edge_export_probe.stdout_lines[2] | trim) ~ '/' ~ {PATH} }}}}"}},
             {"name": "the release, and what stands in its way", "ansible.builtin.set_fact": {
                 result: {"release": "{{ edge_export_digest }}", "healthy": False, "switched": False,
-                         "reason": "{{ 'no python3 on the device\\'s PATH (for a non-interactive login); install "
-                                   "Python 3 there' if (edge_export_probe.stdout_lines[1] | trim) == 'none' else "
+                         "reason": "{{ \"no python3 on the device's PATH (for a non-interactive login); install "
+                                   "Python 3 there\" if (edge_export_probe.stdout_lines[1] | trim) == 'none' else "
                                    "'' if edge_export_platform in edge_export_kits else 'no kit for ' ~ "
                                    "edge_export_platform ~ ' (the machine and its Python); this run packed for ' ~ "
                                    "(edge_export_kits.keys() | join(', ')) }}"}}},
@@ -110,7 +111,18 @@ def rollout_play(name: str) -> list[dict[str, Any]]:
                  "ansible.builtin.shell": f"mkdir -p {_q('edge_export_root')}/releases && "
                                       f"test -x {_q('edge_export_root')}/releases/{_q('edge_export_digest')}/"
                                           f"{_q('edge_export_kit_dirs[edge_export_platform]')}/edge-runtime"},
-                {"name": "copy the kit", "when": f"{unset} and edge_export_there.rc != 0",
+                {"name": "free disk", "when": f"{unset} and edge_export_there.rc != 0", "register": "edge_export_disk",
+             "changed_when": False,
+             "ansible.builtin.shell": f"df -Pk {_q('edge_export_root')}/releases | tail -n 1"},
+            {"name": "a device without the room for the release is refused",
+             "when": f"{unset} and edge_export_there.rc != 0 and (edge_export_disk.stdout.split()[3] | int) * 1024 < "
+                     "edge_export_kit_bytes[edge_export_platform] * " + str(UNPACKED),
+             "ansible.builtin.set_fact": {result: f"{{{{ {result} | combine({{'reason': 'not enough disk at ' ~ "
+                                                  "edge_export_root ~ ': ' ~ ((edge_export_disk.stdout.split()[3] | int) "
+                                                  "// 1000) ~ ' MB free, the release needs about ' ~ "
+                                                  "((edge_export_kit_bytes[edge_export_platform] * " + str(UNPACKED) +
+                                                  ") // 1000000) | int ~ ' MB'}) }}"}},
+            {"name": "copy the kit", "when": f"{unset} and edge_export_there.rc != 0",
                  "ansible.builtin.copy": {"src": "{{ edge_export_kits[edge_export_platform] }}",
                                           "dest": "{{ edge_export_root }}/releases/{{ edge_export_digest }}.tar.gz",
                                           "mode": "0644"}},
@@ -225,7 +237,8 @@ def write_playbooks(bundle: Bundle, kits: Kits, folder: Path) -> Path:
     settings = {"edge_export_bundle": bundle.name, "edge_export_digest": kits.digest,
                 "edge_export_kits": {k: "{{ playbook_dir }}/" + Path(p).relative_to(folder).as_posix()
                                      for k, p in kits.files.items()},
-                "edge_export_kit_dirs": kits.dirs, "edge_export_serial": 1, "edge_export_max_fail": 1,
+                "edge_export_kit_dirs": kits.dirs,
+                "edge_export_kit_bytes": {k: Path(p).stat().st_size for k, p in kits.files.items()}, "edge_export_serial": 1, "edge_export_max_fail": 1,
                 "edge_export_results": "{{ playbook_dir }}/results"}
     (folder / SETTINGS).write_text(_yaml(settings))
     (folder / PLAYBOOK).write_text(_yaml(rollout_play(bundle.name)))
@@ -295,11 +308,13 @@ def _env(identity: Path | None, known_hosts: Path | None, accept_new_host_key: b
 
 
 def _unreachable_of(events) -> dict[str, str]:
+    """Each host Ansible could not reach, with ssh's reason in the words `export deploy --to` uses."""
     found = {}
     for event in events:
         if event.get("event") == "runner_on_unreachable":
             data = event["event_data"]
-            found[data["host"]] = (data.get("res", {}).get("msg") or "unreachable").strip().splitlines()[-1]
+            message = data.get("res", {}).get("msg") or "unreachable"
+            found[data["host"]] = ssh_failure(message, data["host"], "the inventory's user")
     return found
 
 
@@ -402,7 +417,8 @@ def _platforms(folder: Path, inventory: Path, limit: str | None, forks: int | No
         if event.get("event") == "runner_on_ok":
             found[data["host"]] = " ".join(data["res"].get("stdout", "").split())
         elif event.get("event") in ("runner_on_unreachable", "runner_on_failed"):
-            found[data["host"]] = "unreachable: " + (data.get("res", {}).get("msg") or "no answer").strip().splitlines()[-1]
+            found[data["host"]] = "unreachable: " + ssh_failure(data.get("res", {}).get("msg") or "no answer",
+                                                                data["host"], "the inventory's user")
     return found
 
 

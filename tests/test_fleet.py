@@ -63,17 +63,16 @@ def current(devices, name: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def fleet(servers, built, tmp_path_factory):
+def fleet(servers, tmp_path_factory):
     from export.fleet import _release_of
     from export.pipeline import BuildSettings, build
     from runtime.bundle import Bundle
 
     root = tmp_path_factory.mktemp("fleet")
-    first = root / "a" / "dsc"
-    shutil.copytree(built("dsc").bundle, first)
-    # release B: the same model built again with other golden inputs, so another release
-    second = build(BuildSettings(variant="dsc", out=root / "b", seed=1, warmup=1, runs=5, tune_budget=0,
-                                 memory=False)).bundle
+    # releases A and B: dsc built twice with other golden inputs, ONNX Runtime alone (a smaller kit to install)
+    first, second = (build(BuildSettings(variant="dsc", out=root / out, seed=seed, backends=("onnxruntime",),
+                                         warmup=1, runs=5, tune_budget=0, memory=False)).bundle
+                     for out, seed in (("a", 0), ("b", 1)))
     releases = {"a": _release_of(Bundle.open(first)), "b": _release_of(Bundle.open(second))}
     devices = {}
     for i, name in enumerate(HOSTS):
@@ -162,6 +161,50 @@ def test_the_generated_playbook_gives_the_same_result_with_ansible_playbook(flee
     states = {p.stem: json.loads(p.read_text())["state"] for p in (book / "results").glob("*.json")}
     assert states == {"north1": "installed", "north2": "installed", "north3": "failed its gate",
                       "south1": "rolled back"}
+
+
+@pytest.fixture(scope="module")
+def broken_fleet(servers, fleet, tmp_path_factory):
+    """Release B, in one batch, to a device whose sshd has no SFTP subsystem and to each kind of broken one."""
+    import yaml
+
+    from tests.devices import USER, tools_without_python
+
+    _, _, _, second, _ = fleet
+    tools = tmp_path_factory.mktemp("tools")
+    hosts = {}
+    for name, kind in (("no_sftp", {"sftp": False}), ("no_python", {"path": str(tools_without_python(tools / "np"))}),
+                       ("unknown_host", {}), ("wrong_key", {}), ("full_disk", {})):
+        user = USER if name == "full_disk" else servers.add_user(f"edge-{name.replace('_', '')}")
+        port = servers.start(user=user, **kind)
+        if name != "unknown_host":
+            servers.trust(port)
+        folder = servers.small_disk() if name == "full_disk" else servers.device_folder(user)
+        key = servers.stranger_key if name == "wrong_key" else servers.client_key
+        hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": user,
+                       "ansible_ssh_private_key_file": str(key), "edge_export_path": str(folder)}
+    inventory_file = tmp_path_factory.mktemp("broken") / "hosts.yml"
+    inventory_file.write_text(yaml.safe_dump({"all": {"children": {"odd": {"hosts": hosts}}}}))
+    done = export("deploy", str(second), "--inventory", str(inventory_file), "--serial", "100%", "--max-fail", "100%",
+                  "--known-hosts", str(servers.known_hosts))
+    return done, hosts
+
+
+@pytest.mark.parametrize("device, state, reason", [
+    ("no_sftp", "installed", ""),
+    ("no_python", "failed its gate", "no python3 on the device's PATH (for a non-interactive login)"),
+    ("unknown_host", "unreachable", "the host key of unknown_host is not known: check its fingerprint and add it to "
+                                    "known_hosts (ssh-keyscan), or pass --accept-new-host-key"),
+    ("wrong_key", "unreachable", "wrong_key refused the login of the inventory's user ("),
+    ("full_disk", "failed its gate", "not enough disk at /tmp/edge-device-"),
+])
+def test_each_broken_device_of_a_fleet_gets_its_reason_and_the_others_go_on(broken_fleet, device, state, reason):
+    done, hosts = broken_fleet
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith(device + " "))
+    assert row.split(maxsplit=2)[2].startswith(state) and reason in row, row
+    groups = next(line for line in done.stdout.splitlines() if line.startswith("odd "))
+    assert groups.split() == ["odd", "1", "0", "2", "0", "2", "0"], groups
 
 
 @pytest.mark.parametrize("args, message", [
