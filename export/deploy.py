@@ -44,7 +44,7 @@ from runtime.kit import KIT, LAUNCHER, TRUSTED, glibc_too_old, version_tuple
 from runtime.signing import check_trusted
 
 from .manifest import update_manifest
-from .pack import TARGETS, archive_member, pack_kit
+from .pack import TARGETS, archive_member, open_checked, pack_kit
 
 DEFAULT_PATH = "edge-export"  # on the device, under the login's home
 SSH_TIMEOUT = 10  # seconds to connect
@@ -80,7 +80,12 @@ class Device:
     @property
     def stem(self) -> str:
         """The device's file name under devices/: the login and port, nothing a path could carry."""
-        return re.sub(r"[^A-Za-z0-9@._-]", "_", self.login + (f"-{self.port}" if self.port else ""))
+        return file_stem(self.login + (f"-{self.port}" if self.port else ""))
+
+
+def file_stem(name: str) -> str:
+    """A device's file name under devices/: its name with nothing a path could carry."""
+    return re.sub(r"[^A-Za-z0-9@._-]", "_", name)
 
 
 class DeviceError(Exception):
@@ -347,27 +352,31 @@ def deploy(bundle_dir: str | Path, to: list[str], identity: Path | None = None, 
         raise UserError("--to names the same device twice; give each device once")
     if identity is not None and not Path(identity).is_file():
         raise UserError(f"--identity {str(identity)!r} is not a file; expected an SSH private key")
-    bundle = Bundle.open(bundle_dir)
-    problems = bundle.check_files()
-    if problems:
-        raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest ({'; '.join(problems)}); "
-                        "rebuild it before deploying")
-    signer = None
-    if trust is not None:  # refused here, before any device is touched
-        signer = (" ".join(Path(trust).read_text().split()[:2]), check_trusted(bundle.path, trust))
+    bundle = open_checked(bundle_dir, "rebuild it before deploying")
+    signer = trusted_signer(bundle, trust) if trust is not None else None
     kits = _Kits(bundle)
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
         results = list(pool.map(lambda d: deploy_one(d, Ssh(d, identity, known_hosts, accept_new_host_key),
                                                      kits, bench, force, signer), devices))
-    folder = bundle.path / DEVICES
-    folder.mkdir(exist_ok=True)
     for device, result in zip(devices, results):
-        record = folder / f"{device.stem}.json"
-        result.keeping(DeviceResult.read(record))
-        with atomic_file(record) as partial:
-            partial.write_text(json.dumps(asdict(result), indent=2) + "\n")
+        write_record(bundle, device.stem, result)
     _report(bundle)
     return results
+
+
+def trusted_signer(bundle: Bundle, trust: Path) -> tuple[str, str]:
+    """(The public key line of `trust`, its fingerprint) for a bundle it signed; refused here, before any
+    device is touched, if it did not."""
+    return " ".join(Path(trust).read_text().split()[:2]), check_trusted(bundle.path, trust)
+
+
+def write_record(bundle: Bundle, stem: str, result: DeviceResult) -> None:
+    """devices/<stem>.json: this run, holding the device's last good figures where it has none of its own."""
+    record = bundle.path / DEVICES / f"{stem}.json"
+    record.parent.mkdir(exist_ok=True)
+    result.keeping(DeviceResult.read(record))
+    with atomic_file(record) as partial:
+        partial.write_text(json.dumps(asdict(result), indent=2) + "\n")
 
 
 def forget(bundle_dir: str | Path, names: list[str]) -> list[str]:

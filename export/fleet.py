@@ -35,20 +35,18 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runtime.bundle import DEVICES, Bundle
+from runtime.bundle import Bundle
 from runtime.cli import format_table
 from runtime.errors import UserError
-from runtime.files import atomic_file
 from runtime.kit import TRUSTED
-from runtime.signing import check_trusted
 
-from .deploy import UNPACKED, DeviceResult, _report, ssh_failure
-from .pack import TARGETS, pack_kit
+from .deploy import UNPACKED, DeviceResult, _report, file_stem, ssh_failure, trusted_signer, write_record
+from .pack import TARGETS, open_checked, pack_kit
 
 PLAYBOOK = "deploy.yml"
 ROLLBACK = "rollback.yml"
@@ -337,15 +335,8 @@ def run_play(folder: Path, playbook: str, inventory: Path, limit: str | None, fo
     return found, unreachable
 
 
-def _stem(host: str) -> str:
-    return re.sub(r"[^A-Za-z0-9@._-]", "_", host)
-
-
-def _record(bundle: Bundle, run: FleetRun, at: str) -> list[DeviceResult]:
+def _record(bundle: Bundle, run: FleetRun, at: str) -> None:
     """devices/<host>.json for every host the run reached or could not reach, and report.md's section."""
-    folder = bundle.path / DEVICES
-    folder.mkdir(exist_ok=True)
-    records = []
     for host in run.hosts:
         found = run.results.get(host)
         if found is None and host not in run.unreachable:
@@ -357,15 +348,9 @@ def _record(bundle: Bundle, run: FleetRun, at: str) -> list[DeviceResult]:
             result = DeviceResult(host, ok=bool(found.get("healthy")) and not found.get("stopped"),
                                   reason=found.get("reason") or "", at=at, copied=True,
                                   machine=doctor.get("machine", {}), verify=found.get("verify") or {},
-                                  bench={}, doctor=doctor, release=found.get("release", ""),
-                                  state=found.get("state", ""))
-        record = folder / f"{_stem(host)}.json"
-        result.keeping(DeviceResult.read(record))
-        with atomic_file(record) as partial:
-            partial.write_text(json.dumps(asdict(result), indent=2) + "\n")
-        records.append(result)
+                                  doctor=doctor, release=found.get("release", ""), state=found.get("state", ""))
+        write_record(bundle, file_stem(host), result)
     _report(bundle)
-    return records
 
 
 def deploy_fleet(bundle_dir: str | Path, inventory: Path, limit: str | None = None, serial: str = "1",
@@ -374,15 +359,10 @@ def deploy_fleet(bundle_dir: str | Path, inventory: Path, limit: str | None = No
                  accept_new_host_key: bool = False) -> FleetRun:
     """Roll the bundle out to the inventory's devices in batches (see the module's docstring)."""
     serial, max_fail = check_count(serial, "--serial"), check_count(max_fail, "--max-fail")
-    bundle = Bundle.open(bundle_dir)
-    problems = bundle.check_files()
-    if problems:
-        raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest ({'; '.join(problems)}); "
-                        "rebuild it before deploying")
+    bundle = open_checked(bundle_dir, "rebuild it before deploying")
     extravars: dict[str, Any] = {"edge_export_serial": serial, "edge_export_max_fail": max_fail}
     if trust is not None:
-        check_trusted(bundle.path, trust)
-        extravars["edge_export_trust_key"] = " ".join(Path(trust).read_text().split()[:2])
+        extravars["edge_export_trust_key"], _ = trusted_signer(bundle, trust)
     if max_p90_ms is not None:
         extravars["edge_export_fleet_max_p90_ms"] = max_p90_ms  # a host's edge_export_max_p90_ms wins
     hosts = inventory_hosts(inventory, limit)

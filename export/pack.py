@@ -76,12 +76,12 @@ def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _open_checked(bundle_dir: str | Path) -> Bundle:
+def open_checked(bundle_dir: str | Path, fix: str = "rebuild it before packing") -> Bundle:
+    """The bundle, whose files match its manifest; else a UserError naming the files and `fix`."""
     bundle = Bundle.open(bundle_dir)
     problems = bundle.check_files()
     if problems:
-        raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest ({'; '.join(problems)}); "
-                        "rebuild it before packing")
+        raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest ({'; '.join(problems)}); {fix}")
     return bundle
 
 
@@ -103,7 +103,7 @@ def pack(bundle_dir: str | Path, dest: str | Path | None = None, target: str | N
     `target` the offline kit `<dest>/<name>-<target>.tar.gz`; return the archive."""
     if target is not None:
         return pack_kit(bundle_dir, target, dest, python, glibc)
-    bundle = _open_checked(bundle_dir)
+    bundle = open_checked(bundle_dir)
     name = bundle.path.resolve().name
     archive = _destination(bundle, dest) / f"{name}.tar.gz"
     with atomic_file(archive) as partial, tarfile.open(partial, "w:gz") as tar:
@@ -185,7 +185,7 @@ def pack_kit(bundle_dir: str | Path, target: str, dest: str | Path | None = None
     if not re.fullmatch(r"3\.\d+", python):
         raise UserError(f"--python {python!r} is not a Python 3 version such as 3.11")
     ceiling = _parse_glibc(glibc)
-    bundle = _open_checked(bundle_dir)
+    bundle = open_checked(bundle_dir)
     name = bundle.path.resolve().name
     out = _destination(bundle, dest)
     pins = requirements(bundle)

@@ -15,11 +15,12 @@ import json
 import os
 from pathlib import Path
 
-from runtime.bundle import Bundle
+from runtime.bundle import SIGNATURE
 from runtime.errors import UserError
 from runtime.files import atomic_file
-from runtime.bundle import SIGNATURE
 from runtime.signing import ALGORITHM, crypto, ed25519_only, fingerprint, key_file, statement
+
+from .pack import open_checked
 
 PASSPHRASE = "EDGE_EXPORT_KEY_PASSPHRASE"
 
@@ -79,11 +80,7 @@ def load_private_key(path: str | Path):
 def sign(bundle_dir: str | Path, key_path: str | Path) -> str:
     """Sign a bundle whose files match its manifest; its `manifest.sig` written whole; the key's fingerprint."""
     key = load_private_key(key_path)
-    bundle = Bundle.open(bundle_dir)
-    problems = bundle.check_files()
-    if problems:
-        raise UserError(f"bundle {str(bundle.path)!r} does not match its manifest ({'; '.join(problems)}); "
-                        "a signature would bless that: rebuild it before signing")
+    bundle = open_checked(bundle_dir, "a signature would bless that: rebuild it before signing")
     body = statement(bundle.manifest)
     signer = fingerprint(key.public_key())
     found = {"algorithm": ALGORITHM, "key": signer, "signed": hashlib.sha256(body).hexdigest(),
