@@ -27,7 +27,8 @@ import numpy as np
 import runtime
 from runtime.cli import format_table
 from runtime.memory import measure
-from runtime.runners import ORT_DEFAULTS, ORT_GRAPH_LEVELS, OV_PRECISION_HINT
+from runtime.backends.onnxruntime import DEFAULTS as ORT_DEFAULTS, GRAPH_LEVELS as ORT_GRAPH_LEVELS
+from runtime.backends.openvino import PRECISION_HINT as OV_PRECISION_HINT
 
 BARE = r"""
 import sys, json

@@ -3,7 +3,8 @@
 Export to ONNX (and `onnx.checker`), simplify with onnxsim and check the
 simplified graph against the exported one on real inputs, rewrite it
 (`export.rewrite`: the same function with less work, checked the same way),
-convert to OpenVINO IR: `model.onnx` and `openvino/model[.fp16].xml` in a folder.
+and convert it for each backend asked for (`export/backends/<name>.py`): `model.onnx` and,
+say, `openvino/model[.fp16].xml` in a folder.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 
 from runtime.compare import ParityError
 
-from . import golden, openvino_convert
+from . import golden
+from .backends import REGISTRY
 from .contract import Exportable, module_nodes, node_modules
 from .onnx_export import export_onnx
 from .rewrite import rewrite
@@ -40,7 +42,7 @@ class FP32Artifacts:
     float, and the module every node was made in."""
 
     onnx: Path
-    irs: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, dict[str, Path]] = field(default_factory=dict)  # backend -> precision -> its artifact
     export: dict[str, Any] = field(default_factory=dict)
     simplify: dict[str, Any] = field(default_factory=dict)
     rewrites: dict[str, Any] = field(default_factory=dict)
@@ -49,10 +51,11 @@ class FP32Artifacts:
 
 
 def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], folder: Path, opset: int,
-                        ir_precisions: Sequence[str] = tuple(openvino_convert.IR_FILES),
+                        conversions: Mapping[str, Sequence[str]] | None = None,
                         stage: Stage = silent, rewrites: bool = True) -> FP32Artifacts:
-    """Write `folder/model.onnx` and the OpenVINO IRs of `ir_precisions` (none: no
-    OpenVINO). `feeds` are real inputs (batch 2 or more keeps the batch axis dynamic).
+    """Write `folder/model.onnx` and each backend's artifacts of the precisions `conversions` names
+    (backend -> precisions; none: the ONNX graph alone). `feeds` are real inputs (batch 2 or more keeps
+    the batch axis dynamic).
     `rewrites` False leaves the simplified graph as it is. Raises ParityError where
     simplification or a rewrite changed the outputs."""
     made = FP32Artifacts(folder / ONNX_FILE)
@@ -79,8 +82,18 @@ def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], fold
         made.modules.update(dict.fromkeys(a.added, module) if module else {})
         if a.where in made.keep_nodes:
             made.keep_nodes += list(a.added)
-    if ir_precisions:
-        with stage(f"OpenVINO IR ({', '.join(ir_precisions)})"):
-            openvino_convert.convert(made.onnx, folder, tuple(ir_precisions))
-        made.irs = {p: folder / openvino_convert.IR_FILES[p] for p in ir_precisions}
+    for backend, precisions in (conversions or {}).items():
+        plugin = REGISTRY[backend]
+        with stage(plugin.stage(precisions)) if plugin.stage(precisions) else contextlib.nullcontext():
+            made.files[backend] = plugin.convert(made.onnx, folder, precisions)
     return made
+
+
+def fp32_everywhere() -> dict[str, tuple[str, ...]]:
+    """Every backend's FP32 artifact (the study, diagnose)."""
+    return {backend: ("fp32",) for backend in REGISTRY}
+
+
+def made_by_conversion(backends: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The precisions of `backends` a build converts (INT8 is made by quantization, later)."""
+    return {b: tuple(p for p in REGISTRY[b].runtime.files if p != "int8") for b in backends}

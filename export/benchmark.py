@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from runtime.bench import bench_interleaved
-from runtime.runners import BaseRunner, Runner, op_table
+from runtime.backends.base import BaseRunner, Runner, op_table
 
 from .contract import Exportable
 

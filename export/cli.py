@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runtime.bundle import BACKENDS, SIGNATURE
+from runtime.backends import BACKENDS, REGISTRY
+from runtime.bundle import SIGNATURE
 from runtime.errors import Parser, UserError
 
 from .pack import DEFAULT_GLIBC, TARGETS, archive_member, pack
@@ -50,7 +51,7 @@ def _build_command(sub) -> None:
     b.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts root (default: artifacts/)")
     b.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     b.add_argument("--backends", default=",".join(BACKENDS),
-                   help=f"comma-separated subset of {','.join(BACKENDS)} (default: both)")
+                   help=f"comma-separated subset of {','.join(BACKENDS)} (default: all of them)")
     b.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
     b.add_argument("--pack", action="store_true", help="also write <out>/<name>.tar.gz to copy to a device")
     b.add_argument("--sign", type=Path, metavar="KEY", help="sign the bundle's manifest with this ed25519 private "
@@ -478,7 +479,8 @@ def _summary(manifest: dict | None) -> dict[str, str] | None:
 def _print_packed(archive: Path) -> None:
     name = archive.name.removesuffix(".tar.gz")
     console.print(f"Packed: {archive} ({archive.stat().st_size / 1e6:.1f} MB) and {archive.name}.sha256.", soft_wrap=True)
-    console.print("The device needs the runtime too (numpy, onnxruntime, openvino, Pillow; no torch). Here: "
+    console.print(f"The device needs the runtime too (numpy, {', '.join(b.distribution for b in REGISTRY.values())}, "
+                  "Pillow; no torch). Here: "
                   "pip wheel --no-deps -w dist . ; copy both files of the archive and "
                   "dist/edge_export-*.whl to the device; there: pip install edge_export-*.whl && "
                   f"sha256sum -c {archive.name}.sha256 && tar xzf {archive.name} && python -m runtime verify {name}. "

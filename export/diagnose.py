@@ -1,8 +1,8 @@
 """Where does an artifact part ways with PyTorch?
 
 Every PyTorch module's output is recorded with forward hooks; the exported
-graph is run with its intermediate tensors exposed (extra graph outputs in
-ONNX Runtime, `add_outputs` in OpenVINO) through the device runtime's runners.
+graph is run with its intermediate tensors exposed (each backend plugin's `expose`: extra graph
+outputs in ONNX, `add_outputs` in OpenVINO) through the device runtime's runners.
 The exporter records, for each ONNX node, the module scopes it came from (`pkg.torch.onnx.name_scopes`); a
 module's output is the last tensor produced inside its scope. Walking the
 graph in order, the first module whose tensor crosses the bound is where the
@@ -26,6 +26,7 @@ from runtime.errors import UserError
 from runtime.spec import ModelSpec
 from runtime.tasks import task_of
 
+from .backends import REGISTRY
 from .contract import Exportable, example_tensors
 
 
@@ -130,49 +131,22 @@ def torch_activations(model: Exportable, feeds: Mapping[str, np.ndarray]) -> dic
     return acts
 
 
-def _exposed_onnx(graph: onnx.ModelProto, names: list[str], folder: Path) -> tuple[Path, list[str]]:
-    """The graph with the tensors `names` (those it still holds) as extra outputs, written to `folder`."""
-    inferred = onnx.shape_inference.infer_shapes(graph)
-    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
-    have = {o.name for o in inferred.graph.output}
-    inferred.graph.output.extend(known[n] for n in names if n in known and n not in have)
-    path = folder / "exposed.onnx"
-    onnx.save(inferred, str(path))
-    return path, [o.name for o in inferred.graph.output if o.name in names]
-
-
-def _exposed_ir(model_file: Path, names: list[str], folder: Path) -> tuple[Path, list[str]]:
-    """The IR with the tensors `names` (those it still holds) as extra outputs, written to `folder`."""
-    import openvino as ov
-
-    model = ov.Core().read_model(str(model_file))
-    present = {n for op in model.get_ops() for out in op.outputs() for n in out.get_names()}
-    wanted = [n for n in names if n in present]
-    model.add_outputs(wanted)
-    path = folder / "exposed.xml"
-    ov.save_model(model, str(path), compress_to_fp16=False)
-    return path, wanted
-
-
 def _tensors(backend: str, exposed: tuple[Path, list[str]], model: Exportable, feeds: dict[str, np.ndarray],
              threads: int) -> dict[str, np.ndarray]:
     """The exposed tensors, computed through the device runtime's own runner for `backend` (FP32)."""
-    from runtime.runners import RUNNERS
-
     path, wanted = exposed
-    with RUNNERS[backend](path, model.spec.inputs, [{"name": n} for n in wanted], "fp32", threads,
+    with REGISTRY[backend].runtime.runner(path, model.spec.inputs, [{"name": n} for n in wanted], "fp32", threads,
                           cache=False) as runner:
         return runner.infer(feeds)
 
 
 def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
-             bounds: Mapping[str, float], onnx_file: Path | None = None, openvino_file: Path | None = None,
-             threads: int = 1, rewritten: Mapping[str, str] | None = None) -> list[Diagnosis]:
-    """Compare every module output of `model` with the matching tensor of the ONNX
-    graph `onnx_file` on ONNX Runtime and of the IR `openvino_file` on OpenVINO
-    (either may be None). `exported` is the exporter's own graph of the same
-    model: its metadata map tensors to modules (onnxsim and the OpenVINO
-    converter keep tensor names). `bounds` maps backend -> bound on the max
+             bounds: Mapping[str, float], files: Mapping[str, Path], threads: int = 1,
+             rewritten: Mapping[str, str] | None = None) -> list[Diagnosis]:
+    """Compare every module output of `model` with the matching tensor of each FP32 artifact
+    in `files` (backend -> its file) on its backend. `exported` is the exporter's own graph of the
+    same model: its metadata map tensors to modules (onnxsim and the backends' converters keep
+    tensor names). `bounds` maps backend -> bound on the max
     relative error. The model's outputs are compared last; `rewritten` names the
     modules a graph rewrite computes (module -> rewrite), judged through them."""
     tensors = module_tensors(exported, module_scopes(exported))
@@ -183,15 +157,10 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
     outputs = dict(zip(model.spec.outputs, golden_outputs(model, feeds)))
     names = sorted({tensors[m][0] for m in modules} | set(outputs))
     leaves = {name for name, module in model.named_modules() if not any(module.children())}
-    runs = {}
-    if onnx_file is not None:
-        runs["onnxruntime"] = lambda folder: _exposed_onnx(onnx.load(str(onnx_file)), names, folder)
-    if openvino_file is not None:
-        runs["openvino"] = lambda folder: _exposed_ir(openvino_file, names, folder)
     diagnoses = []
-    for backend, expose in runs.items():
+    for backend, file in files.items():
         with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as folder:
-            got = _tensors(backend, expose(Path(folder)), model, feeds, threads)
+            got = _tensors(backend, REGISTRY[backend].expose(file, names, Path(folder)), model, feeds, threads)
         diagnosis = Diagnosis(backend)
         for m in modules:
             tensor, op_type = tensors[m]
@@ -247,7 +216,7 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
     from runtime.bundle import Bundle
 
     from . import golden
-    from .artifacts import make_fp32_artifacts
+    from .artifacts import fp32_everywhere, make_fp32_artifacts
 
     opened = Bundle.open(bundle) if bundle is not None else None
     if opened is not None and opened.spec.input_names != spec.input_names:
@@ -262,8 +231,8 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
             rewrites = opened.manifest.get("rewrites")
         else:
             feeds = golden.golden_inputs(spec, 2, 0)  # batch 2: the batch axis stays dynamic
-            made = make_fp32_artifacts(model, feeds, work, opset, ("fp32",))
-            files = {"onnxruntime": made.onnx, "openvino": made.irs["fp32"]}
+            made = make_fp32_artifacts(model, feeds, work, opset, fp32_everywhere())
+            files = {backend: made_here["fp32"] for backend, made_here in made.files.items()}
             rewrites = made.rewrites
             feeds = {k: v[:1] for k, v in feeds.items()}
         return localise_files(model, feeds, files, opset, threads, rewrites)
@@ -276,7 +245,7 @@ def localise_files(model: Exportable, feeds: dict[str, np.ndarray], files: Mappi
     from runtime.compare import BOUNDS
 
     exported = export_for_diagnosis(model, {k: np.concatenate([v, v]) for k, v in feeds.items()}, opset)
-    bounds = {backend: BOUNDS[(backend, "fp32")] for backend in ("onnxruntime", "openvino")}
+    bounds = {backend: BOUNDS[(backend, "fp32")] for backend in files}
     rewritten = {a["module"] or a["where"]: a["rewrite"] for a in (rewrites or {}).get("applied", [])}
-    return localise(model, exported, feeds, bounds, files.get("onnxruntime"), files.get("openvino"), threads,
-                    rewritten)
+    files = {backend: files[backend] for backend in REGISTRY if backend in files}  # the registry's order
+    return localise(model, exported, feeds, bounds, files, threads, rewritten)

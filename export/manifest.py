@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from runtime.backends import REGISTRY
 from runtime.bundle import FORMAT, MANIFEST, MANIFEST_KEYS, UNHASHED, sha256
 
 
-TOOLS = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "openvino", "numpy")
+TOOLS = ("torch", "onnx", "onnxscript", "onnxsim", *(b.distribution for b in REGISTRY.values()), "numpy")
 
 
 def tool_versions() -> dict[str, str]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import runtime
+from runtime.backends import REGISTRY
 from runtime.bundle import MANIFEST, SIGNATURE, Bundle, sha256
 from runtime.errors import UserError, check_choice, check_folder
 from runtime.files import atomic_file
@@ -143,7 +144,7 @@ def requirements(bundle: Bundle) -> list[str]:
     """What the runtime needs on the device for this bundle, pinned to the versions it was proven with."""
     proven = bundle.manifest.get("versions", {})
     signed = ["cryptography"] if (bundle.path / SIGNATURE).is_file() else []  # the device checks the signature
-    names = ["numpy", *sorted({a.backend for a in bundle.artifacts}), "pillow", *signed]
+    names = ["numpy", *sorted({REGISTRY[a.backend].distribution for a in bundle.artifacts}), "pillow", *signed]
     pins = []
     for name in names:
         version = proven.get(name)
@@ -207,13 +208,13 @@ def pack_kit(bundle_dir: str | Path, target: str, dest: str | Path | None = None
             (kit_dir / name / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(bundle.path / file, kit_dir / name / file)
         source = Path(runtime.__file__).parent
-        (kit_dir / "lib" / "runtime").mkdir(parents=True)
-        for file in sorted(source.glob("*.py")):
-            shutil.copy2(file, kit_dir / "lib" / "runtime" / file.name)
+        for file in sorted(source.rglob("*.py")):  # the package and its backends' plugins
+            (kit_dir / "lib" / "runtime" / file.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, kit_dir / "lib" / "runtime" / file.relative_to(source))
         (kit_dir / "install.sh").write_text(INSTALL_SH.format(python=python, launcher=LAUNCHER, bundle=name))
         (kit_dir / "install.sh").chmod(0o755)
         runtime_files = [f"{p.relative_to(kit_dir)} {sha256(p)}" for p in
-                         [*wheels.glob("*.whl"), *(kit_dir / "lib" / "runtime").glob("*.py")]]
+                         [*wheels.glob("*.whl"), *(kit_dir / "lib" / "runtime").rglob("*.py")]]
         # what the device holds, but for the manifest and report.md (which pack and deploy add to)
         content = [f"{f} {h}" for f, h in bundle.manifest["files"].items() if f != "report.md"]
         content += [f"{f} {sha256(bundle.path / f)}" for f in _manifest_files(bundle)[1:]]  # a new signature: a new kit

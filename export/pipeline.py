@@ -35,10 +35,11 @@ from runtime.memory import RUNS, measure_all
 from runtime.spec import ModelSpec
 from runtime.tasks import Task, task_of
 
-from . import golden, openvino_convert, quantize
+from . import golden, quantize
 from .benchmark import measure
 from .calibration import CALIB_METHODS, calibration_set, task_images
-from .artifacts import ONNX_FILE, FP32Artifacts, Stage, make_fp32_artifacts, silent
+from .artifacts import ONNX_FILE, FP32Artifacts, Stage, made_by_conversion, make_fp32_artifacts, silent
+from .backends import REGISTRY
 from .contract import Exportable, check_modules, check_signature, example_tensors, infer_spec
 from .manifest import tool_versions, write_manifest
 from .report import (FRONTIER_PLOT, LABELS_PLOT, LATENCY_PLOT, plot_frontier, plot_labels, plot_latency_memory,
@@ -61,10 +62,6 @@ class BuildResult:
 
 
 
-
-INT8_FILES = {"onnxruntime": quantize.ONNX_INT8, "openvino": quantize.OPENVINO_INT8}
-
-
 def _manifest_of(path: Path) -> dict[str, Any] | None:
     try:
         return Bundle.open(path).manifest if path.is_dir() else None
@@ -77,13 +74,10 @@ def artifact_entries(spec: ModelSpec, backends: tuple[str, ...], int8: bool = Fa
     """The artifacts a build makes, each with its nominal bound (and INT8's task bounds). With labelled
     images (`truth`), FP16 and INT8 are judged on them instead: their tensor bound only catches a broken
     model, and what they may lose is the allowed drop against the truth."""
-    files = []
-    if "onnxruntime" in backends:
-        files.append((ONNX_FILE, "onnxruntime", "fp32"))
-    if "openvino" in backends:
-        files += [(name, "openvino", precision) for precision, name in openvino_convert.IR_FILES.items()]
-    if int8:
-        files += [(INT8_FILES[b], b, "int8") for b in backends]
+    made = [(REGISTRY[b].runtime.files[p], b, p) for b, precisions in made_by_conversion(backends).items()
+            for p in precisions]
+    quantized = [(REGISTRY[b].runtime.files["int8"], b, "int8") for b in backends if int8]
+    files = [f for b in REGISTRY for f in made if f[1] == b] + quantized  # FP32/FP16 in the registry's order
     task = task_of(spec)
 
     def entry(file: str, backend: str, precision: str) -> Artifact:
@@ -277,9 +271,8 @@ def _truth_stage(st: BuildState) -> dict[str, np.ndarray]:
 
 
 def _fp32_stage(st: BuildState) -> None:
-    st.made = make_fp32_artifacts(st.model, st.feeds, st.folder, st.s.opset,
-                                  tuple(openvino_convert.IR_FILES) if "openvino" in st.s.backends else (), st.stage,
-                                  st.s.rewrites)
+    st.made = make_fp32_artifacts(st.model, st.feeds, st.folder, st.s.opset, made_by_conversion(st.s.backends),
+                                  st.stage, st.s.rewrites)
     st.manifest.update(export=st.made.export, simplify=st.made.simplify, rewrites=st.made.rewrites)
 
 
@@ -384,7 +377,7 @@ def _int8_stage(st: BuildState) -> None:
             continue
         if shipped.file is not None:  # a plan other than the full one: its model replaces the full plan's
             st.runners.pop(a.key).close()
-            quantize.install(shipped, st.folder / a.file)
+            quantize.install(shipped, st.folder / a.file, REGISTRY[a.backend].runtime)
             q["plans"][a.backend] = shipped.made
         a.plan, a.method, a.parity = shipped.plan.name, shipped.method, shipped.parity.to_dict()
         latency[a.key] = shipped.latency
@@ -414,8 +407,8 @@ def _finish_stage(st: BuildState) -> None:
                            f"{peaks[0][1]}'s, {peaks[0][0]:.0f} MB" if peaks else
                            f"no shipped artifact's memory could be measured against --memory-budget {s.memory_budget:g} MB")
     m["benchmark"] = {"batch": 1, "threads": s.threads, "warmup": s.warmup, "runs": s.runs, "interleaved": True}
-    if "onnxruntime" not in s.backends:
-        (folder / ONNX_FILE).unlink()  # only the source of the IRs (and of INT8's plans)
+    if all(ONNX_FILE not in a.files for a in st.artifacts):
+        (folder / ONNX_FILE).unlink()  # only the source of the other backends' artifacts (and of INT8's plans)
     for a in st.artifacts:  # size on disk: an IR's .xml and .bin together
         a.bytes = sum((folder / f).stat().st_size for f in a.files)
     m["artifacts"] = [a.to_dict() for a in st.artifacts]
@@ -445,42 +438,43 @@ def recommend(latency: dict[str, dict], artifacts: list[Artifact], memory: dict 
 
 
 class _Int8:
-    """The INT8 stage's tools for one build: a quantizer per backend (ONNX Runtime's with the
-    calibration method asked for, or with each of them), and the search of `quantize.search`."""
+    """The INT8 stage's tools for one build: the QDQ models of ONNX Runtime's quantization (with the
+    calibration method asked for, or with each of them), from which every backend's plans are made
+    (`export/backends/<name>.py`: its own tool for the full plan, where it has one), and the search of
+    `quantize.search`."""
 
     def __init__(self, bundle: Path, s: BuildSettings, calib: dict, keep: list[str], model: Exportable):
         self.bundle, self.s, self.calib, self.keep, self.model = bundle, s, calib, keep, model
         self.work = Path(tempfile.mkdtemp(dir=bundle, prefix=".work-int8-"))  # gone before the manifest is written
         methods = list(CALIB_METHODS) if s.calib_method == "all" else [s.calib_method]
-        self.ort = {m: quantize.OnnxRuntimeQuantizer(bundle / ONNX_FILE, calib, m, self.work / m) for m in methods}
-        self.ov = (quantize.OpenVINOQuantizer(bundle / openvino_convert.IR_FILES["fp32"], calib)
-                   if "openvino" in s.backends else None)
+        self.qdq = {m: quantize.OnnxRuntimeQuantizer(bundle / ONNX_FILE, calib, m, self.work / m) for m in methods}
         self.method = methods[0]  # the one the search goes on with
+        self.instead: dict[str, quantize.Quantizer] = {}  # a backend's full-plan tool that failed -> its fallback
         self.qat: quantize.OnnxRuntimeQuantizer | None = None  # made on first use, for every backend
 
     def quantizer(self, backend: str) -> quantize.Quantizer:
-        return self.ort[self.method] if backend == "onnxruntime" else self.ov
+        return self.instead.get(backend) or REGISTRY[backend].quantizer(self.bundle, self.calib, self.qdq[self.method])
 
     def full_plan(self, backend: str) -> dict[str, Any]:
-        """The full plan's model in the bundle. Where NNCF cannot quantize the IR (it fails on
-        some graphs), OpenVINO gets ONNX Runtime's QDQ model converted, and the manifest says why."""
-        dst = self.bundle / INT8_FILES[backend]
+        """The full plan's model in the bundle. Where the backend's own tool cannot quantize the
+        model (NNCF fails on some graphs), its fallback makes it, and the manifest says why."""
+        dst = self.bundle / REGISTRY[backend].runtime.files["int8"]
         try:
             return self.quantizer(backend).quantize(quantize.full_plan(self.keep), dst)
-        except Exception as err:  # noqa: BLE001 - NNCF's failures have no common type
-            if backend != "openvino" or isinstance(self.ov, quantize.QDQForOpenVINO):
+        except Exception as err:  # noqa: BLE001 - the tools' failures have no common type
+            fallback = None if backend in self.instead else REGISTRY[backend].fallback(self.qdq[self.method], err)
+            if fallback is None:
                 raise
-            self.ov = quantize.QDQForOpenVINO(self.ort[self.method])
-            made = self.ov.quantize(quantize.full_plan(self.keep), dst)
-            return {**made, "note": f"NNCF failed ({type(err).__name__}: {err}); ONNX Runtime's QDQ model instead"}
+            self.instead[backend], why = fallback
+            return {**self.instead[backend].quantize(quantize.full_plan(self.keep), dst), "note": why}
 
     def search(self, a: Artifact, runners: dict, parity: Parity, latency: dict, times: dict[str, list[float]],
                sets: dict, task: Task, modules: dict[str, str], truth: Truth | None = None) -> quantize.Search:
-        """The INT8 policy for the artifact `a`; with `--calib-method all`, ONNX Runtime's
-        search goes on with the method whose full plan did least damage."""
+        """The INT8 policy for the artifact `a`; with `--calib-method all`, a backend whose full plan is the
+        QDQ model itself goes on with the method whose full plan did least damage."""
         s, backend, twin = self.s, a.backend, runners[f"{a.backend}/fp32"]
         loaded = Bundle.open(self.bundle)
-        judge = quantize.Judge(a, sets, task, lambda file, profile=False: rt.RUNNERS[backend](
+        judge = quantize.Judge(a, sets, task, lambda file, profile=False: REGISTRY[backend].runtime.runner(
             file, loaded.spec.inputs, loaded.manifest["outputs"], "int8", s.threads, profile=profile),
             self.bundle / loaded.artifact(backend, "fp32").file, s.warmup, s.runs, self.bundle / a.file, truth)
         fp32 = f"{backend}/fp32"
@@ -488,20 +482,18 @@ class _Int8:
                                 latency[a.key], latency[fp32]["p50_ms"],
                                 versus=difference(times[fp32], times[a.key], latency[fp32]["others_cores"]))
         others = []
-        if backend == "onnxruntime" and len(self.ort) > 1:
-            for method in list(self.ort)[1:]:
+        if len(self.qdq) > 1 and self.quantizer(backend) is self.qdq[self.method]:
+            for method in list(self.qdq)[1:]:
                 dst = self.work / method / "full" / quantize.ONNX_INT8
-                made = self.ort[method].quantize(quantize.full_plan(self.keep), dst)
+                made = self.qdq[method].quantize(quantize.full_plan(self.keep), dst)
                 with judge.open(dst) as runner:
                     lat, fp32, versus = judge.race(runner, twin)
                     others.append(quantize.Attempt(quantize.full_plan(self.keep), method, judge.parity(runner),
                                                    lat, fp32["p50_ms"], dst, made, versus))
             full = min([full, *others], key=lambda x: x.damage)
             self.method = full.method
-        # past the full plan, OpenVINO runs ONNX Runtime's QDQ models too: NNCF's ignored scope cannot
-        # keep every node of a plan in FP32 (it names nodes its own way), a QDQ model can
-        plans = self.ort[self.method] if backend == "onnxruntime" else quantize.QDQForOpenVINO(self.ort[self.method])
-        found = quantize.search(full, twin, plans, self.ort[self.method], judge, modules,
+        plans = REGISTRY[backend].plans(self.qdq[self.method])
+        found = quantize.search(full, twin, plans, self.qdq[self.method], judge, modules,
                                 self.keep, self.work / "search", s.int8_budget)
         found.attempts[1:1] = [x for x in others if x is not full]  # every method's full plan is on the record
         if s.qat and not (found.shipped and found.shipped.plan.name == "full"):
@@ -516,11 +508,11 @@ class _Int8:
             tuned = finetune(self.model, self.calib, self.s.qat, seed=self.s.seed)
             feeds = {k: v[:2] for k, v in self.calib.items()}
             (self.work / "qat").mkdir()
-            make_fp32_artifacts(tuned, feeds, self.work / "qat", self.s.opset, ())
+            make_fp32_artifacts(tuned, feeds, self.work / "qat", self.s.opset)
             self.qat = quantize.OnnxRuntimeQuantizer(self.work / "qat" / ONNX_FILE, self.calib, self.method,
                                                      self.work / "qat" / "ort", tag=f"QAT {self.s.qat} steps")
-        plans = self.qat if backend == "onnxruntime" else quantize.QDQForOpenVINO(self.qat)
-        dst = self.work / "qat" / backend / "full" / Path(INT8_FILES[backend]).name
+        plans = REGISTRY[backend].plans(self.qat)
+        dst = self.work / "qat" / backend / "full" / Path(REGISTRY[backend].runtime.files["int8"]).name
         made = plans.quantize(quantize.full_plan(self.keep), dst)
         with judge.open(dst) as runner:
             lat, fp32, versus = judge.race(runner, twin)

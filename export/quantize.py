@@ -4,7 +4,8 @@ The tools:
 - ONNX Runtime: `quant_pre_process`, then static QDQ quantization with
   per-channel S8 weights, U8 activations and the chosen calibration method
   -> `model.int8.onnx`. One calibration gives the ranges of every plan.
-- OpenVINO: NNCF post-training quantization of the FP32 IR -> `openvino/model.int8.xml|bin`.
+- each backend's own tool where it has one (`export/backends/<name>.py`): OpenVINO's is NNCF's
+  post-training quantization of the FP32 IR -> `openvino/model.int8.xml|bin`.
 
 A `Plan` says what stays in FP32 (ONNX node names and op types). The full
 plan quantizes everything the tools quantize by default (but the contract's
@@ -43,17 +44,17 @@ from onnxruntime.quantization import CalibrationDataReader
 from runtime.bench import bench_interleaved, difference
 from runtime.bundle import Artifact
 from runtime.compare import Parity, Truth, check_artifact, judged_parity
-from runtime.runners import Runner
+from runtime.backends import REGISTRY
+from runtime.backends.base import Backend, Runner
+from runtime.backends.onnxruntime import BACKEND as ONNX_RUNTIME
 from runtime.tasks import Task
 
 from .calibration import CALIB_METHODS
 from .quiet import quiet
 
-ONNX_INT8 = "model.int8.onnx"
-OPENVINO_INT8 = "openvino/model.int8.xml"
+ONNX_INT8 = "model.int8.onnx"  # a QDQ model's file name
 RESHAPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")  # move quantized values, compute nothing
 KEEP_FP32 = ("Softmax", "MatMul", "Div")  # op types the selective plan keeps in FP32, besides its convolutions
-OPENVINO_TYPES = {"Softmax": "Softmax", "MatMul": "MatMul"}  # their OpenVINO names (NNCF quantizes no Divide)
 MIN_MS = 0.01  # a layer that costs less than this to keep in FP32 is counted as costing this
 
 
@@ -104,7 +105,7 @@ def kept_convs(model) -> list[str]:
     return kept
 
 
-def _one_at_a_time(feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+def one_at_a_time(feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(len(next(iter(feeds.values()))))]
 
 
@@ -116,9 +117,10 @@ class Quantizer(Protocol):
 
 
 class OnnxRuntimeQuantizer:
-    """QDQ models of one ONNX model, every plan quantized with the ranges of one calibration."""
+    """QDQ models of one ONNX model, every plan quantized with the ranges of one calibration: ONNX Runtime's
+    INT8 artifacts, and the models every other backend's plans are made from."""
 
-    backend = "onnxruntime"
+    backend = ONNX_RUNTIME.name
 
     def __init__(self, fp32: Path, data: Mapping[str, np.ndarray], method: str, work: Path, tag: str = ""):
         """`tag` tells this quantizer's attempts apart (e.g. "after QAT")."""
@@ -185,60 +187,10 @@ class _Reader(CalibrationDataReader):
     """Calibration feeds one sample at a time, as ONNX Runtime's calibrators read them."""
 
     def __init__(self, data: Mapping[str, np.ndarray]):
-        self.items = iter(_one_at_a_time(data))
+        self.items = iter(one_at_a_time(data))
 
     def get_next(self):
         return next(self.items, None)
-
-
-class OpenVINOQuantizer:
-    """NNCF post-training quantization of an IR; a plan's nodes and types go into its ignored scope."""
-
-    backend = "openvino"
-    method = "nncf"
-
-    def __init__(self, fp32_xml: Path, data: Mapping[str, np.ndarray]):
-        self.xml = fp32_xml
-        self.items = _one_at_a_time(data)
-
-    def quantize(self, plan: Plan, dst: Path) -> dict[str, Any]:
-        import nncf
-        import openvino as ov
-
-        model = ov.Core().read_model(str(self.xml))
-        keep = set(plan.keep_nodes)
-        # the converter names a Conv node's convolution "<node>/WithoutBiases" and its bias "<node>"
-        names = [op.get_friendly_name() for op in model.get_ops()
-                 if op.get_friendly_name().removesuffix("/WithoutBiases") in keep]
-        types = [OPENVINO_TYPES[t] for t in plan.keep_types if t in OPENVINO_TYPES]
-        ignored = nncf.IgnoredScope(names=names, types=types, validate=False) if names or types else None
-        with quiet("nncf"):
-            quantized = nncf.quantize(model, nncf.Dataset(self.items), subset_size=len(self.items),
-                                      ignored_scope=ignored)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        ov.save_model(quantized, str(dst))
-        return {"tool": f"nncf {nncf.__version__} quantize (default preset)", "method": "nncf",
-                "name": plan.name, "kept_fp32": {"nodes": list(plan.keep_nodes), "op_types": types}}
-
-
-class QDQForOpenVINO:
-    """ONNX Runtime's QDQ model of a plan, converted to an OpenVINO IR (OpenVINO runs its
-    Quantize/Dequantize pairs as INT8): the same plan, with the same ranges, on both backends."""
-
-    backend = "openvino"
-
-    def __init__(self, source: OnnxRuntimeQuantizer):
-        self.source = source
-        self.method = f"{source.method} QDQ"
-
-    def quantize(self, plan: Plan, dst: Path) -> dict[str, Any]:
-        import openvino as ov
-
-        qdq = dst.with_suffix(".qdq.onnx")
-        made = self.source.quantize(plan, qdq)
-        ov.save_model(ov.convert_model(str(qdq)), str(dst), compress_to_fp16=False)
-        qdq.unlink()
-        return {**made, "tool": made["tool"] + ", converted by openvino.convert_model", "method": self.method}
 
 
 def quantize_onnxruntime(fp32: Path, dst: Path, data: Mapping[str, np.ndarray], method: str, plan: str,
@@ -476,7 +428,7 @@ class _Searcher:
 
     def attempt(self, plan: Plan) -> Attempt:
         """Make `plan`'s model, judge it against PyTorch and time it against the FP32 twin."""
-        name = Path(ONNX_INT8 if self.quantizer.backend == "onnxruntime" else OPENVINO_INT8).name
+        name = Path(REGISTRY[self.quantizer.backend].files["int8"]).name
         dst = self.work / self.quantizer.backend / plan.name.replace(" ", "-") / name
         made = self.quantizer.quantize(plan, dst)
         with self.judge.open(dst) as runner:
@@ -580,12 +532,10 @@ def layer_times(node_ms: Mapping[str, float], layers: Sequence[tuple[str, Sequen
     return times
 
 
-def install(attempt: Attempt, artifact: Path) -> None:
-    """Put a candidate's model (and an IR's weights) where the artifact's file is."""
+def install(attempt: Attempt, artifact: Path, backend: Backend) -> None:
+    """Put a candidate's model where the artifact's file is (every file it is made of: an IR's weights too)."""
     if attempt.file is None:
         return
-    pairs = [(attempt.file, artifact)]
-    if artifact.suffix == ".xml":
-        pairs.append((attempt.file.with_suffix(".bin"), artifact.with_suffix(".bin")))
-    for src, dst in pairs:  # a rename: a runner that maps the old file keeps its own copy
-        os.replace(src, dst)
+    parts = zip(backend.parts(attempt.file.name), backend.parts(artifact.name))
+    for src, dst in parts:  # a rename: a runner that maps the old file keeps its own copy
+        os.replace(attempt.file.with_name(src), artifact.with_name(dst))

@@ -41,7 +41,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from runtime.compare import compare
-from runtime.runners import OnnxRuntimeRunner
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.spec import ModelSpec
 
 from .golden import one_ulp

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import models
-from runtime.bundle import BACKENDS
+from runtime.backends import BACKENDS
 from runtime.errors import UserError, check_at_least, check_choice, check_folder, check_positive
 from runtime.machine import int8_instructions, machine_info
 from runtime.spec import Preprocess

@@ -10,7 +10,7 @@ import onnx
 import onnxsim
 
 from runtime.compare import compare
-from runtime.runners import OnnxRuntimeRunner
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.spec import ModelSpec
 
 # Simplification folds constants and fuses nothing numeric: the two graphs

@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .backends import BACKENDS, REGISTRY
 from .errors import UserError, check_choice
 from .spec import ModelSpec
 
 MANIFEST = "manifest.json"
 FORMAT = 2  # 2: the model's spec recorded whole; the name, inputs, preprocessing and task read from it
 GOLDEN = "golden.npz"
-BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
 # The manifest's entries, in the order a build writes them. The runtime reads the first five; a build
 # writes every one (the stages of export/pipeline.py fill them in, export/manifest.py checks them).
@@ -71,7 +71,7 @@ class Artifact:
     @property
     def files(self) -> tuple[str, ...]:
         """The bundle's files this artifact is made of."""
-        return (self.file, self.file.removesuffix(".xml") + ".bin") if self.file.endswith(".xml") else (self.file,)
+        return REGISTRY[self.backend].parts(self.file) if self.backend in REGISTRY else (self.file,)
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> "Artifact":

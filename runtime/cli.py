@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import BACKENDS, PRECISIONS
+from .backends import BACKENDS, REGISTRY
+from .bundle import PRECISIONS
 from .errors import BackendError, Parser, UserError, check_folder
 
 # Outputs up to this many numbers go into infer's JSON as lists; all of them go into its .npz.
@@ -162,15 +163,14 @@ def cmd_bench(args) -> int:
     print(f"memory, in a fresh process (MB, peak resident by phase): {phases_line(stats['memory'])}")
     if args.throughput:
         t = stats["throughput"]
-        how = (f"{t['parallel']} async requests, THROUGHPUT hint" if args.backend == "openvino"
-               else f"{t['parallel']} parallel callers, 1 thread each")
+        how = REGISTRY[args.backend].throughput(t["parallel"])
         print(f"throughput (not latency: calls overlap): {t['images_per_s']:.1f} images/s "
               f"({t['inferences']} inferences in {t['seconds']:.1f} s, {how})")
     if args.plot:
         print(f"plot: {stats['plot']}")
     if args.profile:
         print(f"\nwhere the time goes, per op type ({args.profile} runs, "
-              f"{'ONNX Runtime profiler' if args.backend == 'onnxruntime' else 'OpenVINO performance counters'}):")
+              f"{REGISTRY[args.backend].profiler}):")
         print(format_table(["op type", "ms / inference", "share", "kernels"],
                            [[r["op_type"], f"{r['ms']:.3f}", f"{100 * r['share']:.1f}%", str(r["count"])]
                             for r in stats["profile"]]))

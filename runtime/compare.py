@@ -14,18 +14,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .backends import REGISTRY
 from .bundle import Artifact, Bundle
 from .tasks import Task, task_of
 
-# Bounds on max relative error, by backend and precision (recorded in the manifest).
-BOUNDS: dict[tuple[str, str], float] = {
-    ("onnxruntime", "fp32"): 1e-4,
-    ("openvino", "fp32"): 1e-3,
-    ("openvino", "fp16"): 1e-2,
-    # INT8 is judged by the task (below); the tensor bound only catches a broken model
-    ("onnxruntime", "int8"): 1.0,
-    ("openvino", "int8"): 1.0,
-}
+# Bounds on max relative error, by backend and precision (recorded in the manifest); INT8 is judged by the
+# task (below), its tensor bound only catches a broken model
+BOUNDS: dict[tuple[str, str], float] = {(b.name, precision): bound for b in REGISTRY.values()
+                                        for precision, bound in b.bounds.items()}
+
 
 @dataclass(frozen=True)
 class OutputParity:

@@ -13,11 +13,11 @@ import importlib.metadata
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .bundle import BACKENDS, Artifact, Bundle
-from .machine import ARM, FEATURES, cpu_signature, int8_instructions, machine_info
+from .backends import REGISTRY
+from .backends.base import CANNOT, RUNS
+from .bundle import Artifact, Bundle
+from .machine import ARM, FEATURES, cpu_signature, machine_info
 from .memory import available_mb
-
-RUNS, SLOW, EMULATED, CANNOT = "runs", "runs, no speed-up", "emulated", "cannot run"
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ArtifactStatus:
 def versions() -> dict[str, str | None]:
     """Installed versions of what the runtime uses (None: not installed)."""
     found: dict[str, str | None] = {}
-    for name in ("numpy", *BACKENDS, "pillow"):
+    for name in ("numpy", *(b.distribution for b in REGISTRY.values()), "pillow"):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -43,33 +43,14 @@ def versions() -> dict[str, str | None]:
 
 
 def artifact_status(art: Artifact, machine: dict[str, Any], installed: dict[str, str | None]) -> ArtifactStatus:
-    backend, precision, flags = art.backend, art.precision, set(machine["flags"])
-    status = lambda s, why="": ArtifactStatus(art.file, backend, precision, s, why)  # noqa: E731
-    arm = machine["machine"] in ARM
-    if not installed.get(backend):
-        return status(CANNOT, f"{backend} is not installed")
-    if precision == "fp32":
+    plugin = REGISTRY[art.backend]
+    status = lambda s, why="": ArtifactStatus(art.file, art.backend, art.precision, s, why)  # noqa: E731
+    if not installed.get(plugin.distribution):
+        return status(CANNOT, f"{art.backend} is not installed")
+    if art.precision == "fp32":
         return status(RUNS)
-    if precision == "int8" and backend == "openvino" and arm:
-        return status(EMULATED, "OpenVINO on ARM executes INT8 models in floating point (simulation mode)")
-    if not machine.get("flags_known", True):
-        return status(RUNS, "the CPU's features are unknown here (no /proc/cpuinfo of this architecture): "
-                            "verify tells whether it stays within its bound")
-    if precision == "int8":
-        if not int8_instructions(flags):
-            return status(SLOW, "no INT8 dot-product instruction (AVX-512 VNNI, AVX-VNNI, AMX or Arm SDOT): "
-                                "about FP32 speed")
-        return status(RUNS, "INT8 with " + ", ".join(int8_instructions(flags)))
-    if backend != "openvino":
-        return status(SLOW, "ONNX Runtime's CPU kernels compute most FP16 operators in FP32")
-    if arm:
-        return (status(RUNS, "FP16 arithmetic (NEON FP16), accumulation included: verify tells whether it "
-                             "stays within the bound proven on the build machine") if "asimdhp" in flags
-                else status(SLOW, "no FP16 arithmetic here: computed in FP32"))
-    if "avx512_fp16" in flags or "amx_fp16" in flags:
-        return status(RUNS, "FP16 arithmetic")
-    return (status(RUNS, "computed in BF16 (AVX-512 BF16), weights stored in FP16") if "avx512_bf16" in flags
-            else status(SLOW, "no FP16 or BF16 arithmetic here: computed in FP32, weights stored in FP16"))
+    return status(*plugin.status(art.precision, set(machine["flags"]), machine["machine"] in ARM,
+                                 machine.get("flags_known", True)))
 
 
 def with_memory(status: ArtifactStatus, peak_mb: float | None, available: float | None) -> ArtifactStatus:

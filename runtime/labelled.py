@@ -538,7 +538,7 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
     """Every artifact of `bundle` that runs here (or those `backend`/`precision` name) on the labelled
     images of `folder`, each image through all of them in turn, and through `extra` runners (name ->
     an object with `infer`: the PyTorch model, "pytorch fp32"); figures, intervals and each one's drop
-    against the reference: PyTorch FP32 where given, else ONNX Runtime's FP32, else the first FP32 artifact."""
+    against the reference: PyTorch FP32 where given, else the bundle's first FP32 artifact."""
     import contextlib
 
     from .bundle import Bundle
@@ -582,7 +582,7 @@ def evaluate(bundle, folder: str | Path, ignore: int = IGNORE, label_map: Mappin
                         + "; ".join(s.line() for s in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     stacks = {key: np.stack(c) for key, c in per_image.items()}
     fp32 = [k for k in stacks if k.endswith(" fp32")]
-    reference = next((k for k in ("pytorch fp32", "onnxruntime fp32") if k in stacks), fp32[0] if fp32 else None)
+    reference = "pytorch fp32" if "pytorch fp32" in stacks else fp32[0] if fp32 else None
     intervals = bootstrap(stacks, reference, reader, task.truth_metrics)
     found = {key: {**reader.figures(c), "intervals": intervals[key]} for key, c in stacks.items()}
     primary = reader.primary

@@ -76,6 +76,7 @@ def _phases(bundle_path: str, backend: str, precision: str, threads: int | None,
     """Run in the fresh process: the phases, measured in turn."""
     import importlib
 
+    from .backends import backend as backend_plugin
     from .bundle import Bundle
     from .runners import load
 
@@ -89,7 +90,7 @@ def _phases(bundle_path: str, backend: str, precision: str, threads: int | None,
     bundle = Bundle.open(bundle_path)
     feeds, _ = bundle.golden()
     mark("python")
-    importlib.import_module({"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend, backend))
+    importlib.import_module(backend_plugin(backend).module)
     mark("import")
     with load(bundle, backend, precision, threads, cache=cache, settings=settings) as runner:
         mark("load")

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import runners as rt
+from .backends import REGISTRY
 from .bench import bench_interleaved, difference
 from .bundle import Artifact
 from .spec import ModelSpec
@@ -32,21 +32,11 @@ MARGIN = 0.05  # a candidate must be this much faster (p50) than the defaults to
 
 
 def candidates(backend: str, memory: bool = False) -> list[dict[str, Any]]:
-    """The settings tried for `backend`: the defaults first, then one change at a time.
+    """The settings tried for `backend`: the defaults first, then one change at a time (its plugin's).
     No candidate changes the thread count: how many threads are fastest is a fact of the
     machine and of what else runs on it (another job holding a core made one thread
     look 1.75x faster than two), not of the model, so it never travels in a bundle."""
-    if backend == "onnxruntime":
-        default = dict(rt.ORT_DEFAULTS)
-        changes = [{"spinning": False}, {"graph_optimization": "extended"}, {"execution_mode": "parallel"}]
-        if memory:  # under a memory budget: the arena and the memory pattern off, alone and together
-            changes += [{"mem_pattern": False}, {"arena": False}, {"arena": False, "mem_pattern": False}]
-    else:  # OpenVINO: no memory candidates. Its documented lever, ENABLE_MMAP, moved no peak here (unet FP32
-        # 296.0 MB either way: the CPU plugin repacks the weights it maps), and the CPU plugin of 2026.4 refuses
-        # COMPILATION_NUM_THREADS; one stream, the latency default, is already its smallest.
-        default = {"streams": 1, "pinning": True}
-        changes = [{"pinning": False}]
-    return [default, *({**default, **c} for c in changes)]
+    return REGISTRY[backend].candidates(memory)
 
 
 def _peaks(a: Artifact, folder: Path, tried: list[dict], threads: int | None) -> list[float]:
@@ -68,7 +58,7 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
         peaks = _peaks(a, folder, tried, threads) if memory_budget is not None else [None] * len(tried)
         fits = [p is None or p <= memory_budget for p in peaks]
         with contextlib.ExitStack() as stack:
-            runners = {str(i): stack.enter_context(rt.RUNNERS[a.backend](
+            runners = {str(i): stack.enter_context(REGISTRY[a.backend].runner(
                 folder / a.file, spec.inputs, outputs, a.precision, threads, tuned=c))
                 for i, c in enumerate(tried)}
             times: dict[str, list[float]] = {}

@@ -144,5 +144,40 @@ def test_every_runner_is_a_runtime_runner(built):
     assert calls >= 1 and seconds >= 0.2
     # ExecuTorch is an optional extra: its runner has every member of the protocol all the same
     members = {"infer", "run_for", "profile", "close", "__enter__", "__exit__", "check"}
-    assert members <= set(dir(ExecuTorchRunner)) and issubclass(ExecuTorchRunner, runtime.runners.BaseRunner)
+    assert members <= set(dir(ExecuTorchRunner)) and issubclass(ExecuTorchRunner, runtime.backends.base.BaseRunner)
     assert torch.get_num_threads() == 2
+
+
+def test_a_backend_is_named_only_in_its_own_plugin_files():
+    """Everything else asks the registry: a third backend is never silently treated as one of the others.
+    No string of the code (docstrings aside) holds a backend's name outside runtime/backends/<name>.py and
+    export/backends/<name>.py."""
+    from runtime.backends import REGISTRY
+
+    found = []
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            if path.parent.name == "backends" and path.stem in REGISTRY:
+                continue
+            tree = ast.parse(path.read_text())
+            docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                          if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                          and node.body and isinstance(node.body[0], ast.Expr)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                    words = set(node.value.replace("/", " ").replace(",", " ").split())
+                    found += [f"{path.relative_to(REPO)}:{node.lineno} {name!r}" for name in words & set(REGISTRY)]
+    assert found == []
+
+
+def test_each_backend_is_one_plugin_on_each_side_of_the_torch_line():
+    from export.backends import REGISTRY as BUILD
+    from runtime.backends import BACKENDS, REGISTRY
+
+    assert list(BUILD) == list(BACKENDS) == [b.name for b in sorted(REGISTRY.values(), key=lambda b: b.rank)]
+    for name, backend in REGISTRY.items():
+        assert BUILD[name].runtime is backend
+        assert "fp32" in backend.files and set(backend.bounds) == set(backend.files), name
+        assert issubclass(backend.runner, runtime.backends.base.BaseRunner), name
+        assert backend.candidates()[0] == backend.candidates(memory=True)[0], name  # the defaults come first
+    assert len({b.files["fp32"] for b in REGISTRY.values()}) == len(REGISTRY)  # no two share a file

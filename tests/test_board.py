@@ -16,7 +16,8 @@ from PIL import Image
 import runtime
 from export.pack import pack, wheel_floor
 from runtime.bundle import DEVICE_CHOICE, Artifact, Bundle, sha256
-from runtime.doctor import CANNOT, EMULATED, RUNS, SLOW, artifact_status, doctor
+from runtime.backends.base import CANNOT, EMULATED, RUNS, SLOW
+from runtime.doctor import artifact_status, doctor
 from runtime.memory import PHASES
 from runtime.machine import cpu_signature, machine_info
 from tests.test_cli import REPO, run

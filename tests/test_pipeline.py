@@ -28,7 +28,7 @@ def test_a_build_that_dies_leaves_the_previous_bundle_and_no_leftovers(built, tm
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash during conversion")
 
-    monkeypatch.setattr(pipeline.openvino_convert, "convert", crash)
+    monkeypatch.setattr(pipeline.REGISTRY["openvino"], "convert", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build(BuildSettings(variant="dsc", out=tmp_path, warmup=1, runs=3))
     assert [p.name for p in tmp_path.iterdir()] == ["dsc"]

@@ -10,7 +10,7 @@ import pytest
 import runtime
 from export.pipeline import BuildSettings, build
 from runtime.tune import MARGIN, candidates
-from runtime.runners import ORT_DEFAULTS
+from runtime.backends.onnxruntime import DEFAULTS as ORT_DEFAULTS
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])

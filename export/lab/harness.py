@@ -18,20 +18,20 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from runtime import runners as rt
-from runtime.runners import BaseRunner, Runner
+from runtime.backends.base import BaseRunner, Runner
 from runtime.bench import bench_interleaved, latency_stats
 from runtime.machine import machine_info
 
-from ..artifacts import make_fp32_artifacts
+from ..artifacts import fp32_everywhere, make_fp32_artifacts
+from ..backends import REGISTRY
 from ..benchmark import TorchRunner
 from ..contract import Exportable, infer_spec
 from ..manifest import tool_versions
 from ..quiet import quiet
 from ..settings import DEFAULT_OPSET
 
-BACKENDS = ("pytorch", "onnxruntime", "openvino")
-BACKEND_NAMES = {"pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+BACKENDS = ("pytorch", *REGISTRY)
+BACKEND_NAMES = {"pytorch": "PyTorch eager", **{b.name: b.runtime.title for b in REGISTRY.values()}}
 
 @dataclass(frozen=True)
 class StudySettings:
@@ -107,7 +107,7 @@ class Study:
         self.rng = np.random.default_rng(s.seed)
 
     def runners(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> dict[tuple[str, str], Runner]:
-        """`module` in eager PyTorch, and as the build would ship it for ONNX Runtime and OpenVINO (FP32)."""
+        """`module` in eager PyTorch, and as the build would ship it for every backend (FP32)."""
         module = module.eval()
         slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
         example = {INPUT_NAME: torch.rand(2, *shape)}  # batch 2: the batch axis stays dynamic
@@ -115,12 +115,12 @@ class Study:
         model = Exportable(module, spec)
         feeds = {k: v.numpy() for k, v in example.items()}
         folder = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=self.work))  # a label may come twice (two tables)
-        made = make_fp32_artifacts(model, feeds, folder, self.s.opset, ("fp32",))
+        made = make_fp32_artifacts(model, feeds, folder, self.s.opset, fp32_everywhere())
         threads = self.s.threads
         outputs = [{"name": n} for n in spec.outputs]
         return {(label, "pytorch"): TorchRunner(model, threads),
-                (label, "onnxruntime"): rt.OnnxRuntimeRunner(made.onnx, spec.inputs, outputs, "fp32", threads),
-                (label, "openvino"): rt.OpenVINORunner(made.irs["fp32"], spec.inputs, outputs, "fp32", threads)}
+                **{(label, b): REGISTRY[b].runtime.runner(files["fp32"], spec.inputs, outputs, "fp32", threads)
+                   for b, files in made.files.items()}}
 
     def feeds(self, shape: tuple[int, ...], batch: int = 1, normal: bool = False) -> dict[str, np.ndarray]:
         x = self.rng.standard_normal((batch, *shape)) if normal else self.rng.random((batch, *shape))

@@ -11,10 +11,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..backends import REGISTRY  # noqa: E402
 from ..report import markdown_table  # noqa: E402
 from .harness import BACKEND_NAMES, BACKENDS, Section, StudySettings, environment, settings_dict  # noqa: E402
 
-MARKERS = {"pytorch": "o", "onnxruntime": "s", "openvino": "^"}
+MARKERS = {"pytorch": "o", **{name: b.marker for name, b in REGISTRY.items()}}
 
 
 def _split(stats: dict[str, dict]) -> dict[str, dict[str, float]]:
@@ -39,7 +40,7 @@ def plot_latency_vs_params(sections: list[Section], path: Path) -> None:
                     ys.append(times[backend])
                     names.append((name, section.key))
         ax.scatter(xs, ys, marker=MARKERS[backend], label=BACKEND_NAMES[backend], alpha=0.8)
-        if backend == "openvino":
+        if backend == BACKENDS[-1]:  # the names once, beside the last backend's points
             for x, y, (name, _) in zip(xs, ys, names):
                 ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xscale="log", yscale="log", xlabel="parameters (M)", ylabel="p50 latency, batch 1 (ms)",

@@ -366,7 +366,7 @@ def _fastest(section: Section) -> str:
     per = {}
     for key, s in section.data["stats"].items():
         name, backend = key.split(" | ")
-        if backend in ("onnxruntime", "openvino"):
+        if backend != "pytorch":
             per[name] = min(per.get(name, float("inf")), s["p50_ms"])
     return min(per, key=per.get)
 

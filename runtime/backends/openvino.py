@@ -1,0 +1,160 @@
+"""OpenVINO: IRs (an .xml graph and its .bin weights) in FP32, FP16 (weights stored in FP16) and INT8,
+compiled for the CPU plugin with a pool of infer requests."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .base import EMULATED, RUNS, SLOW, Backend, BaseRunner, cache_dir, op_table
+
+# What OpenVINO is asked for, by artifact precision. A CPU without native f16
+# arithmetic computes an FP16 IR (compressed weights) in bf16 where it has
+# AVX512_BF16, else in f32; the compiled model's answer is what gets recorded.
+PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+
+
+class OpenVINORunner(BaseRunner):
+    """A compiled OpenVINO model with a pool of infer requests, one per concurrent caller."""
+
+    def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None,
+                 mode: str = "latency", profile: bool = False, cache: bool = False,
+                 tuned: Mapping[str, Any] | None = None):
+        super().__init__(inputs, outputs, BACKEND.name, precision)
+        import openvino as ov
+
+        tuned = dict(tuned or {})
+        core = ov.Core()
+        hint = mode.upper()
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": PRECISION_HINT[precision]}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if "streams" in tuned:
+            config["NUM_STREAMS"] = tuned["streams"]
+        if "pinning" in tuned:  # threads held to their cores, or left to the OS scheduler
+            config["ENABLE_CPU_PINNING"] = tuned["pinning"]
+        if profile:
+            config["PERF_COUNT"] = True
+        if cache:
+            config["CACHE_DIR"] = str(cache_dir() / "openvino")
+        self.compiled = core.compile_model(str(model), "CPU", config)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._ports = {name: self.compiled.output(name) for name in self.output_names}
+        self.callers = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.settings = {
+            "mode": mode,
+            "threads": threads or "default",
+            "performance_hint": hint,
+            "precision_hint_requested": config["INFERENCE_PRECISION_HINT"],
+            "precision_hint": self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+            "streams": int(self.compiled.get_property("NUM_STREAMS")),
+            "pinning": bool(self.compiled.get_property("ENABLE_CPU_PINNING")),
+            "cache_dir": config.get("CACHE_DIR"),
+            "openvino": ov.get_version(),
+        }
+        if mode == "throughput":
+            self.settings["async_requests"] = self.callers
+
+    def _run(self, feeds):
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            result = request.infer(feeds, share_inputs=True)
+            return {name: np.array(result[port]) for name, port in self._ports.items()}
+        finally:
+            self._requests.put(request)
+
+    def run_for(self, feeds, seconds):
+        """OpenVINO's own way to throughput: an AsyncInferQueue of the optimal number of requests."""
+        import openvino as ov
+
+        feeds = self.check(feeds)
+        jobs = ov.AsyncInferQueue(self.compiled, self.callers)
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            jobs.start_async(feeds, share_inputs=True)
+            count += 1
+        jobs.wait_all()
+        return count, time.perf_counter() - start
+
+    def profile(self, feeds, runs):
+        """Real time per executed layer type, from OpenVINO's performance counters (load with profile=True)."""
+        per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for p in self._counters(feeds, runs):
+            per_op[p.node_type][0] += p.real_time.total_seconds() * 1e3
+            per_op[p.node_type][1] += 1
+        return op_table({op: (ms, n) for op, (ms, n) in per_op.items()}, runs)
+
+    def node_times(self, feeds, runs):
+        """Real time per executed layer (load with profile=True), named after the ONNX node it
+        came from (a fused layer after its first node; layout reorders by their own names)."""
+        times: dict[str, float] = defaultdict(float)
+        for p in self._counters(feeds, runs):
+            times[p.node_name.removesuffix("/WithoutBiases")] += p.real_time.total_seconds() * 1e3 / runs
+        return dict(times)
+
+    def _counters(self, feeds, runs) -> list:
+        feeds = self.check(feeds)
+        request = self.compiled.create_infer_request()
+        request.infer(feeds, share_inputs=True)  # the first inference is slow: left out
+        counters = []
+        for _ in range(runs):
+            request.infer(feeds, share_inputs=True)
+            counters += [p for p in request.profiling_info if p.status == p.Status.EXECUTED]
+        if not counters:
+            raise ValueError("this runner was loaded without profile=True")
+        return counters
+
+    def close(self):
+        self.compiled = None
+        self._requests = queue.SimpleQueue()
+
+
+class OpenVINO(Backend):
+    name, title = "openvino", "OpenVINO"
+    rank = 1
+    distribution = module = "openvino"
+    files = {"fp32": "openvino/model.xml", "fp16": "openvino/model.fp16.xml", "int8": "openvino/model.int8.xml"}
+    bounds = {"fp32": 1e-3, "fp16": 1e-2, "int8": 1.0}
+    runner = OpenVINORunner
+    profiler = "OpenVINO performance counters"
+
+    def parts(self, file):
+        return (file, file.removesuffix(".xml") + ".bin")  # the graph, and its weights beside it
+
+    def candidates(self, memory=False):
+        # No memory candidates. Its documented lever, ENABLE_MMAP, moved no peak here (unet FP32 296.0 MB either
+        # way: the CPU plugin repacks the weights it maps), and the CPU plugin of 2026.4 refuses
+        # COMPILATION_NUM_THREADS; one stream, the latency default, is already its smallest.
+        default = {"streams": 1, "pinning": True}
+        return [default, {**default, "pinning": False}]
+
+    def throughput(self, parallel):
+        return f"{parallel} async requests, THROUGHPUT hint"
+
+    def status(self, precision, flags, arm, flags_known):
+        if precision == "int8" and arm:
+            return EMULATED, "OpenVINO on ARM executes INT8 models in floating point (simulation mode)"
+        return super().status(precision, flags, arm, flags_known)
+
+    def fp16_status(self, flags, arm):
+        if arm:
+            return ((RUNS, "FP16 arithmetic (NEON FP16), accumulation included: verify tells whether it stays "
+                           "within the bound proven on the build machine") if "asimdhp" in flags
+                    else (SLOW, "no FP16 arithmetic here: computed in FP32"))
+        if "avx512_fp16" in flags or "amx_fp16" in flags:
+            return RUNS, "FP16 arithmetic"
+        return ((RUNS, "computed in BF16 (AVX-512 BF16), weights stored in FP16") if "avx512_bf16" in flags
+                else (SLOW, "no FP16 or BF16 arithmetic here: computed in FP32, weights stored in FP16"))
+
+
+BACKEND = OpenVINO()
