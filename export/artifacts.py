@@ -17,6 +17,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from runtime.backends import DEFAULT_BACKENDS
 from runtime.compare import ParityError
 
 from . import golden
@@ -85,13 +86,15 @@ def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], fold
     for backend, precisions in (conversions or {}).items():
         plugin = REGISTRY[backend]
         with stage(plugin.stage(precisions)) if plugin.stage(precisions) else contextlib.nullcontext():
-            made.files[backend] = plugin.convert(made.onnx, folder, precisions)
+            made.files[backend], record = plugin.convert(model, feeds, made.onnx, folder, precisions)
+        if record:
+            made.export.setdefault("backends", {})[backend] = record
     return made
 
 
-def fp32_everywhere() -> dict[str, tuple[str, ...]]:
-    """Every backend's FP32 artifact (the study, diagnose)."""
-    return {backend: ("fp32",) for backend in REGISTRY}
+def fp32_of(backends: Sequence[str] = DEFAULT_BACKENDS) -> dict[str, tuple[str, ...]]:
+    """The FP32 artifact of each of `backends` (the study's rows, diagnose's fresh conversion)."""
+    return {backend: ("fp32",) for backend in backends}
 
 
 def made_by_conversion(backends: Sequence[str]) -> dict[str, tuple[str, ...]]:

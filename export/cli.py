@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runtime.backends import BACKENDS, REGISTRY
+from runtime.backends import BACKENDS, DEFAULT_BACKENDS, REGISTRY
 from runtime.bundle import SIGNATURE
 from runtime.errors import Parser, UserError
 
@@ -50,8 +50,9 @@ def _build_command(sub) -> None:
     _model_arguments(b, "the PyTorch weights (a state_dict saved with torch.save; default: random init)")
     b.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts root (default: artifacts/)")
     b.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
-    b.add_argument("--backends", default=",".join(BACKENDS),
-                   help=f"comma-separated subset of {','.join(BACKENDS)} (default: all of them)")
+    b.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                   help=f"comma-separated subset of {','.join(BACKENDS)} (default: {','.join(DEFAULT_BACKENDS)}; "
+                        "the others when asked for)")
     b.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
     b.add_argument("--pack", action="store_true", help="also write <out>/<name>.tar.gz to copy to a device")
     b.add_argument("--sign", type=Path, metavar="KEY", help="sign the bundle's manifest with this ed25519 private "
@@ -501,6 +502,10 @@ def cmd_pack(args) -> int:
     console.print(f"Packed kit: {archive} ({archive.stat().st_size / 1e6:.1f} MB) and {archive.name}.sha256, "
                   f"for {t['target']}, Python {t['python']}, glibc {t['glibc'] or 'any'} or newer, a CPU with "
                   f"{t['cpu']}.", markup=False, soft_wrap=True)
+    floors = ", ".join(f"{b} glibc {f['glibc'] or 'any'}" for b, f in t["backends"].items())
+    console.print(f"Each backend installs where the device's glibc allows it: {floors}."
+                  + "".join(f" Left out: {b}, {why}." for b, why in t["left_out"].items()), markup=False,
+                  soft_wrap=True)
     table = Table("wheel", "needs", box=None, pad_edge=False)
     for wheel, floor in t["wheels"].items():
         table.add_row(wheel, floor)

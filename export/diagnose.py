@@ -160,7 +160,10 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
     diagnoses = []
     for backend, file in files.items():
         with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as folder:
-            got = _tensors(backend, REGISTRY[backend].expose(file, names, Path(folder)), model, feeds, threads)
+            exposed = REGISTRY[backend].expose(file, names, Path(folder))
+            if exposed is None:  # its tensors cannot be matched to modules
+                continue
+            got = _tensors(backend, exposed, model, feeds, threads)
         diagnosis = Diagnosis(backend)
         for m in modules:
             tensor, op_type = tensors[m]
@@ -216,7 +219,7 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
     from runtime.bundle import Bundle
 
     from . import golden
-    from .artifacts import fp32_everywhere, make_fp32_artifacts
+    from .artifacts import fp32_of, make_fp32_artifacts
 
     opened = Bundle.open(bundle) if bundle is not None else None
     if opened is not None and opened.spec.input_names != spec.input_names:
@@ -231,7 +234,7 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
             rewrites = opened.manifest.get("rewrites")
         else:
             feeds = golden.golden_inputs(spec, 2, 0)  # batch 2: the batch axis stays dynamic
-            made = make_fp32_artifacts(model, feeds, work, opset, fp32_everywhere())
+            made = make_fp32_artifacts(model, feeds, work, opset, fp32_of())
             files = {backend: made_here["fp32"] for backend, made_here in made.files.items()}
             rewrites = made.rewrites
             feeds = {k: v[:1] for k, v in feeds.items()}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,7 +13,7 @@ import torch
 from runtime.errors import UserError
 
 from .contract import Exportable, example_tensors
-from .quiet import quiet
+from .quiet import quiet, silenced
 from .settings import check_opset
 
 MAX_SIDE = 8192  # the largest dynamic height or width an export allows
@@ -27,21 +24,6 @@ def quiet_exporter():
     about empty attribute lists (SegNet's max-unpool), and prints its progress;
     none of it helps the user of a build."""
     return quiet("torch.onnx", "onnx_ir")
-
-
-@contextlib.contextmanager
-def _stdout_silenced():
-    """The TorchScript exporter's C++ side prints the graph it failed on to the process's
-    stdout (its log switch is always on during an export); the build's output is ours."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def dynamic_shapes(model: Exportable) -> tuple[tuple[dict[int, Any], ...]]:
@@ -88,7 +70,7 @@ def export_onnx(model: Exportable, inputs: Mapping[str, np.ndarray], path: Path,
         if not fallback:
             raise UserError(f"the dynamo exporter cannot export {spec.name!r}: {why}") from None
         try:
-            with quiet_exporter(), torch.no_grad(), _stdout_silenced():
+            with quiet_exporter(), torch.no_grad(), silenced(1):
                 torch.onnx.export(model, args, str(path), dynamo=False, opset_version=opset,
                                   dynamic_axes={k: {int(a): n for a, n in v.items()} for k, v in axes.items()}, **names)
         except Exception as err2:

@@ -8,9 +8,14 @@ bundle that `python -m runtime verify` accepts once unpacked.
 bundle, the runtime package, the wheels of what the runtime needs there (the
 backends the bundle uses, at the versions it was proven with, fetched for that
 platform and Python with pip's platform options), the pip wheel that installs
-them, `install.sh` and `SHA256SUMS`. `kit.json` records each wheel's platform
-floor (the glibc it needs), the kit's floor (the highest of them) and what the
-device's CPU must have; the bundle's manifest gains the same under `targets`.
+them, `install.sh` and `SHA256SUMS`. Each backend's wheels are fetched on their
+own, so each has its own glibc floor (the highest of its wheels', its
+dependencies' included): a backend with no wheel as old as `--glibc` is left out
+of the kit, with the reason, rather than holding the others back, and the device
+installs the backends its glibc allows and says which it left out. `kit.json`
+records each wheel's floor, each backend's, the kit's (the oldest glibc on which
+it installs a backend) and what the device's CPU must have; the bundle's manifest
+gains the same under `targets`.
 
 Only a bundle whose files match its manifest is packed.
 """
@@ -35,7 +40,7 @@ from runtime.backends import REGISTRY
 from runtime.bundle import MANIFEST, SIGNATURE, Bundle, sha256
 from runtime.errors import UserError, check_choice, check_folder
 from runtime.files import atomic_file
-from runtime.kit import KIT, LAUNCHER, SUMS
+from runtime.kit import KIT, LAUNCHER, SUMS, version_tuple
 
 from .manifest import update_manifest
 
@@ -140,22 +145,29 @@ def _parse_glibc(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def requirements(bundle: Bundle) -> list[str]:
-    """What the runtime needs on the device for this bundle, pinned to the versions it was proven with."""
+def requirements(bundle: Bundle) -> tuple[list[str], dict[str, str]]:
+    """What the runtime needs on the device for this bundle, pinned to the versions it was proven with:
+    (what every device needs, each backend's own package by backend)."""
     proven = bundle.manifest.get("versions", {})
-    signed = ["cryptography"] if (bundle.path / SIGNATURE).is_file() else []  # the device checks the signature
-    names = ["numpy", *sorted({REGISTRY[a.backend].distribution for a in bundle.artifacts}), "pillow", *signed]
-    pins = []
-    for name in names:
+
+    def pin(name: str) -> str:
         version = proven.get(name)
         if not version or version == "not installed":
             version = importlib.metadata.version(name)
-        pins.append(f"{name}=={version}")
-    return pins
+        return f"{name}=={version}"
+
+    signed = ["cryptography"] if (bundle.path / SIGNATURE).is_file() else []  # the device checks the signature
+    backends = sorted({a.backend for a in bundle.artifacts}, key=lambda b: REGISTRY[b].distribution)
+    return [pin(n) for n in ("numpy", "pillow", *signed)], {b: pin(REGISTRY[b].distribution) for b in backends}
+
+
+class NoWheel(UserError):
+    """No wheel of a package for the target, its Python and glibc."""
 
 
 def download_wheels(pins: list[str], target: Target, python: str, glibc: tuple[int, int], into: Path) -> None:
-    """The wheels of `pins` and their dependencies (and pip's) for the target, into `into`."""
+    """The wheels of `pins` and their dependencies (and pip's) for the target, into `into`; NoWheel where
+    one has no wheel for it."""
     platforms = [f"manylinux_2_{minor}_{target.machine}" for minor in range(5, glibc[1] + 1)]
     platforms += [f"{tag}_{target.machine}" for tag, floor in LEGACY.items() if floor <= glibc]
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
@@ -165,12 +177,28 @@ def download_wheels(pins: list[str], target: Target, python: str, glibc: tuple[i
     if done.returncode != 0:
         missing = re.search(r"No matching distribution found for (\S+)", done.stderr)
         if missing:
-            raise UserError(f"no wheel of {missing[1]} for {target.name}, Python {python}, glibc "
+            raise NoWheel(f"no wheel of {missing[1]} for {target.name}, Python {python}, glibc "
                             f"{glibc[0]}.{glibc[1]} or older on the package index; pack with another --python, "
                             "a newer --glibc if the device has it, or build the bundle without that backend "
                             "(--backends)")
         last = [line for line in done.stderr.splitlines() if line.strip() and "WARNING" not in line]
         raise UserError(f"pip could not fetch the wheels for {target.name}: {(last or ['no output'])[-1].strip()}")
+
+
+def _fetch(pins: list[str], target: Target, python: str, glibc: tuple[int, int], work: Path,
+           into: Path) -> tuple[int, int] | None:
+    """The wheels of `pins` (and their dependencies) into `into`; the highest glibc floor among them."""
+    work.mkdir()
+    download_wheels(pins, target, python, glibc, work)
+    found = sorted(work.glob("*.whl"))
+    for wheel in found:
+        if not (into / wheel.name).exists():
+            shutil.move(str(wheel), into / wheel.name)
+    return max((f for f in map(wheel_floor, (w.name for w in found)) if f), default=None)
+
+
+def _text(floor: tuple[int, int] | None) -> str | None:
+    return f"{floor[0]}.{floor[1]}" if floor else None
 
 
 def _digest(lines) -> str:
@@ -189,17 +217,32 @@ def pack_kit(bundle_dir: str | Path, target: str, dest: str | Path | None = None
     bundle = open_checked(bundle_dir)
     name = bundle.path.resolve().name
     out = _destination(bundle, dest)
-    pins = requirements(bundle)
+    base, own = requirements(bundle)
     with tempfile.TemporaryDirectory(prefix="edge-export-kit-") as tmp:
         kit_dir = Path(tmp) / f"{name}-{target}"
         wheels = kit_dir / "wheels"
         wheels.mkdir(parents=True)
-        download_wheels(pins, t, python, ceiling, wheels)
+        base_floor = _fetch([*base, "pip"], t, python, ceiling, Path(tmp) / "base", wheels)
+        backends, left_out = {}, {}
+        for backend, pin in own.items():  # each on its own: its floor is its wheels' and its dependencies'
+            try:
+                floor = _fetch([pin], t, python, ceiling, Path(tmp) / backend, wheels)
+            except NoWheel as err:
+                left_out[backend] = str(err).split(";")[0]
+                continue
+            floor = max((f for f in (floor, base_floor) if f), default=None)
+            backends[backend] = {"requirement": pin, "glibc": _text(floor)}
+        if not backends:
+            raise UserError(f"no backend of the bundle has wheels for {target}, Python {python}, glibc "
+                            f"{glibc} or older ({'; '.join(left_out.values())}); pack with another --python or a "
+                            "newer --glibc if the device has it")
         floors = {w.name: wheel_floor(w.name) for w in sorted(wheels.glob("*.whl"))}
-        floor = max((f for f in floors.values() if f), default=None)
+        lowest = min((version_tuple(b["glibc"]) for b in backends.values() if b["glibc"]), default=None)
         description = {
-            "python": python, "glibc": f"{floor[0]}.{floor[1]}" if floor else None, "cpu": t.cpu,
-            "cpu_flags": list(t.cpu_flags), "requirements": pins,
+            "python": python, "glibc": ".".join(map(str, lowest)) if lowest else None, "cpu": t.cpu,
+            "cpu_flags": list(t.cpu_flags), "requirements": [base[0], *(b["requirement"] for b in backends.values()),
+                                                             *base[1:]],
+            "backends": backends, "left_out": left_out,
             "wheels": {w: f"glibc {f[0]}.{f[1]}" if f else "any" for w, f in floors.items()},
             "packed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         update_manifest(bundle.path, targets={**bundle.manifest.get("targets", {}), target: description})

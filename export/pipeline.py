@@ -493,6 +493,8 @@ class _Int8:
             full = min([full, *others], key=lambda x: x.damage)
             self.method = full.method
         plans = REGISTRY[backend].plans(self.qdq[self.method])
+        if plans is None:
+            return quantize.full_only(full, backend)
         found = quantize.search(full, twin, plans, self.qdq[self.method], judge, modules,
                                 self.keep, self.work / "search", s.int8_budget)
         found.attempts[1:1] = [x for x in others if x is not full]  # every method's full plan is on the record

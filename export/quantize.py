@@ -385,6 +385,15 @@ class Search:
                 "unmeasured": self.unmeasured, "full_vs_fp32": self.full_vs_fp32}
 
 
+def full_only(full: Attempt, backend: str) -> Search:
+    """The policy on a backend whose tool cannot keep chosen layers in float: the full plan ships if it is
+    within the bounds and faster than FP32, or nothing does."""
+    found = Search(backend, full.method, 0.0, [full],
+                   stopped=f"the full plan only: {backend}'s quantizer keeps no chosen layer in float")
+    found.ship_best()
+    return found
+
+
 def search(full: Attempt, fp32: Runner, quantizer: Quantizer, layer_source: OnnxRuntimeQuantizer,
            judge: Judge, modules: Mapping[str, str], keep: Sequence[str], work: Path, budget_s: float) -> Search:
     """The INT8 policy on one backend (see the module's docstring). `full`: the full plan,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import warnings
 from typing import Iterator
 
@@ -29,3 +31,27 @@ def quiet(*names: str) -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def silenced(*fds: int) -> Iterator[None]:
+    """The process's file descriptors `fds` (1: stdout, 2: stderr), and Python's sys.stdout and sys.stderr
+    with them, sent nowhere inside the block: what a converter's C++ side prints there (its progress, its
+    logs) is not the build's output. Its failures still reach the caller as exceptions."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in fds}
+    with open(os.devnull, "w") as sink, contextlib.ExitStack() as stack:
+        try:
+            for fd in fds:
+                os.dup2(sink.fileno(), fd)
+            for redirect, fd in zip((contextlib.redirect_stdout, contextlib.redirect_stderr), (1, 2)):
+                if fd in fds:
+                    stack.enter_context(redirect(sink))
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)

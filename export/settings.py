@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import models
-from runtime.backends import BACKENDS
+from runtime.backends import BACKENDS, DEFAULT_BACKENDS
 from runtime.errors import UserError, check_at_least, check_choice, check_folder, check_positive
 from runtime.machine import int8_instructions, machine_info
 from runtime.spec import Preprocess
@@ -76,7 +76,7 @@ class BuildSettings:
     checkpoint: Path | None = None
     out: Path = Path("artifacts")
     opset: int = DEFAULT_OPSET
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
     threads: int = os.cpu_count() or 1
     overrides: dict[str, str] = field(default_factory=dict)
     quantize: str | None = None  # "int8"
@@ -192,6 +192,14 @@ def check_options(s: BuildSettings) -> None:
         raise UserError(f"--backends is empty; valid: {', '.join(BACKENDS)}")
     for backend in s.backends:
         check_choice("backend", backend, BACKENDS)
+    from .backends import REGISTRY  # the plugins import no backend library until they convert
+
+    for backend in s.backends:
+        missing = REGISTRY[backend].missing()
+        if missing:
+            raise UserError(f"--backends {backend} needs {', '.join(missing)}, not installed here: "
+                            f"pip install 'edge-export[{REGISTRY[backend].extra}]', or leave "
+                            f"{backend} out of --backends")
     check_opset(s.opset)
     check_threads(s.threads)
     if s.quantize is not None:

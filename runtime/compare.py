@@ -84,6 +84,7 @@ class Parity:
     task_bounds: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     truth: dict[str, Any] = field(default_factory=dict)  # `Truth.judge`'s figures, where the bundle has labels
     max_drop: Mapping[str, float] = field(default_factory=dict)  # what the truth figures may drop
+    not_judged: dict[str, str] = field(default_factory=dict)  # a set of other-sized inputs the model cannot take: why
 
     @property
     def passed(self) -> bool:
@@ -118,7 +119,8 @@ class Parity:
 
     def to_dict(self) -> dict[str, Any]:
         found = {"passed": self.passed, "outputs": {o.name: {**asdict(o), "passed": o.passed} for o in self.outputs},
-                 "task": self.task, "task_bounds": dict(self.task_bounds)}
+                 "task": self.task, "task_bounds": dict(self.task_bounds),
+                 **({"not_judged": self.not_judged} if self.not_judged else {})}
         return {**found, "truth": self.truth, "max_drop": dict(self.max_drop)} if self.truth else found
 
 
@@ -200,8 +202,13 @@ def check_artifact(runner: Any, artifact: Artifact, sets: Mapping[str, tuple[dic
     """An artifact's parity on its set of inputs (`judged_parity`) and, for a model with dynamic sides,
     on every other size stored (sets named "size.HxW"; their outputs reported as "logits@HxW")."""
     parity = judged_parity(runner, artifact, sets, task, truth)
+    fixed = getattr(runner, "fixed_shape", None) or {}
     for name, (inputs, reference) in sets.items():
-        if name.startswith("size."):
+        if name.startswith("size.") and any(list(inputs[k].shape[1:]) != s[1:] for k, s in fixed.items()):
+            shapes = ", ".join(f"{k} {'x'.join(map(str, s[1:]))}" for k, s in fixed.items())
+            parity = replace(parity, not_judged={**parity.not_judged,
+                                                 name: f"its converter fixed the input shape ({shapes})"})
+        elif name.startswith("size."):
             other = compare(reference, runner.infer(inputs), artifact.bounds,
                             scales=task.scales() if task is not None else None)
             size = name.removeprefix("size.")

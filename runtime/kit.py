@@ -45,12 +45,28 @@ def glibc_too_old(have: str | None, floor: str | None) -> bool:
 
 
 def device_glibc() -> str | None:
-    """The C library's version ("2.36"), or None where it is not glibc (musl, macOS)."""
+    """The C library's version ("2.36"), or None where it is not glibc (musl, macOS): as `getconf
+    GNU_LIBC_VERSION` says it (what `export deploy` reads over SSH, so both sides agree), else as the C
+    library tells this process."""
     try:
-        name, _, version = os.confstr("CS_GNU_LIBC_VERSION").partition(" ")
+        said = subprocess.run(["getconf", "GNU_LIBC_VERSION"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        said = ""
+    try:
+        said = said.strip() or os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (AttributeError, ValueError, OSError):
         return None
+    name, _, version = said.partition(" ")
     return version if name == "glibc" else None
+
+
+def backends_here(kit: dict, glibc: str | None) -> tuple[list[str], dict[str, str]]:
+    """(The kit's requirements this device installs, the backends it leaves out and why): a backend whose
+    wheels need a newer glibc than the device's is left out; the others are installed."""
+    left = {name: f"its wheels need glibc {b['glibc']}, this device has {'glibc ' + glibc if glibc else 'no glibc'}"
+            for name, b in kit.get("backends", {}).items() if glibc_too_old(glibc, b["glibc"])}
+    dropped = {kit["backends"][name]["requirement"] for name in left}
+    return [r for r in kit["requirements"] if r not in dropped], left
 
 
 def cpu_flags() -> tuple[set[str] | None, bool]:
@@ -147,10 +163,11 @@ def install(folder: Path, trust: str | None = None) -> str:
     if installed:
         signed = f"; {check_trust(folder, kit, key)}" if key else ""
         return f"already installed in {folder / 'lib'}{signed}"
+    requirements, left = backends_here(kit, device_glibc())
     pip = folder / "wheels" / kit["pip"] / "pip"
     command = [sys.executable, str(pip), "install", "--isolated", "--no-index", "--find-links",
                str(folder / "wheels"), "--target", str(folder / "lib"), "--no-compile", "--upgrade",
-               "--disable-pip-version-check", "--root-user-action", "ignore", "--quiet", *kit["requirements"]]
+               "--disable-pip-version-check", "--root-user-action", "ignore", "--quiet", *requirements]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
@@ -162,7 +179,8 @@ def install(folder: Path, trust: str | None = None) -> str:
                         f'PYTHONPATH="$here/lib${{PYTHONPATH:+:$PYTHONPATH}}" exec {sys.executable} -m runtime "$@"\n')
     launcher.chmod(0o755)
     marker.write_text(kit["runtime_digest"] + "\n")
-    return f"installed {len(kit['requirements'])} packages and the runtime in {folder / 'lib'}{signed}"
+    gone = "".join(f"; left out {name}: {why}" for name, why in {**kit.get("left_out", {}), **left}.items())
+    return f"installed {len(requirements)} packages and the runtime in {folder / 'lib'}{signed}{gone}"
 
 
 def _runtime_json(folder: Path, kit: dict, *args: str) -> tuple[dict | None, str]:

@@ -143,10 +143,11 @@ def tools_without_python(folder: Path, python: bool = False) -> Path:
     return folder
 
 
-def old_glibc_tools(folder: Path) -> Path:
-    """A folder whose `getconf` reports glibc 2.17: a device too old for the kit's wheels."""
+def old_glibc_tools(folder: Path, version: str = "2.17") -> Path:
+    """A folder whose `getconf` reports glibc `version`: put first on a device's PATH, a device with that
+    glibc as far as deploy and the kit's installer can tell (2.17: too old for any backend's wheels)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "getconf").write_text("#!/bin/sh\necho glibc 2.17\n")
+    (folder / "getconf").write_text(f"#!/bin/sh\necho glibc {version}\n")
     (folder / "getconf").chmod(0o755)
     folder.chmod(0o755)
     return folder

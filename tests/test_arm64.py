@@ -17,9 +17,9 @@ import uuid
 
 import pytest
 
-from export.pack import pack
+from export.pack import archive_member, pack
 from export.pipeline import BuildSettings, build
-from tests.devices import arm64_root, in_arm64
+from tests.devices import arm64_root, in_arm64, old_glibc_tools
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,44 @@ def test_the_board_refuses_a_bundle_its_trusted_key_did_not_sign_as_it_is(arm64,
     text = (done.stdout + done.stderr).strip()
     assert done.returncode == 2 and len(text.splitlines()) == 1 and "Traceback" not in text, text
     assert text.startswith(message.format(inside=inside)), text
+
+
+@pytest.fixture(scope="module")
+def litert_board(tmp_path_factory):
+    """dsc for ONNX Runtime and LiteRT, its aarch64 kit installed offline in the emulated Debian as if its
+    glibc were 2.27 (Ubuntu 18.04's, a Jetson Nano's): LiteRT's wheels need 2.27, ONNX Runtime's 2.28."""
+    root = arm64_root()
+    made = build(BuildSettings(variant="dsc", out=tmp_path_factory.mktemp("litert"), backends=("onnxruntime", "litert"),
+                               warmup=1, runs=5, tune_budget=0, memory=False))
+    assert made.passed, made.failures
+    kit = pack(made.bundle, target="linux-aarch64", python="3.11")
+    inside = f"/edge-export-test-{uuid.uuid4().hex[:8]}"
+    with tarfile.open(kit) as tar:
+        tar.extractall(root / inside.lstrip("/"), filter="data")
+    old_glibc_tools(root / inside.lstrip("/") / "glibc-2.27", "2.27")
+    folder = f"{inside}/dsc-linux-aarch64"
+    try:
+        installed = in_arm64(root, f"env PATH={inside}/glibc-2.27:/usr/bin:/bin sh {folder}/install.sh")
+        verified = in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc --json")
+        yield made.bundle, json.loads(archive_member(kit, "dsc-linux-aarch64/kit.json")), installed, verified
+    finally:
+        shutil.rmtree(root / inside.lstrip("/"), ignore_errors=True)
+
+
+def test_a_board_with_glibc_2_27_installs_litert_alone_and_verifies_its_tflite_within_the_stored_bounds(litert_board):
+    bundle, kit, installed, verified = litert_board
+    assert kit["backends"]["litert"]["glibc"] == "2.27" and kit["backends"]["onnxruntime"]["glibc"] == "2.28"
+    assert kit["glibc"] == "2.27"  # the oldest glibc on which the kit installs a backend
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout.startswith("installed 3 packages and the runtime")  # numpy, ai-edge-litert, pillow
+    assert "; left out onnxruntime: its wheels need glibc 2.28, this device has glibc 2.27" in installed.stdout
+    result = json.loads(verified.stdout)
+    assert verified.returncode == 0 and result["passed"], verified.stdout + verified.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    stored = {(a["backend"], a["precision"]): a for a in manifest["artifacts"]}
+    there = {(a["backend"], a["precision"]): a for a in result["artifacts"]}
+    assert there["onnxruntime", "fp32"]["status"] == "skipped" and "not installed" in there["onnxruntime", "fp32"]["why"]
+    for precision in ("fp32", "fp16"):
+        row = there["litert", precision]  # XNNPACK's arm64 kernels, emulated instruction by instruction
+        assert row["status"] == "pass", row
+        assert 0 < row["max_rel"] <= row["bound"] == stored["litert", precision]["bounds"][row["worst_output"]]

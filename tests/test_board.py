@@ -252,14 +252,17 @@ def test_an_aarch64_kit_holds_the_bundle_runtime_wheels_and_their_floors(bundle,
                  "--out", str(tmp_path / "kits"))
     assert result.returncode == 0, result.stderr
     archive = tmp_path / "kits" / "dsc-linux-aarch64.tar.gz"
-    assert "for linux-aarch64, Python 3.11, glibc 2.35 or newer, a CPU with ARMv8-A with NEON" in result.stdout
+    # each backend's wheels on their own: the kit installs ONNX Runtime from glibc 2.28, OpenVINO from 2.35
+    assert "for linux-aarch64, Python 3.11, glibc 2.28 or newer, a CPU with ARMv8-A with NEON" in result.stdout
+    assert "installs where the device's glibc allows it: onnxruntime glibc 2.28, openvino glibc 2.35." in result.stdout
     with tarfile.open(archive) as tar:
         names = tar.getnames()
         kit = json.load(tar.extractfile("dsc-linux-aarch64/kit.json"))
     wheels = [n.rsplit("/", 1)[1] for n in names if n.endswith(".whl")]
     assert all("aarch64" in w or w.endswith("-none-any.whl") or "abi3" in w for w in wheels), wheels
     assert {w.split("-")[0] for w in wheels} >= {"numpy", "onnxruntime", "openvino", "pillow", "pip"}
-    assert kit["glibc"] == "2.35" == max(kit["wheels"].values()).removeprefix("glibc ")  # openvino's
+    assert kit["backends"]["openvino"]["glibc"] == "2.35" == max(kit["wheels"].values()).removeprefix("glibc ")
+    assert kit["glibc"] == kit["backends"]["onnxruntime"]["glibc"] == "2.28" and kit["left_out"] == {}
     manifest = Bundle.open(bundle).manifest
     assert kit["requirements"] == [f"numpy=={manifest['versions']['numpy']}",
                                    f"onnxruntime=={manifest['versions']['onnxruntime']}",
@@ -268,6 +271,17 @@ def test_an_aarch64_kit_holds_the_bundle_runtime_wheels_and_their_floors(bundle,
     for needed in ("install.sh", "SHA256SUMS", "lib/runtime/kit.py", "dsc/manifest.json", "dsc/model.onnx"):
         assert f"dsc-linux-aarch64/{needed}" in names
     assert run("runtime", "verify", str(bundle)).returncode == 0  # the manifest's new entry keeps it whole
+
+
+def test_a_kit_for_a_glibc_no_backend_of_the_bundle_has_wheels_for_is_refused_naming_each(bundle, tmp_path):
+    result = run("export", "pack", str(bundle), "--target", "linux-aarch64", "--python", "3.11", "--glibc", "2.27",
+                 "--out", str(tmp_path / "kits"))
+    assert result.returncode == 2 and not (tmp_path / "kits" / "dsc-linux-aarch64.tar.gz").exists()
+    assert result.stderr.strip() == (
+        "error: no backend of the bundle has wheels for linux-aarch64, Python 3.11, glibc 2.27 or older (no wheel of "
+        "onnxruntime==1.32.0 for linux-aarch64, Python 3.11, glibc 2.27 or older on the package index; no wheel of "
+        "openvino==2026.4.1 for linux-aarch64, Python 3.11, glibc 2.27 or older on the package index); pack with "
+        "another --python or a newer --glibc if the device has it")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from runtime.backends.base import Backend
 
 if TYPE_CHECKING:
+    from ..contract import Exportable
     from ..quantize import OnnxRuntimeQuantizer, Quantizer
 
 
@@ -18,6 +20,12 @@ class ExportBackend:
 
     runtime: Backend  # the device-side half: the files, bounds and runner
     marker: str  # its marker in the lab's plots
+    needs: tuple[str, ...] = ()  # the modules its build side imports beyond the build's own
+    extra: str | None = None  # the extra of edge-export that installs them
+
+    def missing(self) -> list[str]:
+        """The modules of `needs` this Python cannot import."""
+        return [m for m in self.needs if importlib.util.find_spec(m) is None]
 
     @property
     def name(self) -> str:
@@ -27,9 +35,12 @@ class ExportBackend:
         """The build's stage that converts, in words (None: the exported ONNX graph is the artifact)."""
         return f"{self.runtime.title} ({', '.join(precisions)})"
 
-    def convert(self, onnx_file: Path, folder: Path, precisions: Sequence[str]) -> dict[str, Path]:
-        """Write the artifacts of `precisions` (not INT8) made from the final ONNX graph into `folder`;
-        each one's file by precision."""
+    def convert(self, model: "Exportable", feeds: Mapping[str, np.ndarray], onnx_file: Path, folder: Path,
+                precisions: Sequence[str]) -> tuple[dict[str, Path], dict[str, Any]]:
+        """Write the artifacts of `precisions` (not INT8) into `folder`, made from the final ONNX graph
+        `onnx_file`, or from the module where the backend's converter starts there (`feeds`: real inputs,
+        batch 2 or more); each one's file by precision, and what the manifest should say of the conversion
+        (empty: nothing beyond the export's own record)."""
         raise NotImplementedError
 
     def quantizer(self, folder: Path, calib: Mapping[str, np.ndarray], qdq: "OnnxRuntimeQuantizer") -> "Quantizer":
@@ -38,15 +49,17 @@ class ExportBackend:
         backend). `folder`: the bundle being built, its FP32 artifacts in it."""
         return self.plans(qdq)
 
-    def plans(self, qdq: "OnnxRuntimeQuantizer") -> "Quantizer":
-        """What makes the plans past the full one, which keep chosen nodes in FP32."""
+    def plans(self, qdq: "OnnxRuntimeQuantizer") -> "Quantizer | None":
+        """What makes the plans past the full one, which keep chosen nodes in FP32 (None: the backend's
+        tool cannot keep chosen layers in float, so the full plan is the only one)."""
         raise NotImplementedError
 
     def fallback(self, qdq: "OnnxRuntimeQuantizer", err: Exception) -> "tuple[Quantizer, str] | None":
         """Where the full plan's tool failed with `err`: another quantizer and why it was taken, or None."""
         return None
 
-    def expose(self, model_file: Path, names: list[str], folder: Path) -> tuple[Path, list[str]]:
+    def expose(self, model_file: Path, names: list[str], folder: Path) -> tuple[Path, list[str]] | None:
         """The FP32 artifact `model_file` with the tensors `names` (those it still holds) as extra outputs,
-        written to `folder`, and those names: how `diagnose` reads its intermediate tensors."""
-        raise NotImplementedError
+        written to `folder`, and those names: how `diagnose` reads its intermediate tensors (None: its
+        tensors are not named after the ONNX graph's, so `diagnose` cannot match them to modules)."""
+        return None

@@ -16,8 +16,8 @@ class OnnxRuntime(ExportBackend):
     def stage(self, precisions):
         return None
 
-    def convert(self, onnx_file, folder, precisions):
-        return {"fp32": onnx_file}
+    def convert(self, model, feeds, onnx_file, folder, precisions):
+        return {"fp32": onnx_file}, {}
 
     def plans(self, qdq):
         return qdq

@@ -5,15 +5,17 @@ ONNX Runtime's QDQ models converted (OpenVINO runs their Quantize/Dequantize pai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from runtime.backends.openvino import BACKEND as RUNTIME
 
-from ..quantize import OnnxRuntimeQuantizer, Plan, one_at_a_time
 from ..quiet import quiet
 from .base import ExportBackend
+
+if TYPE_CHECKING:
+    from ..quantize import OnnxRuntimeQuantizer, Plan
 
 NNCF_TYPES = {"Softmax": "Softmax", "MatMul": "MatMul"}  # a plan's kept op types, as OpenVINO names them
 # (NNCF quantizes no Divide)
@@ -26,10 +28,12 @@ class OpenVINOQuantizer:
     method = "nncf"
 
     def __init__(self, fp32_xml: Path, data: Mapping[str, np.ndarray]):
+        from ..quantize import one_at_a_time
+
         self.xml = fp32_xml
         self.items = one_at_a_time(data)
 
-    def quantize(self, plan: Plan, dst: Path) -> dict[str, Any]:
+    def quantize(self, plan: "Plan", dst: Path) -> dict[str, Any]:
         import nncf
         import openvino as ov
 
@@ -55,11 +59,11 @@ class QDQForOpenVINO:
 
     backend = RUNTIME.name
 
-    def __init__(self, source: OnnxRuntimeQuantizer):
+    def __init__(self, source: "OnnxRuntimeQuantizer"):
         self.source = source
         self.method = f"{source.method} QDQ"
 
-    def quantize(self, plan: Plan, dst: Path) -> dict[str, Any]:
+    def quantize(self, plan: "Plan", dst: Path) -> dict[str, Any]:
         import openvino as ov
 
         qdq = dst.with_suffix(".qdq.onnx")
@@ -76,7 +80,7 @@ class OpenVINO(ExportBackend):
     def stage(self, precisions):
         return f"OpenVINO IR ({', '.join(precisions)})"
 
-    def convert(self, onnx_file, folder, precisions):
+    def convert(self, model, feeds, onnx_file, folder, precisions):
         """`compress_to_fp16` stores weights in FP16; OpenVINO keeps the subgraphs it marks
         precision-sensitive (such as the softmax and reductions) in FP32."""
         import openvino as ov
@@ -88,7 +92,7 @@ class OpenVINO(ExportBackend):
             xml.parent.mkdir(parents=True, exist_ok=True)
             ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
             written[precision] = xml
-        return written
+        return written, {}
 
     def quantizer(self, folder, calib, qdq):
         return OpenVINOQuantizer(Path(folder) / RUNTIME.files["fp32"], calib)

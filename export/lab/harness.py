@@ -18,11 +18,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from runtime.backends import DEFAULT_BACKENDS
 from runtime.backends.base import BaseRunner, Runner
 from runtime.bench import bench_interleaved, latency_stats
 from runtime.machine import machine_info
 
-from ..artifacts import fp32_everywhere, make_fp32_artifacts
+from ..artifacts import fp32_of, make_fp32_artifacts
 from ..backends import REGISTRY
 from ..benchmark import TorchRunner
 from ..contract import Exportable, infer_spec
@@ -30,7 +31,7 @@ from ..manifest import tool_versions
 from ..quiet import quiet
 from ..settings import DEFAULT_OPSET
 
-BACKENDS = ("pytorch", *REGISTRY)
+BACKENDS = ("pytorch", *DEFAULT_BACKENDS)
 BACKEND_NAMES = {"pytorch": "PyTorch eager", **{b.name: b.runtime.title for b in REGISTRY.values()}}
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Study:
         model = Exportable(module, spec)
         feeds = {k: v.numpy() for k, v in example.items()}
         folder = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=self.work))  # a label may come twice (two tables)
-        made = make_fp32_artifacts(model, feeds, folder, self.s.opset, fp32_everywhere())
+        made = make_fp32_artifacts(model, feeds, folder, self.s.opset, fp32_of())
         threads = self.s.threads
         outputs = [{"name": n} for n in spec.outputs]
         return {(label, "pytorch"): TorchRunner(model, threads),

@@ -25,6 +25,7 @@ def _found() -> dict[str, Backend]:
 
 REGISTRY = _found()
 BACKENDS = tuple(REGISTRY)
+DEFAULT_BACKENDS = tuple(name for name, b in REGISTRY.items() if b.default)  # what a build makes unless told
 
 
 def backend(name: str) -> Backend:

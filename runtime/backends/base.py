@@ -74,6 +74,7 @@ class BaseRunner:
         raise NotImplementedError
 
     callers = 1  # concurrent callers in throughput mode
+    fixed_shape: dict[str, list[int]] | None = None  # input -> the only shape the model takes, where it is fixed
 
     def run_for(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[int, float]:
         """Keep `self.callers` threads calling the model for `seconds`;
@@ -135,6 +136,7 @@ class Backend:
     name: str  # as the manifest, the CLI and `runtime.load` name it
     title: str  # as people name it
     rank: int  # where it comes in tables, and which backend is first (the fallback choice)
+    default = True  # built unless --backends says otherwise
     distribution: str  # its package on PyPI, pinned in a kit
     module: str  # its import name
     files: dict[str, str]  # precision -> the bundle's file of that artifact

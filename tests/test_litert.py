@@ -1,0 +1,184 @@
+"""LiteRT, the third backend: `.tflite` models converted from PyTorch by litert-torch, FP16 weights and
+static INT8 by AI Edge Quantizer, run by the LiteRT interpreter with XNNPACK, judged by the same parity
+rules and INT8 policy as the other two, and chosen among three by the device."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import models
+import runtime
+from export.artifacts import make_fp32_artifacts
+from export.contract import Exportable
+from export.golden import golden_inputs
+from export.pipeline import BuildSettings, build
+from export.settings import check_options
+from runtime.bundle import Bundle
+from runtime.compare import compare
+from runtime.errors import UserError
+from tests.test_own_model import run_without_torch
+
+THREE = ("onnxruntime", "openvino", "litert")
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory, checkpoint_for):
+    """dsc built for the three backends, INT8 included (a short search on the other two)."""
+    return build(BuildSettings(variant="dsc", checkpoint=checkpoint_for("dsc"), backends=THREE,
+                               out=tmp_path_factory.mktemp("three"), warmup=1, runs=5, tune_budget=0, memory=False,
+                               quantize="int8", int8_budget=5))
+
+
+def test_litert_fp32_and_fp16_are_converted_from_pytorch_and_held_to_their_bounds(three):
+    m = three.manifest
+    assert three.passed, three.failures
+    shipped = {a["key"]: a for a in m["artifacts"]}
+    fp32, fp16 = shipped["litert/fp32"], shipped["litert/fp16"]
+    assert (fp32["file"], fp32["bound"]) == ("litert/model.tflite", 1e-3)
+    assert fp32["parity"]["passed"] and max(o["max_rel"] for o in fp32["parity"]["outputs"].values()) <= 1e-3
+    assert (fp16["file"], fp16["bound"]) == ("litert/model.fp16.tflite", 1e-2) and fp16["parity"]["passed"]
+    assert fp16["bytes"] < 0.6 * fp32["bytes"]  # its weights are stored in FP16
+    # dsc's heatmap reshape cannot stay dynamic in the converter: the model takes the example's shape
+    record = m["export"]["backends"]["litert"]
+    assert record["shape"] == {"image": [1, 3, 256, 256]}
+    assert record["why_fixed"].startswith("the converter could not keep the dynamic axes: ")
+    assert m["versions"]["ai-edge-litert"] == "2.3.0" and "litert/fp32" in m["latency"]
+
+
+def test_litert_int8_is_its_own_quantizer_calibrated_on_the_builds_images_and_judged_by_the_policy(three):
+    m = three.manifest
+    found = m["quantization"]["search"]["litert"]
+    assert [a["plan"] for a in found["attempts"]] == ["full"]
+    assert found["stopped"] == "the full plan only: litert's quantizer keeps no chosen layer in float"
+    made = m["quantization"]["plans"]["litert"]
+    assert made["tool"].startswith("ai-edge-quantizer 0.10.0 static_wi8_ai8") and made["method"] == "minmax"
+    attempt = found["attempts"][0]
+    shipped = {a["key"] for a in m["artifacts"]}
+    rejected = {f"{r['backend']}/{r['precision']}": r["reason"] for r in m["rejected"]}
+    if attempt["shipped"]:
+        assert "litert/int8" in shipped and attempt["passed"]
+    else:  # dsc's heatmap goes through a softmax at temperature 0.1: a fully INT8 head loses its peak
+        assert "litert/int8" not in shipped and rejected["litert/int8"].startswith("1 INT8 plan tried (the full plan")
+        assert not (three.bundle / "litert" / "model.int8.tflite").exists()
+
+
+def test_a_tflite_fixed_at_batch_1_runs_a_batch_one_image_at_a_time(three):
+    bundle = Bundle.open(three.bundle)
+    inputs, reference = bundle.golden()
+    assert len(inputs["image"]) == 2
+    with runtime.load(bundle, "litert", "fp32") as runner:
+        out = runner.infer(inputs)
+        assert runner.settings["delegate"] == "XNNPACK" and runner.settings["batch_fixed_at_1"]
+        assert runner.fixed_shape is None  # dsc's sides are fixed by its spec: only the batch is the model's
+    parity = compare(reference, out, bundle.artifact("litert", "fp32").bounds)
+    assert parity.passed and {o.name for o in parity.outputs} == set(reference)
+
+
+def test_verify_doctor_and_bench_choose_take_the_three_backends_without_torch(three, tmp_path):
+    checked = run_without_torch("verify", str(three.bundle), "--json")
+    assert checked.returncode == 0, checked.stderr
+    rows = {f"{a['backend']} {a['precision']}": a for a in json.loads(checked.stdout)["artifacts"]}
+    assert rows["litert fp32"]["status"] == rows["litert fp16"]["status"] == "pass"
+    report = json.loads(run_without_torch("doctor", str(three.bundle), "--json").stdout)
+    status = {f"{a['backend']} {a['precision']}": a for a in report["artifacts"]}
+    assert status["litert fp32"]["status"] == "runs" and report["versions"]["ai-edge-litert"] == "2.3.0"
+    assert status["litert fp16"]["status"] == "runs, no speed-up" and "weights stored in FP16" in status["litert fp16"]["why"]
+    chosen = run_without_torch("bench", str(three.bundle), "--choose", "--runs", "5", "--warmup", "1", "--json")
+    assert chosen.returncode == 0, chosen.stderr
+    timed = json.loads(chosen.stdout)["artifacts"]
+    assert {k.split()[0] for k in timed} == set(THREE) and all(t["p50_ms"] > 0 for t in timed.values())
+    choice = json.loads(chosen.stdout)["choice"]
+    assert f"{choice['backend']} {choice['precision']}" in timed
+
+
+def litert_fp32(variant: str, folder):
+    """The variant's FP32 .tflite as a build converts it, its runner, and the module."""
+    spec = models.spec(variant)
+    model = Exportable(models.create(variant), spec).eval()
+    made = make_fp32_artifacts(model, golden_inputs(spec, 2, 0), folder, 20, {"litert": ("fp32",)}, rewrites=False)
+    runner = runtime.backends.REGISTRY["litert"].runner(made.files["litert"]["fp32"], spec.inputs,
+                                                         [{"name": n} for n in spec.outputs], "fp32", 2)
+    return made.export["backends"]["litert"], runner, model
+
+
+def test_a_model_the_converter_keeps_dynamic_runs_at_every_size(tmp_path):
+    record, runner, model = litert_fp32("unet-dsc", tmp_path)
+    assert record["shape"] == "dynamic"
+    with runner:
+        assert runner.fixed_shape is None
+        for size in ((96, 160), (128, 128)):
+            x = golden_inputs(model.spec, 1, 1, size=size)
+            with torch.no_grad():
+                ref = {n: v.numpy() for n, v in zip(model.spec.outputs, model(*(torch.from_numpy(x[i]) for i in x)))}
+            got = runner.infer(x)
+            assert got["logits"].shape == ref["logits"].shape and got["logits"].shape[2:] == size
+            assert compare(ref, got, {n: 1e-3 for n in ref}).passed
+
+
+def test_a_model_the_converter_fixes_is_judged_at_its_size_and_refuses_another_in_one_line(tmp_path):
+    """EDANet's dynamic sides do not survive the converter: the .tflite takes the example's size, parity
+    skips the other stored sizes (and says why), and another size is one clear error."""
+    record, runner, model = litert_fp32("edanet", tmp_path)
+    assert record["shape"] == {"image": [1, 3, 256, 512]} and record["why_fixed"].startswith("the converter could ")
+    spec = model.spec
+    sets = {}
+    for name, size in (("golden", None), ("size.128x256", (128, 256))):
+        x = golden_inputs(spec, 1, 2, size=size)
+        with torch.no_grad():
+            sets[name] = (x, {n: v.numpy() for n, v in zip(spec.outputs, model(*(torch.from_numpy(x[i]) for i in x)))})
+    with runner:
+        with pytest.raises(ValueError, match=r"^input 'image': this \.tflite takes 3x256x512 only \(its converter "
+                                             r"fixed the shape\), not 3x128x256$"):
+            runner.infer(sets["size.128x256"][0])
+        from runtime.bundle import Artifact
+        from runtime.compare import check_artifact
+
+        artifact = Artifact("litert/model.tflite", "litert", "fp32", 1e-3, bounds={n: 1e-3 for n in spec.outputs})
+        parity = check_artifact(runner, artifact, sets, None)
+    assert parity.passed and [o.name for o in parity.outputs] == list(spec.outputs)
+    assert parity.not_judged == {"size.128x256": "its converter fixed the input shape (image 3x256x512)"}
+
+
+def test_a_backend_asked_for_without_its_converter_is_refused_in_one_line(monkeypatch):
+    from export.backends import REGISTRY
+
+    monkeypatch.setattr(REGISTRY["litert"], "needs", ("litert_torch_is_not_here",))
+    with pytest.raises(UserError, match=r"^--backends litert needs litert_torch_is_not_here, not installed here: "
+                                        r"pip install 'edge-export\[litert\]', or leave litert out of --backends$"):
+        check_options(dataclasses.replace(BuildSettings(variant="dsc"), backends=THREE))
+    check_options(BuildSettings(variant="dsc"))  # the default build does not ask for it
+
+
+def test_deploy_bench_on_a_device_over_ssh_times_and_chooses_among_the_three(three, tmp_path):
+    """A real OpenSSH server on 127.0.0.1: the kit carries the three backends' wheels, the device
+    installs them offline, verifies every artifact and times them all, and the table shows the three."""
+    import shutil
+
+    from tests.devices import SshServers
+    from tests.test_deploy import deploy
+
+    bundle = tmp_path / "dsc"
+    shutil.copytree(three.bundle, bundle)
+    servers = SshServers()
+    try:
+        port = servers.start()
+        servers.trust(port)
+        done = deploy(bundle, servers, f"edge-device@127.0.0.1:{port}{servers.device_folder()}", extra=("--bench",))
+    finally:
+        servers.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(next((bundle / "devices").glob("*.json")).read_text())
+    assert record["ok"] and {v for v in record["doctor"]["versions"] if record["doctor"]["versions"][v]} >= {
+        "onnxruntime", "openvino", "ai-edge-litert"}
+    timed = record["bench"]["artifacts"]
+    assert {k.split()[0] for k in timed} == set(THREE)
+    assert {f"{a['backend']} {a['precision']}" for a in record["verify"]["artifacts"] if a["status"] == "pass"} == set(
+        timed)
+    rows = [line for line in done.stdout.splitlines() if "127.0.0.1" in line and " fp" in line]
+    assert {b for b in THREE if any(f" {b} fp32 " in line for line in rows)} == set(THREE), done.stdout
+    choice = record["bench"]["choice"]
+    assert f"{choice['backend']} {choice['precision']}" in timed
