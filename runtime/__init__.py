@@ -1,6 +1,6 @@
 """The device side of edge-export: load, verify and benchmark a bundle.
 
-Needs numpy and the backends it runs (onnxruntime, openvino), never torch.
+Needs numpy and the backends it runs (onnxruntime, openvino, ai-edge-litert: those of the bundle), never torch.
 """
 
 from .backends.base import Runner

@@ -10,15 +10,16 @@ import json
 import pytest
 import torch
 
-import models
+from torch import nn
+
 import runtime
-from export.artifacts import make_fp32_artifacts
-from export.contract import Exportable
+from export.backends import REGISTRY as EXPORT
+from export.contract import Exportable, infer_spec
 from export.golden import golden_inputs
 from export.pipeline import BuildSettings, build
 from export.settings import check_options
-from runtime.bundle import Bundle
-from runtime.compare import compare
+from runtime.bundle import Artifact, Bundle
+from runtime.compare import check_artifact, compare
 from runtime.errors import UserError
 from tests.test_own_model import run_without_torch
 
@@ -95,58 +96,80 @@ def test_verify_doctor_and_bench_choose_take_the_three_backends_without_torch(th
     assert f"{choice['backend']} {choice['precision']}" in timed
 
 
-def litert_fp32(variant: str, folder):
-    """The variant's FP32 .tflite as a build converts it, its runner, and the module."""
-    spec = models.spec(variant)
-    model = Exportable(models.create(variant), spec).eval()
-    made = make_fp32_artifacts(model, golden_inputs(spec, 2, 0), folder, 20, {"litert": ("fp32",)}, rewrites=False)
-    runner = runtime.backends.REGISTRY["litert"].runner(made.files["litert"]["fp32"], spec.inputs,
+class FullyConv(nn.Module):
+    """Convolutions alone: the converter keeps the dynamic sides."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+
+    def forward(self, image):
+        return self.body(image)
+
+
+class SpatialSoftmax(nn.Module):
+    """A softmax over each channel's pixels, as dsc's keypoint head has: the reshape's sizes must be known
+    to the converter, which then fixes the input's shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, image):
+        y = self.conv(image)
+        b, c, h, w = y.shape
+        return self.head(torch.softmax(y.reshape(b, c, h * w), -1).reshape(b, c, h, w))
+
+
+def litert_fp32(module: nn.Module, folder):
+    """The module's FP32 .tflite as a build converts it (dynamic batch and sides, example 32x48), its
+    conversion record, its runner, and the module with its contract."""
+    spec = infer_spec(module.eval(), {"image": torch.rand(2, 3, 32, 48)}, type(module).__name__.lower(),
+                      dynamic={"image": [0, 2, 3]})
+    model = Exportable(module, spec).eval()
+    files, record = EXPORT["litert"].convert(model, golden_inputs(spec, 2, 0), None, folder, ("fp32",))
+    runner = runtime.backends.REGISTRY["litert"].runner(files["fp32"], spec.inputs,
                                                          [{"name": n} for n in spec.outputs], "fp32", 2)
-    return made.export["backends"]["litert"], runner, model
+    return record, runner, model
+
+
+def reference(model, size):
+    x = golden_inputs(model.spec, 1, 2, size=size)
+    with torch.no_grad():
+        return x, {n: v.numpy() for n, v in zip(model.spec.outputs, model(*(torch.from_numpy(x[i]) for i in x)))}
 
 
 def test_a_model_the_converter_keeps_dynamic_runs_at_every_size(tmp_path):
-    record, runner, model = litert_fp32("unet-dsc", tmp_path)
-    assert record["shape"] == "dynamic"
+    record, runner, model = litert_fp32(FullyConv(), tmp_path)
+    assert record == {"converter": "litert_torch.convert", "shape": "dynamic"}
     with runner:
-        assert runner.fixed_shape is None
-        for size in ((96, 160), (128, 128)):
-            x = golden_inputs(model.spec, 1, 1, size=size)
-            with torch.no_grad():
-                ref = {n: v.numpy() for n, v in zip(model.spec.outputs, model(*(torch.from_numpy(x[i]) for i in x)))}
+        assert runner.fixed_shape is None and "batch_fixed_at_1" not in runner.settings
+        for size in ((32, 48), (16, 64)):
+            x, ref = reference(model, size)
             got = runner.infer(x)
-            assert got["logits"].shape == ref["logits"].shape and got["logits"].shape[2:] == size
-            assert compare(ref, got, {n: 1e-3 for n in ref}).passed
+            assert next(iter(got.values())).shape[2:] == size and compare(ref, got, {n: 1e-3 for n in ref}).passed
 
 
 def test_a_model_the_converter_fixes_is_judged_at_its_size_and_refuses_another_in_one_line(tmp_path):
-    """EDANet's dynamic sides do not survive the converter: the .tflite takes the example's size, parity
-    skips the other stored sizes (and says why), and another size is one clear error."""
-    record, runner, model = litert_fp32("edanet", tmp_path)
-    assert record["shape"] == {"image": [1, 3, 256, 512]} and record["why_fixed"].startswith("the converter could ")
-    spec = model.spec
-    sets = {}
-    for name, size in (("golden", None), ("size.128x256", (128, 256))):
-        x = golden_inputs(spec, 1, 2, size=size)
-        with torch.no_grad():
-            sets[name] = (x, {n: v.numpy() for n, v in zip(spec.outputs, model(*(torch.from_numpy(x[i]) for i in x)))})
+    """The .tflite takes the example's size: parity skips the other stored sizes and says why, and
+    another size is one clear error."""
+    record, runner, model = litert_fp32(SpatialSoftmax(), tmp_path)
+    assert record["shape"] == {"image": [1, 3, 32, 48]}
+    assert record["why_fixed"].startswith("the converter could not keep the dynamic axes: TypeError: ")
+    sets = {"golden": reference(model, None), "size.16x32": reference(model, (16, 32))}
+    outputs = list(model.spec.outputs)
     with runner:
-        with pytest.raises(ValueError, match=r"^input 'image': this \.tflite takes 3x256x512 only \(its converter "
-                                             r"fixed the shape\), not 3x128x256$"):
-            runner.infer(sets["size.128x256"][0])
-        from runtime.bundle import Artifact
-        from runtime.compare import check_artifact
-
-        artifact = Artifact("litert/model.tflite", "litert", "fp32", 1e-3, bounds={n: 1e-3 for n in spec.outputs})
+        with pytest.raises(ValueError, match=r"^input 'image': this \.tflite takes 3x32x48 only \(its converter "
+                                             r"fixed the shape\), not 3x16x32$"):
+            runner.infer(sets["size.16x32"][0])
+        artifact = Artifact("litert/model.tflite", "litert", "fp32", 1e-3, bounds=dict.fromkeys(outputs, 1e-3))
         parity = check_artifact(runner, artifact, sets, None)
-    assert parity.passed and [o.name for o in parity.outputs] == list(spec.outputs)
-    assert parity.not_judged == {"size.128x256": "its converter fixed the input shape (image 3x256x512)"}
+    assert parity.passed and [o.name for o in parity.outputs] == outputs
+    assert parity.not_judged == {"size.16x32": "its converter fixed the input shape (image 3x32x48)"}
 
 
 def test_a_backend_asked_for_without_its_converter_is_refused_in_one_line(monkeypatch):
-    from export.backends import REGISTRY
-
-    monkeypatch.setattr(REGISTRY["litert"], "needs", ("litert_torch_is_not_here",))
+    monkeypatch.setattr(EXPORT["litert"], "needs", ("litert_torch_is_not_here",))
     with pytest.raises(UserError, match=r"^--backends litert needs litert_torch_is_not_here, not installed here: "
                                         r"pip install 'edge-export\[litert\]', or leave litert out of --backends$"):
         check_options(dataclasses.replace(BuildSettings(variant="dsc"), backends=THREE))
@@ -182,3 +205,24 @@ def test_deploy_bench_on_a_device_over_ssh_times_and_chooses_among_the_three(thr
     assert {b for b in THREE if any(f" {b} fp32 " in line for line in rows)} == set(THREE), done.stdout
     choice = record["bench"]["choice"]
     assert f"{choice['backend']} {choice['precision']}" in timed
+
+
+def test_a_users_own_model_builds_for_litert_from_the_command_line(tmp_path):
+    """`--model` takes the same road: the user's module, converted by litert-torch, held to LiteRT's bounds."""
+    from tests.test_cli import run
+
+    (tmp_path / "net.py").write_text("from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+                                     "        super().__init__()\n        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, "
+                                     "padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))\n\n    def forward(self, image):\n"
+                                     "        return self.body(image)\n")
+    done = run("export", "build", "--model", f"{tmp_path / 'net.py'}:Net", "--input", "image:1x3x32x48", "--dynamic",
+               "image:0,2,3", "--backends", "onnxruntime,litert", "--out", str(tmp_path / "out"),
+               "--no-memory", "--tune-budget", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((tmp_path / "out" / "Net" / "manifest.json").read_text())
+    shipped = {a["key"]: a for a in manifest["artifacts"]}
+    assert {"onnxruntime/fp32", "litert/fp32", "litert/fp16"} <= set(shipped)
+    assert shipped["litert/fp32"]["parity"]["passed"] and manifest["export"]["backends"]["litert"]["shape"] == "dynamic"
+    # judged at the second size too, as the other backends are
+    assert any("@" in name for name in shipped["litert/fp32"]["parity"]["outputs"])
+    assert "LiteRT (fp32, fp16), converted from PyTorch" in done.stdout

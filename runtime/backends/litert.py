@@ -130,7 +130,8 @@ class LiteRT(Backend):
         return [dict(DEFAULTS), {**DEFAULTS, "xnnpack": False}]
 
     def fp16_status(self, flags, arm):
-        return SLOW, "weights stored in FP16, computed in FP32 (XNNPACK expands them at load): a smaller file"
+        return SLOW, ("weights stored in FP16, computed in FP32 where the CPU has no FP16 arithmetic (XNNPACK "
+                      "expands them at load): a smaller file; bench --choose measures whether it is faster here")
 
 
 BACKEND = LiteRT()
