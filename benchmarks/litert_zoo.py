@@ -24,7 +24,7 @@ BACKENDS = ("onnxruntime", "openvino", "litert")
 
 def built(variant: str, out: Path, threads: int) -> dict:
     if not (out / variant / "manifest.json").is_file():
-        result = build(BuildSettings(variant=variant, out=out, backends=BACKENDS, quantize="int8", int8_budget=10,
+        result = build(BuildSettings(variant=variant, out=out, backends=BACKENDS, quantize="int8", int8_budget=5,
                                      tune_budget=0, memory=False, threads=threads))
         if not result.passed:
             return {"name": variant, "failed": "; ".join(result.failures)}

@@ -284,7 +284,7 @@ def _int8_plans_stage(st: BuildState) -> None:
         return
     with st.stage("INT8 calibration + quantization (full plan)"):
         calib, calibration = calibration_set(st.spec, s.calib_dir, s.calib_samples)
-        st.int8 = _Int8(st.folder, s, calib, keep, st.model)
+        st.int8 = _Int8(st.folder, s, calib, keep, st.model, st.made.modules)
         st.manifest["quantization"] = {
             "precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
             "plans": {b: st.int8.full_plan(b) for b in s.backends},
@@ -443,17 +443,20 @@ class _Int8:
     (`export/backends/<name>.py`: its own tool for the full plan, where it has one), and the search of
     `quantize.search`."""
 
-    def __init__(self, bundle: Path, s: BuildSettings, calib: dict, keep: list[str], model: Exportable):
-        self.bundle, self.s, self.calib, self.keep, self.model = bundle, s, calib, keep, model
+    def __init__(self, bundle: Path, s: BuildSettings, calib: dict, keep: list[str], model: Exportable,
+                 modules: dict[str, str]):
+        self.bundle, self.s, self.calib, self.keep, self.model, self.modules = bundle, s, calib, keep, model, modules
         self.work = Path(tempfile.mkdtemp(dir=bundle, prefix=".work-int8-"))  # gone before the manifest is written
         methods = list(CALIB_METHODS) if s.calib_method == "all" else [s.calib_method]
         self.qdq = {m: quantize.OnnxRuntimeQuantizer(bundle / ONNX_FILE, calib, m, self.work / m) for m in methods}
         self.method = methods[0]  # the one the search goes on with
         self.instead: dict[str, quantize.Quantizer] = {}  # a backend's full-plan tool that failed -> its fallback
         self.qat: quantize.OnnxRuntimeQuantizer | None = None  # made on first use, for every backend
+        self.found: dict[str, quantize.Search] = {}  # each backend's search, once made
 
     def quantizer(self, backend: str) -> quantize.Quantizer:
-        return self.instead.get(backend) or REGISTRY[backend].quantizer(self.bundle, self.calib, self.qdq[self.method])
+        return self.instead.get(backend) or REGISTRY[backend].quantizer(self.bundle, self.calib, self.qdq[self.method],
+                                                                        self.modules)
 
     def full_plan(self, backend: str) -> dict[str, Any]:
         """The full plan's model in the bundle. Where the backend's own tool cannot quantize the
@@ -492,14 +495,19 @@ class _Int8:
                                                    lat, fp32["p50_ms"], dst, made, versus))
             full = min([full, *others], key=lambda x: x.damage)
             self.method = full.method
-        plans = REGISTRY[backend].plans(self.qdq[self.method])
-        if plans is None:
-            return quantize.full_only(full, backend)
+        plans = REGISTRY[backend].plans(self.qdq[self.method], self.quantizer(backend))
+        if not REGISTRY[backend].sensitivity:
+            shipped = {b: f.shipped.plan for b, f in self.found.items() if f.shipped and f.shipped.plan.keep_nodes}
+            borrowed = {p.keep_nodes: dataclasses.replace(p, name=f"{p.name} (as {b})") for b, p in shipped.items()}
+            self.found[backend] = quantize.known_plans(full, twin, plans, self.qdq[self.method], judge, self.keep,
+                                                       list(borrowed.values()), self.work / "search", s.int8_budget)
+            return self.found[backend]
         found = quantize.search(full, twin, plans, self.qdq[self.method], judge, modules,
                                 self.keep, self.work / "search", s.int8_budget)
         found.attempts[1:1] = [x for x in others if x is not full]  # every method's full plan is on the record
         if s.qat and not (found.shipped and found.shipped.plan.name == "full"):
             found.add(self._qat_search(backend, judge, twin, modules), "QAT")
+        self.found[backend] = found
         return found
 
     def _qat_search(self, backend: str, judge: quantize.Judge, twin, modules: dict[str, str]) -> quantize.Search:
@@ -513,7 +521,7 @@ class _Int8:
             make_fp32_artifacts(tuned, feeds, self.work / "qat", self.s.opset)
             self.qat = quantize.OnnxRuntimeQuantizer(self.work / "qat" / ONNX_FILE, self.calib, self.method,
                                                      self.work / "qat" / "ort", tag=f"QAT {self.s.qat} steps")
-        plans = REGISTRY[backend].plans(self.qat)
+        plans = REGISTRY[backend].plans(self.qat, self.qat)
         dst = self.work / "qat" / backend / "full" / Path(REGISTRY[backend].runtime.files["int8"]).name
         made = plans.quantize(quantize.full_plan(self.keep), dst)
         with judge.open(dst) as runner:

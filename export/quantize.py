@@ -385,13 +385,22 @@ class Search:
                 "unmeasured": self.unmeasured, "full_vs_fp32": self.full_vs_fp32}
 
 
-def full_only(full: Attempt, backend: str) -> Search:
-    """The policy on a backend whose tool cannot keep chosen layers in float: the full plan ships if it is
-    within the bounds and faster than FP32, or nothing does."""
-    found = Search(backend, full.method, 0.0, [full],
-                   stopped=f"the full plan only: {backend}'s quantizer keeps no chosen layer in float")
-    found.ship_best()
-    return found
+def known_plans(full: Attempt, fp32: Runner, quantizer: Quantizer, layer_source: OnnxRuntimeQuantizer,
+                judge: Judge, keep: Sequence[str], borrowed: Sequence[Plan], work: Path, budget_s: float) -> Search:
+    """The policy on a backend that keeps layers in float but cannot measure the sensitivity pass's QDQ
+    models: the full plan; past it, the selective plan and `borrowed` (the plans other backends' searches
+    shipped: the same layers kept in float), each made by the backend's tool and measured on it. The
+    attempt within the bounds with the largest speed-up over FP32 ships."""
+    run = _Searcher(Search(quantizer.backend, quantizer.method, budget_s, [full]), quantizer, layer_source, judge,
+                    fp32, tuple(keep), work)
+    if full.passed:
+        return run.finish("the full plan is within the bounds and faster than FP32")
+    for plan in [selective_plan(layer_source.model, keep), *borrowed]:
+        if run.left() <= 0:
+            return run.finish(f"the budget of {budget_s:.0f} s ran out")
+        run.attempt(plan)
+    return run.finish("the selective plan and the plans the other backends shipped were tried (no sensitivity "
+                      f"pass: {quantizer.backend} runs no ONNX)")
 
 
 def search(full: Attempt, fp32: Runner, quantizer: Quantizer, layer_source: OnnxRuntimeQuantizer,

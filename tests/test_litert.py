@@ -53,18 +53,22 @@ def test_litert_fp32_and_fp16_are_converted_from_pytorch_and_held_to_their_bound
 def test_litert_int8_is_its_own_quantizer_calibrated_on_the_builds_images_and_judged_by_the_policy(three):
     m = three.manifest
     found = m["quantization"]["search"]["litert"]
-    assert [a["plan"] for a in found["attempts"]] == ["full"]
-    assert found["stopped"] == "the full plan only: litert's quantizer keeps no chosen layer in float"
     made = m["quantization"]["plans"]["litert"]
     assert made["tool"].startswith("ai-edge-quantizer 0.10.0 static_wi8_ai8") and made["method"] == "minmax"
-    attempt = found["attempts"][0]
-    shipped = {a["key"] for a in m["artifacts"]}
-    rejected = {f"{r['backend']}/{r['precision']}": r["reason"] for r in m["rejected"]}
-    if attempt["shipped"]:
-        assert "litert/int8" in shipped and attempt["passed"]
-    else:  # dsc's heatmap goes through a softmax at temperature 0.1: a fully INT8 head loses its peak
-        assert "litert/int8" not in shipped and rejected["litert/int8"].startswith("1 INT8 plan tried (the full plan")
-        assert not (three.bundle / "litert" / "model.int8.tflite").exists()
+    assert made["kept_fp32"] == {"modules": [], "op_types": []}  # the full plan
+    tried = {a["plan"]: a for a in found["attempts"]}
+    # dsc's heatmap is a softmax over 58x58 pixels: LiteRT's INT8 softmax has a fixed output step of 1/256, so
+    # every pixel rounds to zero and the keypoints to the centre; the selective plan keeps the softmax in float
+    full, selective = tried["full"], tried["selective"]
+    assert not full["passed"] and "heatmap: max relative error" in full["problems"][0]
+    assert selective["parity"]["outputs"]["heatmap"]["cosine"] > 0.99 > full["parity"]["outputs"]["heatmap"]["cosine"]
+    assert found["stopped"].startswith("the selective plan and the plans the other backends shipped were tried")
+    shipped = [a for a in found["attempts"] if a["shipped"]]
+    if shipped:  # within the bounds and faster than FP32, measured here
+        assert shipped[0]["passed"] and {a["key"] for a in m["artifacts"]} >= {"litert/int8"}
+        assert (three.bundle / "litert" / "model.int8.tflite").is_file()
+    else:
+        assert "litert/int8" in {f"{r['backend']}/{r['precision']}" for r in m["rejected"]}
 
 
 def test_a_tflite_fixed_at_batch_1_runs_a_batch_one_image_at_a_time(three):

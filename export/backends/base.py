@@ -22,6 +22,7 @@ class ExportBackend:
     marker: str  # its marker in the lab's plots
     needs: tuple[str, ...] = ()  # the modules its build side imports beyond the build's own
     extra: str | None = None  # the extra of edge-export that installs them
+    sensitivity = True  # whether it runs the sensitivity pass's QDQ models (ONNX), which rank the layers
 
     def missing(self) -> list[str]:
         """The modules of `needs` this Python cannot import."""
@@ -43,16 +44,18 @@ class ExportBackend:
         (empty: nothing beyond the export's own record)."""
         raise NotImplementedError
 
-    def quantizer(self, folder: Path, calib: Mapping[str, np.ndarray], qdq: "OnnxRuntimeQuantizer") -> "Quantizer":
+    def quantizer(self, folder: Path, calib: Mapping[str, np.ndarray], qdq: "OnnxRuntimeQuantizer",
+                  modules: Mapping[str, str]) -> "Quantizer":
         """What makes the full plan's INT8 model: the backend's own tool, or the QDQ model `qdq` makes
         (ONNX Runtime's quantization, calibrated on `calib`; the sensitivity pass runs its models on every
-        backend). `folder`: the bundle being built, its FP32 artifacts in it."""
-        return self.plans(qdq)
+        backend that runs ONNX). `folder`: the bundle being built, its FP32 artifacts in it; `modules`: ONNX
+        node -> the module it was made in."""
+        return qdq
 
-    def plans(self, qdq: "OnnxRuntimeQuantizer") -> "Quantizer | None":
-        """What makes the plans past the full one, which keep chosen nodes in FP32 (None: the backend's
-        tool cannot keep chosen layers in float, so the full plan is the only one)."""
-        raise NotImplementedError
+    def plans(self, qdq: "OnnxRuntimeQuantizer", quantizer: "Quantizer") -> "Quantizer":
+        """What makes the plans past the full one, which keep chosen nodes in FP32 (`quantizer`: the full
+        plan's)."""
+        return quantizer
 
     def fallback(self, qdq: "OnnxRuntimeQuantizer", err: Exception) -> "tuple[Quantizer, str] | None":
         """Where the full plan's tool failed with `err`: another quantizer and why it was taken, or None."""

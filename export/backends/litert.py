@@ -9,6 +9,7 @@ then runs a batch one image at a time and takes that size only.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -27,25 +28,35 @@ if TYPE_CHECKING:
 LOGGERS = ("litert_torch", "absl", "jax", "torch._dynamo", "torch.export", "torchao")
 
 
+# a plan's kept op types (ONNX), as TFLite names them
+TFLITE_TYPES = {"Softmax": ("SOFTMAX",), "MatMul": ("BATCH_MATMUL", "FULLY_CONNECTED"), "Div": ("DIV",)}
+
+
 class LiteRTQuantizer:
     """AI Edge Quantizer's static INT8 (INT8 weights and activations) of the FP32 .tflite, calibrated on
-    the build's calibration images; it quantizes every op it supports (the full plan)."""
+    the build's calibration images. A plan's layers stay in float by their PyTorch modules (the
+    converter names each op after the modules it was made in) and its op types by their TFLite names."""
 
     backend = RUNTIME.name
     method = "minmax"
 
-    def __init__(self, fp32: Path, data: Mapping[str, np.ndarray]):
-        self.fp32, self.data = fp32, data
+    def __init__(self, fp32: Path, data: Mapping[str, np.ndarray], modules: Mapping[str, str]):
+        """`modules`: ONNX node -> the module it was made in (a plan names ONNX nodes)."""
+        self.fp32, self.data, self.modules = fp32, data, modules
 
     def quantize(self, plan: "Plan", dst: Path) -> dict[str, Any]:
-        if plan.keep_nodes or plan.keep_types or plan.only:
-            raise ValueError(f"LiteRT's INT8 quantizes every op it supports: the plan {plan.name!r} keeps layers "
-                             "in float, which it cannot")
         from importlib.metadata import version
 
-        from ai_edge_quantizer import quantizer, recipe
+        from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
 
+        if plan.only:
+            raise ValueError(f"the plan {plan.name!r} quantizes chosen nodes alone; LiteRT's plans keep layers in float")
         tool = quantizer.Quantizer(str(self.fp32), recipe.static_wi8_ai8())
+        kept = sorted({self.modules[n] for n in plan.keep_nodes if self.modules.get(n)})
+        types = [op for t in plan.keep_types for op in TFLITE_TYPES.get(t, ())]
+        for regex, op in [*((scope(m), "*") for m in kept), *((".*", op) for op in types)]:
+            tool.update_quantization_recipe(regex, qtyping.TFLOperationName(op),
+                                            algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
         names = list(self.data)
         samples = [{f"args_{i}": self.data[n][j:j + 1] for i, n in enumerate(names)}
                    for j in range(len(self.data[names[0]]))]
@@ -56,7 +67,13 @@ class LiteRTQuantizer:
         dst.chmod(0o644)
         return {"tool": f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8 (INT8 weights and "
                         "activations, min-max calibration)",
-                "method": self.method, "name": plan.name, "kept_fp32": {"nodes": [], "op_types": []}}
+                "method": self.method, "name": plan.name, "kept_fp32": {"modules": kept, "op_types": types}}
+
+
+def scope(module: str) -> str:
+    """The ops made in the module at `module` ("predictor.decoder"), as a regex over the .tflite's tensor
+    names, which litert-torch writes as the path of modules ("..._module/..._predictor/..._decoder;3")."""
+    return ".*_module/" + "/".join(f"[^/;]*_{re.escape(part)}" for part in module.split(".")) + "($|[/;]).*"
 
 
 class LiteRT(ExportBackend):
@@ -64,6 +81,7 @@ class LiteRT(ExportBackend):
     marker = "D"
     needs = ("litert_torch", "ai_edge_quantizer")
     extra = "litert"
+    sensitivity = False  # its interpreter runs no ONNX: the sensitivity pass's QDQ models cannot be measured on it
 
     def stage(self, precisions):
         return f"LiteRT ({', '.join(precisions)}), converted from PyTorch"
@@ -94,11 +112,11 @@ class LiteRT(ExportBackend):
             _fp16(fp32, written["fp16"])
         return written, record
 
-    def quantizer(self, folder, calib, qdq):
-        return LiteRTQuantizer(Path(folder) / RUNTIME.files["fp32"], calib)
+    def quantizer(self, folder, calib, qdq, modules):
+        return LiteRTQuantizer(Path(folder) / RUNTIME.files["fp32"], calib, modules)
 
-    def plans(self, qdq):
-        return None
+    def plans(self, qdq, quantizer):
+        return quantizer
 
 
 def _convert(model, args: tuple, dst: Path, dynamic) -> None:

@@ -19,9 +19,6 @@ class OnnxRuntime(ExportBackend):
     def convert(self, model, feeds, onnx_file, folder, precisions):
         return {"fp32": onnx_file}, {}
 
-    def plans(self, qdq):
-        return qdq
-
     def expose(self, model_file, names, folder):
         import onnx
 

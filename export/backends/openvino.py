@@ -94,10 +94,10 @@ class OpenVINO(ExportBackend):
             written[precision] = xml
         return written, {}
 
-    def quantizer(self, folder, calib, qdq):
+    def quantizer(self, folder, calib, qdq, modules):
         return OpenVINOQuantizer(Path(folder) / RUNTIME.files["fp32"], calib)
 
-    def plans(self, qdq):
+    def plans(self, qdq, quantizer):
         # past the full plan, OpenVINO runs ONNX Runtime's QDQ models: NNCF's ignored scope cannot keep
         # every node of a plan in FP32 (it names nodes its own way), a QDQ model can
         return QDQForOpenVINO(qdq)
