@@ -93,7 +93,7 @@ def test_verify_names_a_changed_file(built, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--variant", "nope"], "error: unknown variant 'nope'; valid: baseline, dsc, asym,"),
-    (["--variant", "dsc", "--backends", "tensorrt"], "error: unknown backend 'tensorrt'; valid: onnxruntime, openvino"),
+    (["--variant", "dsc", "--backends", "tensorrt"], "error: unknown backend 'tensorrt'; valid: onnxruntime, openvino, litert"),
     (["--variant", "dsc", "--opset", "13"], "error: opset 13 is not supported; valid: 18..21"),
     (["--variant", "dsc", "--conv", "winograd"], "error: unknown conv kind 'winograd'; valid: standard, dsc, asym"),
     (["--variant", "dsc", "--checkpoint", "missing.pt"], "error: checkpoint 'missing.pt' does not exist"),

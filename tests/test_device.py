@@ -132,7 +132,7 @@ def test_infer_segments_a_photo_at_its_own_size(built, tmp_path):
     (["infer", "BUNDLE", "pyproject.toml"], "error: image 'pyproject.toml' is not a readable image"),
     (["bench", "BUNDLE", "--backend", "onnxruntime", "--precision", "int8"], "error: bundle 'BUNDLE' has no 'int8' artifact for onnxruntime; it has: fp32"),
     (["bench", "BUNDLE", "--precision", "fp64"], "error: unknown precision 'fp64'; did you mean 'fp16'? valid: fp32, fp16, int8"),
-    (["bench", "BUNDLE", "--backend", "tflite"], "error: unknown backend 'tflite'; valid: onnxruntime, openvino"),
+    (["bench", "BUNDLE", "--backend", "tflite"], "error: unknown backend 'tflite'; did you mean 'litert'? valid: onnxruntime, openvino, litert"),
     (["bench", "BUNDLE", "--runs", "0"], "error: argument --runs: '0' is not a positive whole number"),
     (["verify", "BUNDLE/manifest.json"], "error: bundle 'BUNDLE/manifest.json' is not a folder"),
 ])
