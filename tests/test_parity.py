@@ -9,13 +9,13 @@ import models
 import runtime
 from export import golden
 from export.pipeline import artifact_entries
-from runtime.bundle import BACKENDS
 from export.contract import Exportable
+from runtime.backends import DEFAULT_BACKENDS
 from runtime.compare import BOUNDS, Truth, check_artifact
 from runtime.tasks import task_of
 
-# what a build makes without --quantize (INT8 has its own tests)
-ARTIFACTS = [(a.backend, a.precision) for a in artifact_entries(models.spec("dsc"), BACKENDS)]
+# what a build makes by default, without --quantize (INT8 and LiteRT have their own tests)
+ARTIFACTS = [(a.backend, a.precision) for a in artifact_entries(models.spec("dsc"), DEFAULT_BACKENDS)]
 
 
 @pytest.mark.parametrize("backend, precision", ARTIFACTS, ids=[f"{b}-{p}" for b, p in ARTIFACTS])
