@@ -17,6 +17,7 @@ is refused before the launcher is written. The check runs with the kit's own whe
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ def glibc_too_old(have: str | None, floor: str | None) -> bool:
     return bool(floor) and (have is None or version_tuple(have) < version_tuple(floor))
 
 
+@functools.lru_cache(maxsize=1)  # runtime.load reads the CPU's signature, glibc with it: once per process
 def device_glibc() -> str | None:
     """The C library's version ("2.36"), or None where it is not glibc (musl, macOS): as `getconf
     GNU_LIBC_VERSION` says it (what `export deploy` reads over SSH, so both sides agree), else as the C

@@ -37,15 +37,15 @@ class LiteRTRunner(BaseRunner):
         self._make = lambda: Interpreter(model_path=str(model), num_threads=per_caller,
                                          experimental_op_resolver_type=resolver)
         first = self._make()
-        self._pool: queue.SimpleQueue = queue.SimpleQueue()
-        self._pool.put(first)
         signature = first.get_signature_list()
         key = next(iter(signature))
         self._key = key
+        runner = first.get_signature_runner(key)
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()  # (interpreter, its signature runner), one per caller
+        self._pool.put((first, runner))
         # the signature names inputs and outputs args_0, args_1 ... and output_0, output_1 ... in the spec's order
         self._inputs = sorted(signature[key]["inputs"], key=_position)
         self._outputs = sorted(signature[key]["outputs"], key=_position)
-        runner = first.get_signature_runner(key)
         details, out_details = runner.get_input_details(), runner.get_output_details()
         # an INT8 model may take and give quantized tensors: the runner (de)quantizes them, as an app would
         self._in_q = [_quantization(details[name]) for name in self._inputs]
@@ -73,18 +73,19 @@ class LiteRTRunner(BaseRunner):
 
     def _run(self, feeds):
         try:
-            interpreter = self._pool.get_nowait()
+            pair = self._pool.get_nowait()
         except queue.Empty:
-            interpreter = self._make()
+            made = self._make()
+            pair = made, made.get_signature_runner(self._key)
+        run = pair[1]
         try:
-            run = interpreter.get_signature_runner(self._key)
             batch = len(next(iter(feeds.values())))
             if self._batch_fixed and batch > 1:  # a model fixed at batch 1 runs a batch one image at a time
                 parts = [self._call(run, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(batch)]
                 return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
             return self._call(run, feeds)
         finally:
-            self._pool.put(interpreter)
+            self._pool.put(pair)
 
     def _call(self, run, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = run(**{arg: _quantize(feeds[name], q) for arg, name, q in zip(self._inputs, self.input_names, self._in_q)})
