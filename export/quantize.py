@@ -56,6 +56,7 @@ ONNX_INT8 = "model.int8.onnx"  # a QDQ model's file name
 RESHAPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")  # move quantized values, compute nothing
 KEEP_FP32 = ("Softmax", "MatMul", "Div")  # op types the selective plan keeps in FP32, besides its convolutions
 MIN_MS = 0.01  # a layer that costs less than this to keep in FP32 is counted as costing this
+NORMS = ("LayerNormalization", "InstanceNormalization", "BatchNormalization")
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class OnnxRuntimeQuantizer:
                                                extra_options=options)
                 calibrator.collect_data(_Reader(data))
                 save_tensors_data(calibrator.compute_data(), self.ranges)
+        self.kept_by_tool = _norms_with_shaped_bias(self.model)
 
     def layers(self, quantized, modules: Mapping[str, str]) -> list[tuple[str, tuple[str, ...]]]:
         """The layers of the sensitivity pass, in graph order: (name, its nodes). A layer is
@@ -177,10 +179,27 @@ class OnnxRuntimeQuantizer:
             quantize_static(str(self.pre), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=self.calibration, calibration_cache_path=self.ranges,
-                            nodes_to_exclude=[n for n in plan.keep_nodes if n in present],
+                            nodes_to_exclude=[n for n in (*plan.keep_nodes, *self.kept_by_tool) if n in present],
                             nodes_to_quantize=list(plan.only) or None, op_types_to_quantize=op_types)
-        return {"tool": "onnxruntime.quantization.quantize_static (QDQ, per-channel S8 weights, U8 activations)",
+        done = {"tool": "onnxruntime.quantization.quantize_static (QDQ, per-channel S8 weights, U8 activations)",
                 "method": self.method, **plan.to_dict()}
+        if self.kept_by_tool:
+            done["kept_fp32_by_tool"] = {"nodes": list(self.kept_by_tool), "why": KEPT_BY_TOOL}
+        return done
+
+
+KEPT_BY_TOOL = ("a normalization whose scale and bias span more than the channels (LayerNorm over C, H, W): "
+                "quantize_static's per-channel pass cannot fit their int32 bias, and ONNX Runtime has no "
+                "INT8 kernel for it, so it runs in FP32 between its quantized neighbours")
+
+
+def _norms_with_shaped_bias(model) -> tuple[str, ...]:
+    """The normalization nodes whose bias is an initializer of more than one dimension: ONNX Runtime
+    1.2x's quantize_static quantizes their scale per channel along axis 1 and then fails to adjust the
+    weight scale for the int32 bias (it compares a whole row of the bias as if it were one number)."""
+    ranks = {t.name: len(t.dims) for t in model.graph.initializer}
+    return tuple(n.name for n in model.graph.node
+                 if n.op_type in NORMS and len(n.input) > 2 and ranks.get(n.input[2], 1) > 1)
 
 
 class _Reader(CalibrationDataReader):

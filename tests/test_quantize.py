@@ -79,6 +79,28 @@ def test_the_selective_plan_keeps_depthwise_convs_and_heads_in_fp32(built, tmp_p
     assert 0 < count(selective) < count(onnx.load(str(tmp_path / "full.onnx")))
 
 
+def test_a_layernorm_over_channels_and_space_is_kept_in_fp32_by_name_and_its_neighbours_quantized(tmp_path):
+    """quantize_static fails on a LayerNormalization whose bias spans (C, H, W) (the layernorm variant's
+    norm): such a node stays FP32, named in the record, and the convolutions around it are still INT8."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.LayerNorm([8, 16, 16]),
+                              torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, padding=1)).eval()
+    with torch.no_grad():
+        net[1].bias.normal_()  # a bias quantize_static must fit into int32
+    torch.onnx.export(net, (torch.rand(1, 3, 16, 16),), str(tmp_path / "ln.onnx"), input_names=["image"],
+                      dynamo=False)
+    data = {"image": np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)}
+    info = quantize.quantize_onnxruntime(tmp_path / "ln.onnx", tmp_path / "ln.int8.onnx", data, "minmax", "full")
+    made = onnx.load(str(tmp_path / "ln.int8.onnx"))
+    norms = [n.name for n in made.graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 1 and info["kept_fp32_by_tool"]["nodes"] == norms
+    assert info["kept_fp32_by_tool"]["why"].startswith("a normalization whose scale and bias span more than")
+    produced_by = {o: n.op_type for n in made.graph.node for o in n.output}
+    assert all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in made.graph.node if n.op_type == "Conv")
+    assert produced_by.get(next(n for n in made.graph.node if n.op_type == "LayerNormalization").input[1]) is None
+
+
 def test_int8_ships_the_fastest_plan_within_the_bounds_and_records_the_search(checkpoint_for, tmp_path):
     """The policy: the full plan; if it is accurate enough and faster, it ships; if it is slower,
     the selective plan; else per-layer sensitivity and the frontier (1, 2, 4, ... layers in FP32, then
