@@ -215,6 +215,9 @@ def _study_command(sub) -> None:
     st.add_argument("--out", type=Path, default=Path("artifacts/study"), help="folder for the report (default: artifacts/study)")
     st.add_argument("--quick", action="store_true", help="fewer rows and timed calls (a few minutes)")
     st.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
+    st.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                    help=f"each table's columns beside PyTorch eager: a subset of {','.join(BACKENDS)} "
+                         f"(default: {','.join(DEFAULT_BACKENDS)})")
     st.add_argument("--train-steps", type=int, default=0,
                     help="train the pet networks this many steps first and report their accuracy (default: 0, no training)")
     st.add_argument("--artifacts", type=Path, default=Path("artifacts"),
@@ -649,10 +652,12 @@ def cmd_study(args) -> int:
     import os
 
     from .lab.study import StudySettings, run
+    from .settings import check_backends
 
     threads = args.threads if args.threads is not None else os.cpu_count() or 1
     settings = StudySettings(out=args.out, quick=args.quick, threads=threads, train_steps=args.train_steps,
-                             artifacts=args.artifacts)
+                             artifacts=args.artifacts, backends=check_backends(
+                                 tuple(b.strip() for b in args.backends.split(",") if b.strip())))
     start = time.perf_counter()
     with console.status("study") as status:
         def say(what: str) -> None:

@@ -184,22 +184,28 @@ def check_data(s: BuildSettings, task, spec=None) -> None:
             raise UserError(f"--max-drop {name}={drop:g}: a drop is a fraction from 0 to 1 (0.01 is one point)")
 
 
-def check_options(s: BuildSettings) -> None:
-    """Everything but the model: the name, backends, opset, threads, quantization and output folder."""
-    if s.name is not None:
-        check_name(s.name)
-    if not s.backends:
+def check_backends(backends: tuple[str, ...]) -> tuple[str, ...]:
+    """`--backends`: known, and what each needs on the build side installed."""
+    if not backends:
         raise UserError(f"--backends is empty; valid: {', '.join(BACKENDS)}")
-    for backend in s.backends:
+    for backend in backends:
         check_choice("backend", backend, BACKENDS)
     from .backends import REGISTRY  # the plugins import no backend library until they convert
 
-    for backend in s.backends:
+    for backend in backends:
         missing = REGISTRY[backend].missing()
         if missing:
             raise UserError(f"--backends {backend} needs {', '.join(missing)}, not installed here: "
                             f"pip install 'edge-export[{REGISTRY[backend].extra}]', or leave "
                             f"{backend} out of --backends")
+    return backends
+
+
+def check_options(s: BuildSettings) -> None:
+    """Everything but the model: the name, backends, opset, threads, quantization and output folder."""
+    if s.name is not None:
+        check_name(s.name)
+    check_backends(s.backends)
     check_opset(s.opset)
     check_threads(s.threads)
     if s.quantize is not None:

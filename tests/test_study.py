@@ -77,6 +77,22 @@ def test_every_cell_timed_and_the_breakdown_against_the_peak(study):
     assert work["whole detector"] == sum(v for k, v in work.items() if k != "whole detector")
 
 
+def test_each_table_has_a_column_per_backend_asked_for_litert_too(tmp_path):
+    """`study --backends onnxruntime,litert`: every part converted for both (LiteRT from PyTorch), and
+    each timed beside PyTorch eager in one interleaved run."""
+    from export.lab.harness import Study, StudySettings, of
+
+    study = Study(StudySettings(threads=1, backends=("onnxruntime", "litert")), tmp_path, lambda _: None)
+    assert study.backends == ("pytorch", "onnxruntime", "litert")
+    runners = study.runners("separable", of(layers.conv("dsc", 8, 16)), (8, 20, 20))
+    assert set(runners) == {("separable", b) for b in study.backends}
+    feeds = study.feeds((8, 20, 20))
+    outs = {b: next(iter(runners["separable", b].infer(feeds).values())) for b in study.backends}
+    assert all(outs[b].shape == outs["pytorch"].shape and abs(outs[b] - outs["pytorch"]).max() < 1e-4 for b in outs)
+    stats = study.time(runners, {"separable": feeds}, runs=5)
+    assert {b for _, b in stats} == set(study.backends) and all(s["p50_ms"] > 0 for s in stats.values())
+
+
 def test_counting_helpers():
     up = nn.Sequential(*layers.upsample("transpose", 1024, 512))
     assert transposed_overcount(up, (1024, 2, 2)) == 1024 * 512 * 9 * (16 - 4)
@@ -91,6 +107,8 @@ def test_counting_helpers():
     (("--threads", "0"), "--threads 0 is not a positive number of threads"),
     (("--train-steps", "-1"), "--train-steps -1 must be 0 (no training) or more"),
     (("--out", "/dev/null"), "--out '/dev/null' is a file; expected a folder for the study (replaced if it exists)"),
+    (("--backends", "onnxruntime,tflite"), "unknown backend 'tflite'; did you mean 'litert'? valid: onnxruntime, "
+                                           "openvino, litert"),
 ])
 def test_bad_settings_are_one_line(tmp_path, args, message):
     result = run_cli("study", "--quick", "--out", str(tmp_path / "s"), *args)  # the last --out wins

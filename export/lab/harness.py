@@ -31,7 +31,6 @@ from ..manifest import tool_versions
 from ..quiet import quiet
 from ..settings import DEFAULT_OPSET
 
-BACKENDS = ("pytorch", *DEFAULT_BACKENDS)
 BACKEND_NAMES = {"pytorch": "PyTorch eager", **{b.name: b.runtime.title for b in REGISTRY.values()}}
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class StudySettings:
     threads: int = os.cpu_count() or 1
     train_steps: int = 0
     artifacts: Path = Path("artifacts")  # INT8 artifacts of built bundles are timed too
+    backends: tuple[str, ...] = DEFAULT_BACKENDS  # each table's columns: PyTorch eager, then these
     opset: int = DEFAULT_OPSET
     seed: int = 0
 
@@ -106,6 +106,7 @@ class Study:
     def __init__(self, s: StudySettings, work: Path, say: Callable[[str], None]):
         self.s, self.work, self.say = s, work, say
         self.rng = np.random.default_rng(s.seed)
+        self.backends = ("pytorch", *s.backends)  # the columns of every table
 
     def runners(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> dict[tuple[str, str], Runner]:
         """`module` in eager PyTorch, and as the build would ship it for every backend (FP32)."""
@@ -116,7 +117,7 @@ class Study:
         model = Exportable(module, spec)
         feeds = {k: v.numpy() for k, v in example.items()}
         folder = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=self.work))  # a label may come twice (two tables)
-        made = make_fp32_artifacts(model, feeds, folder, self.s.opset, fp32_of())
+        made = make_fp32_artifacts(model, feeds, folder, self.s.opset, fp32_of(self.s.backends))
         threads = self.s.threads
         outputs = [{"name": n} for n in spec.outputs]
         return {(label, "pytorch"): TorchRunner(model, threads),

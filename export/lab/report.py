@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..backends import REGISTRY  # noqa: E402
 from ..report import markdown_table  # noqa: E402
-from .harness import BACKEND_NAMES, BACKENDS, Section, StudySettings, environment, settings_dict  # noqa: E402
+from .harness import BACKEND_NAMES, Section, StudySettings, environment, settings_dict  # noqa: E402
 
 MARKERS = {"pytorch": "o", **{name: b.marker for name, b in REGISTRY.items()}}
 
@@ -27,20 +27,25 @@ def _split(stats: dict[str, dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _columns(times: dict[str, dict[str, float]]) -> list[str]:
+    """The backends a table was timed on (PyTorch eager first), as its rows hold them."""
+    return list(dict.fromkeys(b for row in times.values() for b in row))
+
+
 def plot_latency_vs_params(sections: list[Section], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for backend in BACKENDS:
+    plotted = [s for s in sections if s.key in ("detector", "norm-swap", "encdec", "kp-encdec", "pet")]
+    backends = _columns({k: t for s in plotted for k, t in _split(s.data.get("stats", {})).items()})
+    for backend in backends:
         xs, ys, names = [], [], []
-        for section in sections:
-            if section.key not in ("detector", "norm-swap", "encdec", "kp-encdec", "pet"):
-                continue
+        for section in plotted:
             for name, times in _split(section.data.get("stats", {})).items():
                 if backend in times and (name, section.key) not in names:
                     xs.append(section.data["params"][name] / 1e6)
                     ys.append(times[backend])
                     names.append((name, section.key))
         ax.scatter(xs, ys, marker=MARKERS[backend], label=BACKEND_NAMES[backend], alpha=0.8)
-        if backend == BACKENDS[-1]:  # the names once, beside the last backend's points
+        if backend == backends[-1]:  # the names once, beside the last backend's points
             for x, y, (name, _) in zip(xs, ys, names):
                 ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xscale="log", yscale="log", xlabel="parameters (M)", ylabel="p50 latency, batch 1 (ms)",
@@ -66,12 +71,12 @@ def plot_micro(norms: Section, upsample: Section, path: Path) -> None:
     for ax, batch in zip(axes, (1, 32)):
         times = _split(norms.data["stats"][batch])
         kinds = list(times)
-        _bars(ax, kinds, {b: [times[k][b] for k in kinds] for b in BACKENDS}, "p50 ms",
+        _bars(ax, kinds, {b: [times[k][b] for k in kinds] for b in _columns(times)}, "p50 ms",
               f"norms on ({batch}, 1024, 2, 2)")
     times = _split(upsample.data["stats"])
     kinds = list(times)
     _bars(axes[2], ["interp + conv" if k == "interp" else "ConvTranspose" for k in kinds],
-          {b: [times[k][b] for k in kinds] for b in BACKENDS}, "p50 ms", "(1,1024,2,2) -> (1,512,4,4)")
+          {b: [times[k][b] for k in kinds] for b in _columns(times)}, "p50 ms", "(1,1024,2,2) -> (1,512,4,4)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -81,12 +86,13 @@ def plot_breakdown(section: Section, path: Path) -> None:
     times = _split(section.data["stats"])
     parts = [p for p in times if p != "whole detector"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    bottom = [0.0] * len(BACKENDS)
+    backends = _columns(times)
+    bottom = [0.0] * len(backends)
     for part in parts:
-        ys = [times[part][b] for b in BACKENDS]
-        ax.bar([BACKEND_NAMES[b] for b in BACKENDS], ys, bottom=bottom, label=part)
+        ys = [times[part][b] for b in backends]
+        ax.bar([BACKEND_NAMES[b] for b in backends], ys, bottom=bottom, label=part)
         bottom = [b + y for b, y in zip(bottom, ys)]
-    ax.scatter([BACKEND_NAMES[b] for b in BACKENDS], [times["whole detector"][b] for b in BACKENDS],
+    ax.scatter([BACKEND_NAMES[b] for b in backends], [times["whole detector"][b] for b in backends],
                color="black", marker="_", s=900, label="whole detector, one call", zorder=3)
     ax.set(ylabel="p50 ms, batch 1", title=section.title.split(": ", 1)[1].split(" (")[0] + ": time per part")
     ax.legend(fontsize=8)

@@ -31,7 +31,7 @@ from runtime.files import atomic_folder
 from ..settings import check_threads
 from ..stats import model_stats
 from .compete import SUMMARY_COLUMNS, built_variants, compete_variants, summary_row
-from .harness import (BACKEND_NAMES, BACKENDS, Part, Section, Study, StudySettings, executorch_available, flops,
+from .harness import (BACKEND_NAMES, Part, Section, Study, StudySettings, executorch_available, flops,
                       matmul_peak, of, transposed_overcount)
 from .report import write_report
 
@@ -82,18 +82,18 @@ def _hourglass_table(st: Study, hourglass_rows: tuple[str, ...]) -> Section:
         runners.update(st.runners(name, of(module), (3, 64, 64)))
         feeds[name] = st.feeds((3, 64, 64))
     stats = st.time(runners, feeds, runs=st.quick_or_full(30, 200))
-    base = {b: stats[("baseline", b)]["p50_ms"] for b in BACKENDS}
+    base = {b: stats[("baseline", b)]["p50_ms"] for b in st.backends}
     rows = []
     for name in hourglass_rows:
         article = ARTICLE_HOURGLASS.get(name)
         rows.append((name, f"{counts[name]['params']:,}", f"{counts[name]['mult_adds'] / 1e6:.2f} M",
                      f"{article[0]} / {article[1]} / {article[2]:.2f} ms" if article else "-",
-                     *(ms(stats, (name, b)) for b in BACKENDS),
-                     *(ratio(base[b], stats[(name, b)]["p50_ms"]) for b in BACKENDS)))
+                     *(ms(stats, (name, b)) for b in st.backends),
+                     *(ratio(base[b], stats[(name, b)]["p50_ms"]) for b in st.backends)))
     hourglass = Section(
         "hourglass", "1a. Convolution: the hourglass alone, input (1, 3, 64, 64)",
         ("variant", "params", "mult-adds", "article (params / mult-adds / ms)",
-         *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS), *(f"vs standard, {BACKEND_NAMES[b]}" for b in BACKENDS)),
+         *(f"{BACKEND_NAMES[b]} ms" for b in st.backends), *(f"vs standard, {BACKEND_NAMES[b]}" for b in st.backends)),
         rows,
         ["The article's speed-up of depthwise separable over standard: 1.86x (PyTorch, its machine).",
          "Mult-adds: the standard hourglass matches the reference exactly (989,312,832). The separable one gives "
@@ -121,11 +121,11 @@ def _detector_table(st: Study, detector_rows: tuple[str, ...]) -> Section:
         best = min((k for k in own if k[1] != "pytorch"), key=own.get)
         int8 = ", ".join(f"{k[1].split()[0]} {v:.2f}" for k, v in own.items() if k[1].endswith("int8")) or "not built"
         rows.append((name, f"{counts[name]['params']:,}", f"{counts[name]['mult_adds'] / 1e6:.1f} M",
-                     *(ms(stats, (name, b)) for b in BACKENDS), int8,
+                     *(ms(stats, (name, b)) for b in st.backends), int8,
                      f"{best[1]} {ratio(eager_base, own[best])}"))
     detector = Section(
         "detector", "1b. Convolution in the whole detector, input (1, 3, 256, 256)",
-        ("variant", "params", "mult-adds", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS), "INT8 ms (bundle)",
+        ("variant", "params", "mult-adds", *(f"{BACKEND_NAMES[b]} ms" for b in st.backends), "INT8 ms (bundle)",
          "best vs eager baseline"),
         rows,
         ["INT8: the shipped INT8 artifacts of `<artifacts>/<variant>` when a bundle was built with "
@@ -157,10 +157,10 @@ def _norm_layers_table(st: Study) -> Section:
     for kind, (article_params, *article_ms) in ARTICLE_NORMS.items():
         for batch, article in zip((1, 32), article_ms):
             rows.append((kind, f"{params[kind]:,} ({article_params:,})", str(batch), f"{article:.4f}",
-                         *(ms_small(stats[batch], (kind, b)) for b in BACKENDS)))
+                         *(ms_small(stats[batch], (kind, b)) for b in st.backends)))
     micro = Section(
         "norms", "2a. Normalisation layers on (batch, 1024, 2, 2)",
-        ("norm", "params (article)", "batch", "article ms (PyTorch)", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS)),
+        ("norm", "params (article)", "batch", "article ms (PyTorch)", *(f"{BACKEND_NAMES[b]} ms" for b in st.backends)),
         rows,
         [f"{reps} timed calls per cell, as the article's 1,000 repetitions (median). GroupNorm has channels // 2 = "
          "512 groups; LayerNorm normalises over (C, H, W) with an elementwise affine, hence 8,192 parameters.",
@@ -179,11 +179,11 @@ def _norm_swap_table(st: Study) -> Section:
         runners.update(st.runners(name, model, (3, 256, 256)))
         feeds[name] = st.feeds((3, 256, 256))
     stats = st.time(runners, feeds, runs=50)
-    base = {b: stats[("baseline", b)]["p50_ms"] for b in BACKENDS}
+    base = {b: stats[("baseline", b)]["p50_ms"] for b in st.backends}
     rows = [(name, f"{counts[name]:,}", *(f"{ms(stats, (name, b))} ({ratio(stats[(name, b)]['p50_ms'], base[b])})"
-                                          for b in BACKENDS)) for name in swap]
+                                          for b in st.backends)) for name in swap]
     whole = Section("norm-swap", "2b. The same swap in the whole detector, input (1, 3, 256, 256)",
-                    ("variant", "params", *(f"{BACKEND_NAMES[b]} ms (vs BatchNorm)" for b in BACKENDS)), rows,
+                    ("variant", "params", *(f"{BACKEND_NAMES[b]} ms (vs BatchNorm)" for b in st.backends)), rows,
                     ["BatchNorm folds into the conv before it on both backends; the others are computed at run time."],
                     {"stats": _plain(stats), "params": counts})
     return whole
@@ -200,11 +200,11 @@ def upsampling(st: Study) -> list[Section]:
     stats = st.time(runners, feeds, runs=st.quick_or_full(200, 1000), warmup=20)
     names = {"interp": "nearest x2 + conv 3x3", "transpose": "ConvTranspose2d 3x3 stride 2"}
     rows = [(names[kind], f"{counts[kind]['params']:,}", f"{counts[kind]['mult_adds'] / 1e6:.2f} M",
-             f"{ARTICLE_UPSAMPLE[kind]:.2f}", *(ms_small(stats, (kind, b)) for b in BACKENDS)) for kind in ARTICLE_UPSAMPLE]
+             f"{ARTICLE_UPSAMPLE[kind]:.2f}", *(ms_small(stats, (kind, b)) for b in st.backends)) for kind in ARTICLE_UPSAMPLE]
     real = counts["transpose"]["mult_adds"] - counts["transpose"]["transposed_overcount"]
     return [Section(
         "upsample", "3. Upsampling (1, 1024, 2, 2) -> (1, 512, 4, 4)",
-        ("layer", "params", "mult-adds", "article ms (PyTorch)", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS)),
+        ("layer", "params", "mult-adds", "article ms (PyTorch)", *(f"{BACKEND_NAMES[b]} ms" for b in st.backends)),
         rows,
         ["The article: 4,719,104 params and 75.51 M mult-adds for both, as here. torchinfo (and the article) count "
          "the transposed conv as weights x output pixels; it really does weights x input pixels, "
@@ -237,13 +237,13 @@ def encoder_decoders(st: Study) -> list[Section]:
             rows.append((name, f"{c['params']:,}", published if not prefix else "-",
                          f"{c['mult_adds'] / 1e9:.2f} G", f"{(c['mult_adds'] - c['transposed_overcount']) / 1e9:.2f} G",
                          f"{gmacs * scale:.2f} G" if not prefix else "-",
-                         *(ms(stats, (name, b)) for b in BACKENDS)))
+                         *(ms(stats, (name, b)) for b in st.backends)))
         what = "19-class segmenters" if not prefix else "keypoint detectors with the encoder-decoder as predictor"
         sections.append(Section(
             prefix + "encdec", f"4{'ab'[bool(prefix)] if not st.s.quick else ''}. Lightweight encoder-decoders: {what}, "
             f"input (1, {', '.join(map(str, shape))})",
             ("network", "params", "published params", "mult-adds (torchinfo)", "mult-adds (transposed per input px)",
-             "reference, scaled to this input", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS)),
+             "reference, scaled to this input", *(f"{BACKEND_NAMES[b]} ms" for b in st.backends)),
             rows,
             ["Published figures are for Cityscapes at 512x1024; the reference's computed GMACs are scaled by pixel "
              "count. torchinfo counts each ConvTranspose2d at its output pixels (4x its work at stride 2), which is "
@@ -273,7 +273,7 @@ def pet(st: Study) -> list[Section]:
         score = (f"{scores[name]['pixel_accuracy']:.2%} / {scores[name]['miou']:.2%}" if name in scores
                  else "use --train-steps")
         rows.append((name, f"{counts[name]['params']:,}", ARTICLE_PET[name][0], f"{counts[name]['mult_adds'] / 1e9:.2f} G",
-                     *(ms(stats, (name, b)) for b in BACKENDS), score, ARTICLE_PET[name][1]))
+                     *(ms(stats, (name, b)) for b in st.backends), score, ARTICLE_PET[name][1]))
     notes = ["Accuracy: pixel accuracy / mIoU on 64 held-out images of the generated pet task, after the same "
              f"training budget ({st.s.train_steps} steps of batch 8) for every network; the article trained 20 epochs "
              "on Oxford-IIIT Pet, which cannot be downloaded here." if st.s.train_steps else
@@ -281,7 +281,7 @@ def pet(st: Study) -> list[Section]:
              "SegNet's max-unpool routes values by the pooling indices: OpenVINO runs it as a scatter, slower than "
              "ONNX Runtime."]
     return [Section("pet", "5. Pet segmentation, input (1, 3, 128, 128)",
-                    ("network", "params", "article params", "mult-adds", *(f"{BACKEND_NAMES[b]} ms" for b in BACKENDS),
+                    ("network", "params", "article params", "mult-adds", *(f"{BACKEND_NAMES[b]} ms" for b in st.backends),
                      "pixel acc. / mIoU", "article pixel acc."), rows, notes,
                     {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}, "scores": scores})]
 
@@ -312,17 +312,17 @@ def breakdown(st: Study, fastest: str, peak: dict) -> list[Section]:
     rows = []
     for label in (*parts, "whole detector"):
         cells = []
-        for b in BACKENDS:
+        for b in st.backends:
             t = stats[(label, b)]["p50_ms"]
             share = t / sum(stats[(p, b)]["p50_ms"] for p in parts)
             cells.append(f"{t:.2f} ({share:.0%})" if label in parts else f"{t:.2f}")
-        rates = [work[label] / stats[(label, b)]["p50_ms"] / 1e6 for b in BACKENDS]
+        rates = [work[label] / stats[(label, b)]["p50_ms"] / 1e6 for b in st.backends]
         rows.append((label, f"{work[label] / 1e9:.3f}", *cells,
                      *(f"{r:.1f} ({r / peak['gflops']:.0%})" for r in rates)))
     return [Section(
         "breakdown", f"6. Where the time goes: {fastest} (the fastest detector of table 1b), batch 1",
-        ("part", "GFLOP", *(f"{BACKEND_NAMES[b]} ms (share)" for b in BACKENDS),
-         *(f"{BACKEND_NAMES[b]} GFLOP/s (of peak)" for b in BACKENDS)),
+        ("part", "GFLOP", *(f"{BACKEND_NAMES[b]} ms (share)" for b in st.backends),
+         *(f"{BACKEND_NAMES[b]} GFLOP/s (of peak)" for b in st.backends)),
         rows,
         [f"Peak: FP32 matrix multiply measured in this run, {peak['gflops']:.1f} GFLOP/s ({peak['method']}, "
          f"{peak['threads']} threads, best at n = {peak['size']}).",
