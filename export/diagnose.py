@@ -1,8 +1,9 @@
 """Where does an artifact part ways with PyTorch?
 
 Every PyTorch module's output is recorded with forward hooks; the exported
-graph is run with its intermediate tensors exposed (each backend plugin's `expose`: extra graph
-outputs in ONNX, `add_outputs` in OpenVINO) through the device runtime's runners.
+graph is run with its intermediate tensors exposed (each backend plugin's `activations`: extra graph
+outputs in ONNX, `add_outputs` in OpenVINO, run through the device runtime's runners; LiteRT's
+interpreter keeping every tensor, which its converter names after the modules).
 The exporter records, for each ONNX node, the module scopes it came from (`pkg.torch.onnx.name_scopes`); a
 module's output is the last tensor produced inside its scope. Walking the
 graph in order, the first module whose tensor crosses the bound is where the
@@ -131,15 +132,6 @@ def torch_activations(model: Exportable, feeds: Mapping[str, np.ndarray]) -> dic
     return acts
 
 
-def _tensors(backend: str, exposed: tuple[Path, list[str]], model: Exportable, feeds: dict[str, np.ndarray],
-             threads: int) -> dict[str, np.ndarray]:
-    """The exposed tensors, computed through the device runtime's own runner for `backend` (FP32)."""
-    path, wanted = exposed
-    with REGISTRY[backend].runtime.runner(path, model.spec.inputs, [{"name": n} for n in wanted], "fp32", threads,
-                          cache=False) as runner:
-        return runner.infer(feeds)
-
-
 def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.ndarray],
              bounds: Mapping[str, float], files: Mapping[str, Path], threads: int = 1,
              rewritten: Mapping[str, str] | None = None) -> list[Diagnosis]:
@@ -155,33 +147,46 @@ def localise(model: Exportable, exported: onnx.ModelProto, feeds: dict[str, np.n
     # graph order; a module and its parent can end on the same tensor: name the innermost
     modules = sorted((m for m in tensors if m in acts), key=lambda m: (order[tensors[m][0]], -m.count(".")))
     outputs = dict(zip(model.spec.outputs, golden_outputs(model, feeds)))
-    names = sorted({tensors[m][0] for m in modules} | set(outputs))
     leaves = {name for name, module in model.named_modules() if not any(module.children())}
     diagnoses = []
     for backend, file in files.items():
         with tempfile.TemporaryDirectory(prefix="edge-export-diagnose-") as folder:
-            exposed = REGISTRY[backend].expose(file, names, Path(folder))
-            if exposed is None:  # its tensors cannot be matched to modules
-                continue
-            got = _tensors(backend, exposed, model, feeds, threads)
+            found = REGISTRY[backend].activations(file, model.spec, feeds, {m: tensors[m][0] for m in modules},
+                                                  list(outputs), Path(folder), threads)
+        if found is None:  # its tensors cannot be matched to modules
+            continue
+        got, got_outputs = found
         diagnosis = Diagnosis(backend)
         for m in modules:
             tensor, op_type = tensors[m]
-            if tensor not in got or got[tensor].shape != acts[m].shape:
+            value = _as_torch_lays_out(got.get(m), acts[m].shape)
+            if value is None:
                 diagnosis.unmatched += 1
                 continue
-            figures = output_parity(m, acts[m], got[tensor], bounds[backend])
+            figures = output_parity(m, acts[m], value, bounds[backend])
             diagnosis.points.append(Point(_shown(m), tensor, op_type, figures.max_rel, bounds[backend]))
         matched = {p.module for p in diagnosis.points}  # a rewrite that kept a module's output leaves it judged
         diagnosis.rewritten = {m: r for m, r in (rewritten or {}).items() if m not in matched}
         floors = task_of(model.spec).scales()
         for name, value in outputs.items():
-            figures = output_parity(name, value, got[name], bounds[backend], floors.get(name, 0.0))
+            figures = output_parity(name, value, got_outputs[name], bounds[backend], floors.get(name, 0.0))
             diagnosis.points.append(Point(f"output {name}", name, "output", figures.max_rel, bounds[backend]))
         diagnosis.unmatched += len([m for m in acts if m not in tensors])
         diagnosis.fused = _fused_before(diagnosis, [_shown(m) for m in acts], {_shown(m) for m in leaves})
         diagnoses.append(diagnosis)
     return diagnoses
+
+
+def _as_torch_lays_out(value: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A backend's tensor in PyTorch's layout: as it is, or a channels-last 4-D tensor (LiteRT's
+    convolutions run NHWC) moved to NCHW; None where neither has the module's shape."""
+    if value is None:
+        return None
+    if value.shape == shape:
+        return value
+    if value.ndim == 4 and value.transpose(0, 3, 1, 2).shape == shape:
+        return value.transpose(0, 3, 1, 2)
+    return None
 
 
 def _shown(path: str) -> str:

@@ -143,6 +143,24 @@ def reference(model, size):
         return x, {n: v.numpy() for n, v in zip(model.spec.outputs, model(*(torch.from_numpy(x[i]) for i in x)))}
 
 
+def test_diagnose_names_the_changed_module_in_the_tflite_too(three, tmp_path):
+    """The interpreter keeps every tensor; the converter names each after its module (a ModuleList's
+    element by its index), so the first divergence is named on LiteRT as on the other two."""
+    import models
+    from export.diagnose import diagnose
+
+    model = models.create("dsc", checkpoint=three.manifest["checkpoint"]["path"])
+    with torch.no_grad():
+        model.predictor.encoder.down_blocks[2].conv.depthwise.weight.mul_(1.05)
+    found = {d.backend: d for d in diagnose(model, models.spec("dsc"), three.bundle)}
+    assert set(found) == set(THREE)
+    for d in found.values():
+        assert d.first_divergence.module == "predictor.encoder.down_blocks.2.conv.depthwise", d.summary()
+    litert = found["litert"]
+    agreeing = [p.module for p in litert.points[:litert.points.index(litert.first_divergence)]]
+    assert "predictor.encoder.down_blocks.1" in agreeing and len(litert.points) >= 30  # matched through the graph
+
+
 def test_a_model_the_converter_keeps_dynamic_runs_at_every_size(tmp_path):
     record, runner, model = litert_fp32(FullyConv(), tmp_path)
     assert record == {"converter": "litert_torch.convert", "shape": "dynamic"}

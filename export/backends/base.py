@@ -63,6 +63,21 @@ class ExportBackend:
 
     def expose(self, model_file: Path, names: list[str], folder: Path) -> tuple[Path, list[str]] | None:
         """The FP32 artifact `model_file` with the tensors `names` (those it still holds) as extra outputs,
-        written to `folder`, and those names: how `diagnose` reads its intermediate tensors (None: its
-        tensors are not named after the ONNX graph's, so `diagnose` cannot match them to modules)."""
+        written to `folder`, and those names (None: its tensors are not named after the ONNX graph's)."""
         return None
+
+    def activations(self, model_file: Path, spec, feeds: Mapping[str, np.ndarray], tensors: Mapping[str, str],
+                    outputs: Sequence[str], folder: Path,
+                    threads: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """What `diagnose` compares with PyTorch: the FP32 artifact's value of each module's output
+        (`tensors`: module path -> the ONNX tensor that holds it) and of each model output, on `feeds`,
+        as (by module, by output); None where its tensors cannot be matched to modules. By default, the
+        graph `expose` writes, run through the device runtime's own runner."""
+        exposed = self.expose(model_file, sorted({*tensors.values(), *outputs}), folder)
+        if exposed is None:
+            return None
+        path, wanted = exposed
+        with self.runtime.runner(path, spec.inputs, [{"name": n} for n in wanted], "fp32", threads,
+                                 cache=False) as runner:
+            got = runner.infer(feeds)
+        return {m: got[t] for m, t in tensors.items() if t in got}, {o: got[o] for o in outputs}

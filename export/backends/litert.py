@@ -72,8 +72,12 @@ class LiteRTQuantizer:
 
 def scope(module: str) -> str:
     """The ops made in the module at `module` ("predictor.decoder"), as a regex over the .tflite's tensor
-    names, which litert-torch writes as the path of modules ("..._module/..._predictor/..._decoder;3")."""
-    return ".*_module/" + "/".join(f"[^/;]*_{re.escape(part)}" for part in module.split(".")) + "($|[/;]).*"
+    names, which litert-torch writes as the path of modules ("..._module/..._predictor/..._decoder;3"),
+    naming an element of a ModuleList by its index alone ("down_blocks.0" -> ".../...DownBlock2d_0")."""
+    parts = module.split(".")
+    steps = [f"(?:/[^/;]*_{re.escape(part)})?" if i + 1 < len(parts) and parts[i + 1].isdigit()
+             else f"/[^/;]*_{re.escape(part)}" for i, part in enumerate(parts)]
+    return ".*_module" + "".join(steps) + "($|[/;]).*"
 
 
 class LiteRT(ExportBackend):
@@ -114,6 +118,33 @@ class LiteRT(ExportBackend):
 
     def quantizer(self, folder, calib, qdq, modules):
         return LiteRTQuantizer(Path(folder) / RUNTIME.files["fp32"], calib, modules)
+
+    def activations(self, model_file, spec, feeds, tensors, outputs, folder, threads):
+        """The interpreter keeps every tensor (without a delegate, which would fuse them away); the
+        converter names each op's output after the modules it was made in, the producing op's first. A
+        module's output is the last tensor made inside it; an op fused into another leaves its module
+        unmatched, as a fused ONNX node does."""
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        interpreter = Interpreter(model_path=str(model_file), num_threads=threads,
+                                  experimental_preserve_all_tensors=True,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        ops = getattr(interpreter, "_get_ops_details", None)  # the execution order; no public call gives it
+        if ops is None:
+            return None
+        key = next(iter(interpreter.get_signature_list()))
+        done = interpreter.get_signature_runner(key)(
+            **{f"args_{i}": np.ascontiguousarray(feeds[n]) for i, n in enumerate(spec.input_names)})
+        by_output = {name: np.array(done[f"output_{i}"]) for i, name in enumerate(spec.outputs) if name in outputs}
+        names = {d["index"]: d["name"].split(";;")[0] for d in interpreter.get_tensor_details()}
+        made = [int(t) for op in ops() for t in op["outputs"]]
+        by_module = {}
+        for module in tensors:
+            inside = re.compile(scope(module.removeprefix("module.")))
+            last = [t for t in made if inside.fullmatch(names[t])]
+            if last:
+                by_module[module] = np.array(interpreter.get_tensor(last[-1]))
+        return by_module, by_output
 
     def plans(self, qdq, quantizer):
         return quantizer
