@@ -131,10 +131,12 @@ def _pack_command(sub) -> None:
 
 
 def _deploy_command(sub) -> None:
-    d = sub.add_parser("deploy", help="the bundle on devices over SSH: install its kit offline, verify, bench there")
+    d = sub.add_parser("deploy", help="the bundle on devices over SSH, through Ansible: install its kit offline as "
+                                      "a release, verify (and bench) there, make it current once it passes")
     d.add_argument("bundle", type=Path, help="a bundle folder, e.g. artifacts/dsc")
     d.add_argument("--to", action="append", default=[], metavar="USER@HOST[:PORT][/PATH]",
-                   help="a device (repeat for several; they run concurrently); PATH defaults to ~/edge-export")
+                   help="a device, as a one-line inventory (repeat for several; by default all in one batch, none "
+                        "stopping the others); PATH defaults to ~/edge-export")
     d.add_argument("--forget", action="append", default=[], metavar="USER@HOST[:PORT]",
                    help="remove a device's record and its rows in report.md (e.g. a mistyped host); repeatable")
     d.add_argument("--identity", type=Path, help="the SSH private key to log in with (default: ssh's own choice)")
@@ -144,17 +146,18 @@ def _deploy_command(sub) -> None:
                    help="trust a device's host key on first contact (a changed key is still refused)")
     d.add_argument("--bench", action="store_true", help="also time every artifact there and keep the device's choice")
     d.add_argument("--force", action="store_true", help="copy the kit again even where the same kit is installed")
-    fleet = d.add_argument_group("a fleet, through Ansible (the [fleet] extra)")
+    fleet = d.add_argument_group("a fleet")
     fleet.add_argument("--inventory", type=Path, metavar="HOSTS",
                        help="an Ansible inventory (YAML or INI: groups, ansible_user, ansible_port, "
                             "ansible_ssh_private_key_file, ansible_ssh_common_args; the folder on the device as "
                             "edge_export_path): releases installed in batches, each made current only after its "
                             "gate passes there")
     fleet.add_argument("--limit", help="the inventory's groups or hosts to reach (Ansible's --limit)")
-    fleet.add_argument("--serial", help="devices per batch: a number or a percentage (default 1)")
+    fleet.add_argument("--serial", help="devices per batch: a number or a percentage (default 1 with --inventory, "
+                                        "every device with --to)")
     fleet.add_argument("--max-fail", help="stop once this many devices (or this percentage of all the devices "
                                           "targeted) have failed, and roll back the batch in which it happened "
-                                          "(default 1)")
+                                          "(default 1 with --inventory, 100%% with --to)")
     fleet.add_argument("--forks", type=int, help="devices Ansible talks to at once (default Ansible's, 5)")
     fleet.add_argument("--max-p90-ms", type=float, metavar="MS",
                        help="the health gate's latency budget: the recommended artifact's p90 measured there "
@@ -176,9 +179,11 @@ def _signing_commands(sub) -> None:
 
 
 def _fleet_commands(sub) -> None:
-    r = sub.add_parser("rollback", help="switch each device of an Ansible inventory back to its previous release")
+    r = sub.add_parser("rollback", help="switch each device back to its previous release")
     r.add_argument("bundle", type=Path, help="the bundle whose devices/ records the result")
-    r.add_argument("--inventory", type=Path, required=True, metavar="HOSTS", help="an Ansible inventory")
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument("--inventory", type=Path, metavar="HOSTS", help="an Ansible inventory")
+    where.add_argument("--to", action="append", metavar="USER@HOST[:PORT][/PATH]", help="a device (repeatable)")
     r.add_argument("--limit", help="the inventory's groups or hosts to roll back")
     r.add_argument("--forks", type=int, help="devices Ansible talks to at once")
     r.add_argument("--identity", type=Path, help="the SSH private key (default: the inventory's, or ssh's)")
@@ -539,26 +544,41 @@ def cmd_sign(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from runtime.cli import format_table
+    from .fleet import deploy_fleet, deploy_to
 
-    from .deploy import COLUMNS, deploy, forget, rows, status_line
-
-    if args.inventory is not None:
-        return _deploy_fleet(args)
-    fleet_only = [f for f, on in (("--limit", args.limit), ("--serial", args.serial), ("--max-fail", args.max_fail),
-                                  ("--forks", args.forks), ("--max-p90-ms", args.max_p90_ms)) if on is not None]
-    if fleet_only:
-        raise UserError(f"{fleet_only[0]} is for a fleet: add --inventory hosts.yml (an Ansible inventory)")
-    if not args.to and not args.forget:
+    if args.inventory is not None and (args.to or args.forget):
+        raise UserError("--inventory deploys to the inventory's hosts: drop --to and --forget (put each device in "
+                        "the inventory)")
+    if args.inventory is None and not args.to and not args.forget:
         raise UserError("name a device: --to USER@HOST[:PORT][/PATH] to deploy, --inventory hosts.yml for a fleet, "
                         "or --forget USER@HOST[:PORT] to remove its record")
+    if args.limit is not None and args.inventory is None:
+        raise UserError("--limit picks among an inventory's hosts: add --inventory hosts.yml, or name the devices "
+                        "with --to")
     if args.forget:
+        from .deploy import forget
+
         for stem in forget(args.bundle, args.forget):
             print(f"forgot {stem}: {Path(args.bundle) / 'devices' / stem}.json removed, report.md's rows with it")
         if not args.to:
             return 0
-    results = deploy(args.bundle, args.to, args.identity, args.known_hosts, args.accept_new_host_key,
-                     args.bench, args.force, args.trust)
+    options = {"forks": args.forks, "max_p90_ms": args.max_p90_ms, "trust": args.trust, "identity": args.identity,
+               "known_hosts": args.known_hosts, "accept_new_host_key": args.accept_new_host_key,
+               "bench": args.bench, "force": args.force,
+               **{k: v for k, v in (("serial", args.serial), ("max_fail", args.max_fail)) if v is not None}}
+    if args.inventory is not None:
+        run, _ = deploy_fleet(args.bundle, args.inventory, args.limit, **{"serial": "1", "max_fail": "1", **options})
+        return _print_fleet(run, args)
+    run, results = deploy_to(args.bundle, args.to, **options)
+    return _print_devices(run, results, args)
+
+
+def _print_devices(run, results, args) -> int:
+    """A few devices (`--to`): one row per device and artifact, and a line per device."""
+    from runtime.cli import format_table
+
+    from .deploy import COLUMNS, rows, status_line
+
     if args.json:
         import dataclasses
 
@@ -567,20 +587,10 @@ def cmd_deploy(args) -> int:
         print(format_table(COLUMNS, rows(results)))
         for r in results:
             print(status_line(r))
+        if len(results) < len(run.hosts):
+            print(f"not reached: {len(run.hosts) - len(results)} devices (the rollout stopped before their batch)")
         print(f"results: {Path(args.bundle) / 'devices'}/*.json and the devices section of report.md")
-    return 0 if all(r.ok for r in results) else 1
-
-
-def _deploy_fleet(args) -> int:
-    from .fleet import deploy_fleet
-
-    if args.to or args.forget or args.bench or args.force:
-        raise UserError("--inventory deploys to the inventory's hosts: drop --to, --forget, --bench and --force "
-                        "(put each device in the inventory)")
-    run = deploy_fleet(args.bundle, args.inventory, args.limit, args.serial or "1", args.max_fail or "1",
-                       args.forks, args.max_p90_ms, args.trust, args.identity, args.known_hosts,
-                       args.accept_new_host_key)
-    return _print_fleet(run, args)
+    return 0 if len(results) == len(run.hosts) and all(r.ok for r in results) else 1
 
 
 def _print_fleet(run, args) -> int:
@@ -602,7 +612,7 @@ def cmd_rollback(args) -> int:
     from .fleet import rollback_fleet
 
     return _print_fleet(rollback_fleet(args.bundle, args.inventory, args.limit, args.forks, args.identity,
-                                       args.known_hosts, args.accept_new_host_key), args)
+                                       args.known_hosts, args.accept_new_host_key, args.to or ()), args)
 
 
 def cmd_playbook(args) -> int:

@@ -1,37 +1,17 @@
-"""`python -m export deploy BUNDLE --to user@host[:port][/path]`: the bundle on devices over SSH.
+"""What `python -m export deploy` knows of devices: how `--to user@host[:port][/path]` names one, what a
+run found on each (`BUNDLE/devices/<device>.json`), and the devices section of report.md.
 
-For each device, concurrently: look at it (architecture, glibc, Python, free
-disk), pack the offline kit for its platform (once per platform), copy it with
-`scp`, install it offline (`sh install.sh`: nothing is fetched there), run the
-runtime's `verify` (and `bench --choose` with `bench=True`) and `doctor`, and
-bring the results back to `BUNDLE/devices/<device>.json` and report.md's
-devices section. A device that fails is reported with its reason; the others go on.
-A run that fails before it reaches the device's figures (a wrong key, a host that
-does not answer) keeps the device's last good figures beside the failure, and
-`forget` removes a device's record (a mistyped host).
-
-The system's OpenSSH does the talking. Host keys are always checked
-(`StrictHostKeyChecking=yes`; first contact only with `accept_new_host_key`),
-`BatchMode=yes` means no password is ever asked for or passed, every path sent
-to the device is quoted, and what runs there is fixed: the probe, mkdir, tar,
-the kit's install.sh and the runtime's own commands. A server without an SFTP
-subsystem gets the kit by the original SCP protocol (`scp -O`).
-
-With `trust` (a public key), only a bundle that key signed is sent; each device is
-made to trust the key (PATH/trusted.pub, unless it trusts another, which is
-refused), so its installer and `verify --trust` refuse anything the key did not sign.
+The rollout itself is one Ansible play (`export.fleet`): `--to` is a one-line inventory per device.
+A run that fails before it reaches the device's figures (a wrong key, a host that does not answer)
+keeps the device's last good figures beside the failure, and `forget` removes a device's record
+(a mistyped host). ssh's complaints are put in one line each (`ssh_failure`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
-import subprocess
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +20,14 @@ from runtime.cli import format_table, peak_text
 from runtime.compare import truth_text
 from runtime.errors import UserError
 from runtime.files import atomic_file
-from runtime.kit import KIT, LAUNCHER, TRUSTED, glibc_too_old, version_tuple
 from runtime.signing import check_trusted
 
 from .manifest import update_manifest
-from .pack import TARGETS, archive_member, open_checked, pack_kit
 
 DEFAULT_PATH = "edge-export"  # on the device, under the login's home
-SSH_TIMEOUT = 10  # seconds to connect
 UNPACKED = 4.0  # the kit unpacked and installed takes about this many times its archive's size
 DEVICE = re.compile(r"(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*)"
                     r"(?::(?P<port>\d{1,5}))?(?P<path>/.*)?")
-_manifest_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -86,61 +62,6 @@ class Device:
 def file_stem(name: str) -> str:
     """A device's file name under devices/: its name with nothing a path could carry."""
     return re.sub(r"[^A-Za-z0-9@._-]", "_", name)
-
-
-class DeviceError(Exception):
-    """What went wrong on one device, in one line."""
-
-
-@dataclass(frozen=True)
-class Ssh:
-    """The system's ssh and scp, with options that never prompt and always check host keys."""
-    device: Device
-    identity: Path | None = None
-    known_hosts: Path | None = None
-    accept_new_host_key: bool = False
-
-    def _options(self) -> list[str]:
-        options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}", "-o", "LogLevel=ERROR",
-                   "-o", "StrictHostKeyChecking=" + ("accept-new" if self.accept_new_host_key else "yes")]
-        if self.known_hosts:
-            options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
-        if self.identity:
-            options += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
-        return options
-
-    def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        port = ["-p", str(self.device.port)] if self.device.port else []
-        done = subprocess.run(["ssh", *self._options(), *port, self.device.login, command],
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        if done.returncode == 255:
-            raise DeviceError(self._why(done.stderr))
-        return done
-
-    def copy(self, local: Path, remote: str) -> None:
-        """`scp`, which speaks SFTP since OpenSSH 9.0; where the device's server has no SFTP subsystem
-        (Dropbear, a trimmed sshd), again with the original SCP protocol (`scp -O`)."""
-        port = ["-P", str(self.device.port)] if self.device.port else []
-        tried = []
-        for legacy in ([], ["-O"]):
-            done = subprocess.run(["scp", "-q", *legacy, *self._options(), *port, str(local),
-                                   f"{self.device.login}:{remote}"],
-                                  capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
-            if done.returncode == 0:
-                return
-            tried.append(done.stderr)
-            # OpenSSH's scp says only this (at LogLevel ERROR) when the server refuses the SFTP subsystem
-            if "scp: Connection closed" not in done.stderr and "subsystem request failed" not in done.stderr:
-                break  # not the missing SFTP server: the original protocol would fail the same way
-        if len(tried) == 2:
-            raise DeviceError(f"copying the kit failed: the device's SSH server has no SFTP subsystem, and the "
-                              f"original SCP protocol (scp -O) failed too: {self._why(tried[1])}; add `Subsystem "
-                              "sftp` to its sshd_config, or install scp there")
-        raise DeviceError(f"copying the kit failed: {self._why(tried[0])}")
-
-    def _why(self, stderr: str) -> str:
-        return ssh_failure(stderr, self.device.host + (f" port {self.device.port}" if self.device.port else ""),
-                           self.device.login)
 
 
 def ssh_failure(stderr: str, host: str, login: str) -> str:
@@ -201,167 +122,6 @@ class DeviceResult:
             return cls(**json.loads(file.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-
-
-PROBE = ("uname -m; getconf GNU_LIBC_VERSION 2>/dev/null || echo none; "
-         "if command -v python3 >/dev/null 2>&1; then python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'; "
-         "else echo none; fi; mkdir -p {path} && df -Pk {path} | tail -n 1; cat {path}/*/" + KIT + " 2>/dev/null || true")
-
-
-@dataclass(frozen=True)
-class Probe:
-    machine: str
-    glibc: str | None
-    python: str | None
-    free_bytes: int
-    kits: dict[str, dict]  # the kits already on the device, by folder (<name>-<target>)
-
-
-def probe(ssh: Ssh) -> Probe:
-    done = ssh.run(PROBE.format(path=shlex.quote(ssh.device.path)), timeout=60)
-    lines = done.stdout.splitlines()
-    if len(lines) < 4:
-        raise DeviceError(f"could not look at the device: {_last(done.stderr or done.stdout)}")
-    machine, glibc, python, df = lines[:4]
-    kits = {}
-    decoder, rest = json.JSONDecoder(), "\n".join(lines[4:]).strip()
-    while rest:
-        try:
-            kit, end = decoder.raw_decode(rest)
-        except ValueError:
-            break
-        kits[f"{kit.get('name')}-{kit.get('target')}"] = kit
-        rest = rest[end:].strip()
-    try:
-        free = int(df.split()[3]) * 1024
-    except (IndexError, ValueError):
-        raise DeviceError(f"could not create or measure {ssh.device.path!r} on the device: {_last(done.stderr or df)}")
-    version = glibc.split()[-1] if glibc.startswith("glibc") else None
-    return Probe(machine.strip(), version, None if python.strip() == "none" else python.strip(), free, kits)
-
-
-class _Kits:
-    """One kit per (target, Python), packed (and its kit.json read) the first time a device needs it."""
-
-    def __init__(self, bundle: Bundle):
-        self.bundle = bundle
-        self._kits: dict[tuple[str, str], tuple[Path, dict]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, target: str, python: str) -> tuple[Path, dict]:
-        with self._lock:
-            if (target, python) not in self._kits:
-                with _manifest_lock:
-                    archive = pack_kit(self.bundle.path, target, python=python)
-                kit = json.loads(archive_member(archive, f"{archive.name.removesuffix('.tar.gz')}/{KIT}"))
-                self._kits[target, python] = archive, kit
-            return self._kits[target, python]
-
-
-def _target_of(p: Probe) -> str:
-    for name, t in TARGETS.items():
-        if t.machine == p.machine:
-            return name
-    raise DeviceError(f"the device is {p.machine}; edge-export packs for {', '.join(TARGETS)}")
-
-
-def _json_of(done: subprocess.CompletedProcess, what: str) -> dict:
-    try:
-        return json.loads(done.stdout)
-    except ValueError:
-        raise DeviceError(f"{what} failed there: {_last(done.stderr or done.stdout)}") from None
-
-
-def trust_there(ssh: Ssh, key_line: str, fingerprint: str) -> str:
-    """Make the device trust the signing key `key_line` (an OpenSSH public key line): written to
-    PATH/trusted.pub where the device trusts none yet; a device that trusts another key is left as it is and
-    refused. The path of the key there."""
-    path = f"{ssh.device.path}/{TRUSTED}"
-    done = ssh.run(f'f={shlex.quote(path)}; [ -f "$f" ] || printf "%s\\n" {shlex.quote(key_line)} > "$f"; cat "$f"')
-    there = done.stdout.split()[:2]
-    if there != key_line.split()[:2]:
-        raise DeviceError(f"the device trusts another signing key ({' '.join(there)[:40] or 'unreadable'}...) in "
-                          f"{path}, not {fingerprint}: refused; remove that file there if the device is to trust "
-                          "the new key")
-    return path
-
-
-def deploy_one(device: Device, ssh: Ssh, kits: _Kits, bench: bool, force: bool,
-               trust: tuple[str, str] | None = None) -> DeviceResult:
-    result = DeviceResult(device.label, at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    try:
-        p = probe(ssh)
-        result.target = target = _target_of(p)
-        if p.python is None:
-            raise DeviceError("no python3 on the device's PATH (for a non-interactive login); install Python 3 there "
-                              "(Debian, Ubuntu, Raspberry Pi OS: apt install python3)")
-        if version_tuple(p.python) < (3, 10):
-            raise DeviceError(f"the device runs Python {p.python}; the runtime needs 3.10 or newer")
-        archive, kit = kits.get(target, p.python)
-        if glibc_too_old(p.glibc, kit["glibc"]):
-            raise DeviceError(f"the device has {'glibc ' + p.glibc if p.glibc else 'no glibc'}, the kit's wheels need "
-                              f"glibc {kit['glibc']} or newer: pack for it with --glibc {p.glibc or '...'} "
-                              "(fewer backends may have wheels that old)")
-        folder = f"{device.path}/{archive.name.removesuffix('.tar.gz')}"
-        q = shlex.quote
-        there = p.kits.get(Path(folder).name, {})
-        if force or there.get("digest") != kit["digest"]:
-            need = archive.stat().st_size * UNPACKED
-            if p.free_bytes < need:
-                raise DeviceError(f"not enough disk at {device.path!r}: {p.free_bytes / 1e6:.0f} MB free, the kit "
-                                  f"needs about {need / 1e6:.0f} MB")
-            ssh.copy(archive, f"{device.path}/{archive.name}")
-            unpack = ssh.run(f"cd {q(device.path)} && rm -rf {q(Path(folder).name)} && tar -xzf {q(archive.name)} "
-                             f"&& rm -f {q(archive.name)}")
-            if unpack.returncode != 0:
-                raise DeviceError(f"unpacking the kit failed: {_last(unpack.stderr)}")
-            result.copied = True
-        trusted = trust_there(ssh, *trust) if trust else None  # the installer then refuses what it did not sign
-        install = ssh.run(f"sh {q(folder + '/install.sh')}")
-        if install.returncode != 0:
-            raise DeviceError(f"install failed: {_last(install.stderr or install.stdout).removeprefix('error: ')}")
-        runtime = f"{q(folder + '/' + LAUNCHER)}"
-        bundle_there = q(f"{folder}/{kit['bundle']}")
-        result.doctor = _json_of(ssh.run(f"{runtime} doctor {bundle_there} --json"), "doctor")
-        result.machine = result.doctor["machine"]
-        checked = ssh.run(f"{runtime} verify {bundle_there} --json" + (f" --trust {q(trusted)}" if trusted else ""))
-        result.verify = _json_of(checked, "verify")
-        if bench and not result.verify["file_problems"]:
-            done = ssh.run(f"{runtime} bench {bundle_there} --choose --json")
-            result.bench = _json_of(done, "bench --choose") if done.returncode == 0 else {"error": _last(done.stderr)}
-        result.ok = result.verify["passed"]
-        if not result.ok:
-            failed = [f"{a['backend']} {a['precision']}" + (f" ({a['why']})" if a.get("why") else "")
-                      for a in result.verify["artifacts"] if a["status"] == "FAIL"]
-            result.reason = "verify failed there: " + "; ".join(
-                result.verify["file_problems"] + ([f"FAIL for {', '.join(failed)}"] if failed else []))
-    except DeviceError as err:
-        result.reason = str(err)
-    except subprocess.TimeoutExpired as err:
-        result.reason = f"no answer within {err.timeout:.0f} s"
-    return result
-
-
-def deploy(bundle_dir: str | Path, to: list[str], identity: Path | None = None, known_hosts: Path | None = None,
-           accept_new_host_key: bool = False, bench: bool = False, force: bool = False,
-           trust: Path | None = None) -> list[DeviceResult]:
-    """Deploy to every device in `to`, concurrently; results kept under BUNDLE/devices/. With `trust` (a
-    public key), only a bundle that key signed is sent, and each device is made to trust that key alone."""
-    devices = [Device.parse(t) for t in to]
-    if len({d.stem for d in devices}) < len(devices):
-        raise UserError("--to names the same device twice; give each device once")
-    if identity is not None and not Path(identity).is_file():
-        raise UserError(f"--identity {str(identity)!r} is not a file; expected an SSH private key")
-    bundle = open_checked(bundle_dir, "rebuild it before deploying")
-    signer = trusted_signer(bundle, trust) if trust is not None else None
-    kits = _Kits(bundle)
-    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-        results = list(pool.map(lambda d: deploy_one(d, Ssh(d, identity, known_hosts, accept_new_host_key),
-                                                     kits, bench, force, signer), devices))
-    for device, result in zip(devices, results):
-        write_record(bundle, device.stem, result)
-    _report(bundle)
-    return results
 
 
 def trusted_signer(bundle: Bundle, trust: Path) -> tuple[str, str]:
@@ -448,7 +208,6 @@ def _report(bundle: Bundle) -> None:
     text += "" if not results else ("\n## Devices\n\nWhat `python -m export deploy` found on each device (its latest run with "
              "figures, and a later failure beside them; an emulated CPU's times say nothing about a real board):"
              "\n\n```\n" + table + "\n```\n")
-    with _manifest_lock:
-        with atomic_file(report) as partial:
-            partial.write_text(text)
-        update_manifest(bundle.path, rehash=("report.md",))
+    with atomic_file(report) as partial:
+        partial.write_text(text)
+    update_manifest(bundle.path, rehash=("report.md",))

@@ -135,7 +135,8 @@ def tools_without_python(folder: Path, python: bool = False) -> Path:
     """A folder of the commands a device without Python has (a PATH with no python3 on it, and no scp);
     with `python`, python3 too: a device that has Python but no scp."""
     folder.mkdir(parents=True, exist_ok=True)
-    for tool in ("sh", "uname", "getconf", "mkdir", "df", "tail", "cat", "tar", "gzip", "rm"):
+    # what any board's shell has (busybox gives them all); Ansible's commands end with `sleep 0`
+    for tool in ("sh", "uname", "getconf", "mkdir", "df", "tail", "cat", "tar", "gzip", "rm", "sleep"):
         (folder / tool).symlink_to(shutil.which(tool))
     if python:  # the system's, as a device has it (not this test's virtual environment)
         (folder / "python3").symlink_to(shutil.which("python3", path="/usr/bin:/bin"))

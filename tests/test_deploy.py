@@ -1,9 +1,11 @@
-"""On devices over SSH: `python -m export deploy` against real OpenSSH servers on 127.0.0.1.
+"""On devices over SSH: `python -m export deploy --to` against real OpenSSH servers on 127.0.0.1.
 
 Each server is a device with its own PATH; the kit is the real offline kit of
 the dsc bundle (wheels from the package index at pack time, installed there
-with `--no-index`). Devices that fail are reported with their reason while the
-others go on.
+with `--no-index`). `--to` is a one-line inventory for the same Ansible rollout
+a fleet takes (tests/test_fleet.py): each device gets the bundle as a release,
+made current once it passes there. Devices that fail are reported with their
+reason while the others go on.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def test_a_second_deploy_finds_the_same_kit_and_copies_nothing(two_devices):
 
 def test_a_tampered_file_on_a_device_fails_verify_there_and_is_named(two_devices, servers, bundle):
     targets, *_ = two_devices
-    folder = Path("/" + targets[0].split("/", 1)[1]) / "dsc-linux-x86_64" / "dsc"
+    folder = Path("/" + targets[0].split("/", 1)[1]) / "current" / "dsc-linux-x86_64" / "dsc"
     with open(folder / "openvino" / "model.bin", "r+b") as f:
         f.seek(1000)
         f.write(b"\x7f" * 64)
@@ -120,7 +122,9 @@ def test_a_tampered_file_on_a_device_fails_verify_there_and_is_named(two_devices
             in result.stdout), result.stdout
     assert f"ok     {targets[1].split('/', 1)[0]}: the same kit was there, verify passed" in result.stdout
     record = json.loads((bundle / "devices" / f"{label.replace(':', '-')}.json").read_text())
-    assert not record["ok"] and record["verify"]["file_problems"]
+    assert not record["ok"] and record["verify"]["file_problems"] and record["state"] == "failed its gate"
+    repaired = deploy(bundle, servers, targets[0], extra=("--force",))  # the release copied again, in place
+    assert repaired.returncode == 0 and f"ok     {label}: kit copied and installed, verify passed" in repaired.stdout
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +158,10 @@ def failing(servers, bundle):
                   "--glibc 2.17"),
     ("unknown_host", "is not known: check its fingerprint and add it to known_hosts (ssh-keyscan), or pass "
                      "--accept-new-host-key to trust it on this first contact"),
-    ("full_disk", "not enough disk at '/tmp/edge-device-"),
+    ("full_disk", "not enough disk at /tmp/edge-device-"),
     ("unreachable", "127.0.0.1 port 1 is unreachable (connect to host 127.0.0.1 port 1: Connection refused)"),
-    ("no_transfer", "copying the kit failed: the device's SSH server has no SFTP subsystem, and the original SCP "
-                    "protocol (scp -O) failed too: "),
+    ("no_transfer", "copying the kit failed: SFTP, the original SCP protocol (scp -O) and a pipe through dd all "
+                    "failed (a server without an SFTP subsystem, as Dropbear has none, needs scp or dd on the device"),
 ])
 def test_each_broken_device_gets_its_reason_and_the_others_go_on(failing, device, reason):
     devices, result, _ = failing
@@ -227,7 +231,9 @@ def test_no_host_key_is_accepted_silently(failing, servers):
     (["--to", "a@h", "--identity", "/no/such/key"], "error: --identity '/no/such/key' is not a file"),
     ([], "error: name a device: --to USER@HOST[:PORT][/PATH] to deploy, --inventory hosts.yml for a fleet, or "
          "--forget USER@HOST[:PORT]"),
-    (["--to", "a@h", "--serial", "2"], "error: --serial is for a fleet: add --inventory hosts.yml"),
+    (["--to", "a@h", "--limit", "north"], "error: --limit picks among an inventory's hosts: add --inventory "
+                                          "hosts.yml, or name the devices with --to"),
+    (["--to", "a@h", "--serial", "0"], "error: --serial '0' is not a number of devices (1 or more)"),
 ])
 def test_bad_deploy_arguments_are_refused_before_any_connection(bundle, args, message):
     result = subprocess.run([sys.executable, "-m", "export", "deploy", str(bundle), *args],
@@ -303,4 +309,6 @@ def test_an_unsigned_bundle_is_refused_here_with_trust_and_by_a_device_that_trus
     assert refused_there.returncode == 1
     assert (f"FAILED {label_of(devices['plain'])}: install failed: bundle dsc is not signed, and the key in "
             f"{folder}/{TRUSTED} must have signed it" in refused_there.stdout), refused_there.stdout
-    assert not (Path(folder) / "dsc-linux-x86_64" / "edge-runtime").exists()  # nothing it could run is left
+    releases = list(Path(folder).glob("releases/*/dsc-linux-x86_64"))
+    assert len(releases) == 2 and [r.parent.name for r in releases if (r / "edge-runtime").exists()] == [
+        os.readlink(Path(folder) / "current").split("/")[-1]]  # nothing of the unsigned release could run

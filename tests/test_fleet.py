@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.devices import SshServers
-
-pytest.importorskip("ansible_runner", reason="the fleet runs on Ansible: pip install 'edge-export[fleet]'")
 
 HOSTS = ("north1", "north2", "north3", "south1", "south2", "south3")
 
@@ -214,7 +211,7 @@ def test_each_broken_device_of_a_fleet_gets_its_reason_and_the_others_go_on(brok
     (["--inventory", "{tmp}/none.yml"], "error: --inventory '{tmp}/none.yml' is not a file; pass an Ansible "
                                         "inventory (YAML or INI)"),
     (["--inventory", "{tmp}/hosts.yml", "--to", "pi@board"], "error: --inventory deploys to the inventory's hosts: "
-                                                              "drop --to, --forget, --bench and --force"),
+                                                              "drop --to and --forget"),
     (["--inventory", "{tmp}/hosts.yml", "--limit", "nowhere"], "error: --inventory '{tmp}/hosts.yml' names no host in "
                                                                 "--limit nowhere"),
 ])
@@ -224,3 +221,18 @@ def test_bad_fleet_arguments_are_refused_in_one_line_before_any_connection(built
     text = (done.stdout + done.stderr).strip()
     assert done.returncode == 2 and len(text.splitlines()) == 1, text
     assert text.startswith(message.format(tmp=tmp_path)), text
+
+
+def test_a_device_named_with_to_rolls_back_as_a_one_line_inventory(fleet, servers):
+    """`rollback --to user@host:port/path`: the same play as a fleet's, for the device named."""
+    steps, releases, devices, second, _ = fleet
+    port, user, folder = devices["north1"]
+    before = current(devices, "north1")
+    done = export("rollback", str(second), "--to", f"{user}@127.0.0.1:{port}{folder}", "--identity",
+                  str(servers.client_key), "--known-hosts", str(servers.known_hosts))
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = current(devices, "north1")
+    assert {before, after} == {releases["a"], releases["b"]}
+    row = next(line for line in done.stdout.splitlines() if line.startswith(f"{user}@127.0.0.1:{port} "))
+    assert "rolled back" in row and after in row, row
+    assert json.loads((second / "devices" / f"{user}@127.0.0.1-{port}.json").read_text())["release"] == after
