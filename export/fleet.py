@@ -44,7 +44,7 @@ from typing import Any, Iterator, Sequence
 from runtime.bundle import Bundle
 from runtime.cli import format_table
 from runtime.errors import UserError
-from runtime.kit import KIT, TRUSTED
+from runtime.kit import KIT, TRUSTED, version_tuple
 
 from .deploy import UNPACKED, Device, DeviceResult, _report, file_stem, ssh_failure, trusted_signer, write_record
 from .pack import TARGETS, archive_member, open_checked, pack_kit
@@ -330,7 +330,7 @@ class FleetRun:
     hosts: dict[str, list[str]]  # host -> its groups
     results: dict[str, dict[str, Any]]  # host -> what happened there
     unreachable: dict[str, str]  # host -> why
-    labels: dict[str, str] = field(default_factory=dict)  # host -> the device's name (`--to`'s), where not its own
+    names: "Names" = field(default_factory=lambda: INVENTORY_NAMES)  # how tables name its hosts
 
 
 @dataclass(frozen=True)
@@ -455,7 +455,7 @@ def deploy_fleet(bundle_dir: str | Path, inventory: Path, limit: str | None = No
         write_playbooks(bundle, kits, folder)
         results, more = run_play(folder, PLAYBOOK, inventory, limit, forks, extravars, env, names)
     run = FleetRun(hosts, results, {**{h: w.removeprefix("unreachable: ") for h, w in unreachable.items()}, **more},
-                   names.labels)
+                   names)
     return run, _record(bundle, run, at, names)
 
 
@@ -510,7 +510,7 @@ def _platforms(folder: Path, inventory: Path, limit: str | None, forks: int | No
 def _target_python(probe: str) -> tuple[str, str] | None:
     machine, _, python = probe.partition(" ")
     target = next((name for name, t in TARGETS.items() if t.machine == machine), None)
-    runs = re.fullmatch(r"3\.(\d+)", python) and int(python.split(".")[1]) >= 10  # the runtime needs 3.10
+    runs = re.fullmatch(r"3\.\d+", python) and version_tuple(python) >= (3, 10)  # the runtime needs 3.10
     return (target, python) if target and runs else None
 
 
@@ -534,7 +534,7 @@ def _rollback(bundle_dir: str | Path, inventory: Path, limit: str | None, forks:
         folder = Path(tmp)
         (folder / ROLLBACK).write_text(_yaml(rollback_play()))
         results, unreachable = run_play(folder, ROLLBACK, inventory, limit, forks, {}, env, names)
-    run = FleetRun(hosts, results, unreachable, names.labels)
+    run = FleetRun(hosts, results, unreachable, names)
     _record(bundle, run, at, names)
     return run
 
@@ -573,6 +573,6 @@ def fleet_table(run: FleetRun) -> tuple[str, str]:
         why = run.unreachable.get(host) or found.get("reason") or (
             "its batch was rolled back: the rollout stopped" if state(host) == "rolled back" else
             "the rollout stopped before its batch" if state(host) == "not reached" else "")
-        devices.append([run.labels.get(host, host), ",".join(gs), state(host), running or "-", why])
+        devices.append([run.names.label(host), ",".join(gs), state(host), running or "-", why])
     return (format_table(["group", *STATES], counts),
             format_table(["device", "groups", "state", "release running", "why"], devices))
