@@ -1,6 +1,7 @@
-"""Where the dsc detector's time goes, part by part, before and after the graph rewrites, in one interleaved run.
+"""Where the dsc detector's time goes, part by part, before and after the graph rewrites, in one interleaved
+run, and how far each part is from its roofline.
 
-    python benchmarks/detector_parts.py [--variant dsc] [--threads 2] [--runs 100]
+    python benchmarks/detector_parts.py [--variant dsc] [--threads 2] [--runs 100] [--plot roofline.png]
 
 Exports the variant twice as a build does (simplified; then once more with the
 graph rewrites of `export.rewrite`), cuts each graph into its parts at the
@@ -8,7 +9,11 @@ same tensors (the anti-aliased resize, the hourglass, the keypoint head, the
 Jacobian head with its heatmap-weighted contraction, the keypoint extraction),
 and times every part and both whole graphs on ONNX Runtime and OpenVINO
 (FP32, batch 1), interleaved. Prints p50 per part, before and after side by
-side, with the ratio and each part's mult-adds.
+side, with the ratio and each part's mult-adds; then each part's place under
+the machine's roofline (`export.lab.roofline`, the roofs measured in the same
+run): compute- or memory-bound, the time its bound allows, and each backend's
+share of that bound and gap to it in ms. `--plot` draws the parts, before and
+after, on the roofline.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import models
 from export.artifacts import make_fp32_artifacts
 from export.contract import Exportable
 from export.golden import golden_inputs
+from export.lab import roofline
 from runtime.bench import bench_interleaved
 
 PARTS = {"down": "resize (anti-aliased)", "predictor": "hourglass", "kp": "keypoint head",
@@ -85,6 +91,7 @@ def main() -> None:
     parser.add_argument("--variant", default="dsc")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--plot", type=Path, help="write the parts on the roofline to this PNG")
     args = parser.parse_args()
 
     model = Exportable(models.create(args.variant), models.spec(args.variant)).eval()
@@ -97,7 +104,7 @@ def main() -> None:
             graphs[when], records[when] = (onnx.load(str(made.onnx)), made.modules), made.rewrites
     replaced = {n for a in records["after"]["applied"] if a["rewrite"] == "reduce-before-conv" for n in a["replaced"]}
     one = {k: v[:1] for k, v in feeds.items()}
-    contenders, feeds_of, work_of = {}, {}, {}
+    contenders, feeds_of, work_of, place_of = {}, {}, {}, {}
     for when, (graph, modules) in graphs.items():
         parts = parts_of(graph, modules, replaced if when == "before" else set())
         values = dict(one)  # every boundary tensor, from the parts in order
@@ -110,11 +117,15 @@ def main() -> None:
                 contenders[(when, backend, part)] = Session(sub, backend, args.threads)
                 feeds_of[(when, backend, part)] = {i: values[i] for i in ins}
             work_of[(when, part)] = mult_adds(sub)
+            place_of[(when, part)] = roofline.graph_work(sub)
             del pending[part]
         for backend in ("onnxruntime", "openvino"):
             contenders[(when, backend, "whole")] = Session(graph, backend, args.threads)
             feeds_of[(when, backend, "whole")] = one
         work_of[(when, "whole")] = mult_adds(graph)
+        place_of[(when, "whole")] = roofline.graph_work(graph)
+    roofs = roofline.measure(args.threads)  # the roofs, measured just before the times they judge
+    place_of = {k: roofline.place(w.values(), roofs) for k, w in place_of.items()}
     names = {k: " ".join(map(str, k)) for k in contenders}
     stats = bench_interleaved({names[k]: r for k, r in contenders.items()}, None, warmup=10, runs=args.runs,
                               rounds=10, feeds_of={names[k]: f for k, f in feeds_of.items()})
@@ -131,6 +142,35 @@ def main() -> None:
     for backend in ("onnxruntime", "openvino"):
         summed = {w: sum(stats[names[(w, backend, p)]]["p50_ms"] for p in PARTS) for w in ("before", "after")}
         print(f"{backend}: parts sum to {summed['before']:.2f} ms before, {summed['after']:.2f} ms after")
+    print_roofline(roofs, place_of, lambda when, backend, part: stats[names[(when, backend, part)]]["p50_ms"])
+    if args.plot:
+        points = {f"{PARTS.get(part, 'whole')} ({when}, {short})": (
+                      place_of[(when, part)].intensity,
+                      place_of[(when, part)].achieved(stats[names[(when, backend, part)]]["p50_ms"]))
+                  for when in ("before", "after") for part in [*PARTS, "whole"]
+                  for backend, short in (("onnxruntime", "ORT"), ("openvino", "OV"))
+                  if when == "after" or work_of[("before", part)] != work_of[("after", part)]}
+        roofline.plot(points, roofs, args.plot, f"{args.variant}: its parts on this machine's roofline, "
+                                                f"{args.threads} threads, FP32")
+        print(f"plot: {args.plot}")
+
+
+def print_roofline(roofs: roofline.Roofs, place_of: dict, ms) -> None:
+    """Each part's bound and each backend's share of it (bound / measured) and gap (measured - bound)."""
+    copies = ", ".join(f"{size / 2**20:g} MiB {rate:.0f}" for size, rate in sorted(roofs.bandwidth.items()))
+    print(f"\nroofline: FP32 matmul peak {roofs.gflops:.0f} GFLOP/s; copy bandwidth GB/s: {copies}; "
+          "work and bytes counted on the graph that runs")
+    print(f"{'part':32} {'':6} {'bound':>7} {'GFLOP':>6} {'MB':>6} {'flop/B':>6} {'bound ms':>8} | "
+          f"{'ONNX Runtime share':>18} {'gap ms':>6} | {'OpenVINO share':>14} {'gap ms':>6}")
+    for part in [*PARTS, "whole"]:
+        for when in ("before", "after"):
+            p = place_of[(when, part)]
+            row = (f"{PARTS.get(part, 'whole detector'):32} {when:6} {p.bound:>7} {p.flops / 1e9:6.3f} "
+                   f"{p.bytes / 1e6:6.2f} {p.intensity:6.1f} {p.bound_ms:8.3f} |")
+            for backend, width in (("onnxruntime", 18), ("openvino", 14)):
+                t = ms(when, backend, part)
+                row += f" {p.share(t):{width}.0%} {p.gap_ms(t):6.2f} |"
+            print(row.rstrip("|"))
 
 
 def mult_adds(model: onnx.ModelProto) -> int:

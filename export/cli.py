@@ -693,7 +693,7 @@ def cmd_compete(args) -> int:
     if args.threads is not None:
         check_threads(args.threads)
 
-    from .lab.compete import SUMMARY_COLUMNS, built_variants, compete, summary_row  # torch: after the checks
+    from .lab.compete import PART_COLUMNS, SUMMARY_COLUMNS, built_variants, compete, part_rows, summary_row  # torch: after the checks
 
     variants = models.list_variants() if args.variants == "all" else names or built_variants(args.artifacts) or ["dsc"]
     start = time.perf_counter()
@@ -723,6 +723,13 @@ def cmd_compete(args) -> int:
         console.print("cold start (load + first inference): " + ", ".join(
             f"{a} {c['no_cache_ms']:.0f} ms ({c['warm_cache_ms']:.0f} ms with a warm cache)"
             for a, c in v["cold_start"].items()), markup=False, soft_wrap=True)
+        roof = v["roofline"]
+        console.print(_table(f"{v['variant']}: {roof['contender']} under the roofline, part by part (kernel time "
+                             f"from its profiler, {roof['kernel_ms']:.2f} ms in all; p50 {roof['whole']['measured_ms']:.2f} "
+                             f"ms, {roof['whole']['share']:.0%} of its bound)", PART_COLUMNS, part_rows(v)))
+    copies = ", ".join(f"{size} {rate:.0f} GB/s" for size, rate in result["roofs"]["bandwidth_gb_s"].items())
+    console.print(f"roofs measured in this run: FP32 matrix multiply {peak:.1f} GFLOP/s; copies of {copies}",
+                  markup=False, soft_wrap=True)
     console.print(_table("best artifact against each peer (speed-up, same run)", SUMMARY_COLUMNS,
                          [summary_row(v) for v in done]))
     h = result["hourglass"]

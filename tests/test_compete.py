@@ -95,3 +95,25 @@ def test_unknown_variant_is_one_line():
     result = run_cli("compete", "--variants", "dsc,nope")
     assert result.returncode == 2
     assert result.stderr.startswith("error: unknown variant 'nope'; valid: baseline, dsc,") and not result.stdout
+
+
+def test_the_best_fp32_artifact_under_the_roofline_whole_and_part_by_part(figures):
+    """Both roofs measured in the run; work counted on the graph as it runs, so the rewritten dsc graph
+    does less than PyTorch's count of the module (the Jacobian head's contraction comes first)."""
+    roofs = figures["roofs"]
+    assert roofs["gflops"] == figures["peak"]["gflops"] > 0
+    assert len(roofs["bandwidth_gb_s"]) == 3 and all(rate > 0 for rate in roofs["bandwidth_gb_s"].values())
+    dsc = figures["variants"][0]
+    roof = dsc["roofline"]
+    assert roof["contender"] == dsc["best_fp32"]
+    whole = roof["whole"]
+    assert whole["measured_ms"] == dsc["contenders"][dsc["best_fp32"]]["p50_ms"]
+    assert whole["share"] == pytest.approx(whole["bound_ms"] / whole["measured_ms"])
+    assert whole["gap_ms"] == pytest.approx(whole["measured_ms"] - whole["bound_ms"])
+    # 410.6 M mult-adds less the 167.2 M the rewrite saves, x2, plus the element-wise work
+    assert 0.48 < whole["gflop"] < 0.52 < dsc["gflop"]
+    parts = roof["parts"]
+    assert set(parts) == {"down", "predictor", "kp", "jacobian", "outside any module"}
+    assert sum(p["gflop"] for p in parts.values()) == pytest.approx(whole["gflop"])
+    assert sum(p["bound_ms"] for p in parts.values()) == pytest.approx(whole["bound_ms"])
+    assert parts["predictor"]["bound"] == "compute" and parts["predictor"]["measured_ms"] > 0

@@ -14,7 +14,7 @@ import runtime
 from models.tasks import pet_sample
 from runtime.bundle import DEVICE_CHOICE
 from runtime.images import preprocess, upsampled_mask
-from runtime.labelled import IGNORE, confusion, read_label_map
+from runtime.labelled import IGNORE, confusion
 from runtime.tasks import mask_figures as figures, task_of
 from tests.test_cli import run
 from tests.test_failures import one_line_exit_2

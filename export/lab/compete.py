@@ -7,6 +7,12 @@ same threads; medians and spread, the ratio of every contender to the best
 peer, and the achieved GFLOP/s against an FP32 matrix-multiply peak measured
 in the same run. Peers are checked against eager PyTorch before they are
 timed, so a broken compilation is never a fast one.
+
+The best FP32 artifact is also placed under the machine's roofline
+(`roofline`, both roofs measured in the same run), whole and part by part
+(each top-level module, its kernels' time from the backend's profiler): how
+much of its bound it achieves and the gap in ms, which says what stands
+between a figure and a goal.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import onnx
 import torch
 
 import models
@@ -27,12 +34,18 @@ from runtime.bench import bench_interleaved
 from runtime.bundle import MANIFEST, Bundle
 from runtime.errors import UserError, check_at_least
 
+from ..artifacts import ONNX_FILE, make_fp32_artifacts
 from ..contract import Exportable
 from ..pipeline import BuildSettings, build
+from ..quantize import graph_times
 from ..settings import check_threads
-from .harness import PEERS, Study, StudySettings, flops, matmul_peak, of, peers
+from . import roofline
+from .harness import COMPILE, EXECUTORCH, PEERS, Study, StudySettings, flops, of, peers
 
-def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dict[str, Any]:
+OUTSIDE = "outside any module"  # the part of the nodes no module made (a detector's keypoint extraction)
+
+
+def compete_variant(bundle: Bundle, threads: int, runs: int, roofs: roofline.Roofs) -> dict[str, Any]:
     spec = bundle.spec
     variant = bundle.name
     checkpoint = (bundle.manifest.get("checkpoint") or {}).get("path")
@@ -54,6 +67,7 @@ def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dic
     best = min(artifacts, key=lambda n: stats[n]["p50_ms"])
     # FP32 apart: an FP16 IR runs in bf16 on CPUs that have it, and not on those that do not
     best_fp32 = min((n for n in artifacts if n.endswith(" fp32")), key=lambda n: stats[n]["p50_ms"])
+    peak = roofs.gflops
     rows = {}
     for name, s in stats.items():
         rows[name] = {"p50_ms": s["p50_ms"], "min_ms": s["min_ms"], "p90_ms": s["p90_ms"],
@@ -64,8 +78,33 @@ def compete_variant(bundle: Bundle, threads: int, runs: int, peak: float) -> dic
     return {"variant": variant, "input": list(shape), "gflop": work / 1e9, "contenders": rows, "peers": notes,
             "best_artifact": best, "best_fp32": best_fp32, "best_peer": best_peer,
             "cold_start": cold_start(bundle, feeds, threads),
+            "roofline": placed(bundle, model, inputs, best_fp32, stats[best_fp32]["p50_ms"], threads, runs, roofs),
             "speedup": {p: stats[p]["p50_ms"] / stats[best]["p50_ms"] for p in made},
             "fp32_speedup": {p: stats[p]["p50_ms"] / stats[best_fp32]["p50_ms"] for p in made}}
+
+
+def placed(bundle: Bundle, model: Exportable, inputs: Mapping[str, np.ndarray], contender: str, wall_ms: float,
+           threads: int, runs: int, roofs: roofline.Roofs) -> dict[str, Any]:
+    """`contender` (an artifact) under the roofline: the bundle's graph as it runs, whole (its
+    p50 in the interleaved run) and per part (kernel time from the backend's profiler)."""
+    backend, precision = contender.split(" ")
+    graph = onnx.load(str(bundle.path / ONNX_FILE))
+    work = roofline.graph_work(graph)
+    with tempfile.TemporaryDirectory(prefix="edge-export-compete-") as tmp:  # which module made each node
+        made = make_fp32_artifacts(model, inputs, Path(tmp), bundle.manifest["export"]["opset"], None,
+                                   rewrites=bundle.manifest["rewrites"]["enabled"])
+    part_of = roofline.parts(made.modules)
+    feeds = {k: v[:1] for k, v in inputs.items()}
+    with runtime.load(bundle, backend, precision, threads, profile=True) as runner:
+        node_ms = graph_times(runner.node_times(feeds, max(10, runs // 5)), graph)
+    kernel: dict[str, float] = {}
+    for node, ms in node_ms.items():
+        part = part_of.get(node) or OUTSIDE
+        kernel[part] = kernel.get(part, 0.0) + ms
+    parts = {part or OUTSIDE: p for part, p in roofline.places(work, part_of, roofs).items()}
+    return {"contender": contender, "whole": roofline.place(work.values(), roofs).to_dict(wall_ms),
+            "parts": {part: p.to_dict(kernel.get(part)) for part, p in parts.items()},
+            "kernel_ms": sum(node_ms.values())}
 
 
 def cold_start(bundle: Bundle, feeds: Mapping[str, np.ndarray], threads: int) -> dict[str, dict[str, float]]:
@@ -135,15 +174,16 @@ def compete(variants: list[str], root: Path, threads: int, runs: int,
         models.get_variant(v)  # unknown names fail before any work
     check_threads(threads)
     check_at_least("--runs", runs, 5)
-    say("FP32 matrix-multiply peak")
-    peak = matmul_peak(threads)
+    say("the roofs: FP32 matrix-multiply peak and copy bandwidth")
+    roofs = roofline.measure(threads)
     say("the standard hourglass alone")
-    hourglass = hourglass_alone(threads, runs, peak["gflops"])
-    results = compete_variants(variants, root, threads, runs, peak["gflops"], say)
-    return {"peak": peak, "threads": threads, "batch": 1, "runs": runs, "hourglass": hourglass, "variants": results}
+    hourglass = hourglass_alone(threads, runs, roofs.gflops)
+    results = compete_variants(variants, root, threads, runs, roofs, say)
+    return {"peak": roofs.peak, "roofs": roofs.to_dict(), "threads": threads, "batch": 1, "runs": runs,
+            "hourglass": hourglass, "variants": results}
 
 
-def compete_variants(variants: list[str], root: Path, threads: int, runs: int, peak: float,
+def compete_variants(variants: list[str], root: Path, threads: int, runs: int, roofs: roofline.Roofs,
                      say: Callable[[str], None]) -> list[dict[str, Any]]:
     """compete_variant for each; one that cannot be built or loaded is reported and the others still run."""
     results = []
@@ -151,7 +191,7 @@ def compete_variants(variants: list[str], root: Path, threads: int, runs: int, p
         try:
             bundle = ensure_bundle(v, root, threads, say)
             say(f"{v}: setting up the peers and timing")
-            results.append(compete_variant(bundle, threads, runs, peak))
+            results.append(compete_variant(bundle, threads, runs, roofs))
         except UserError as err:
             say(f"{v}: {err}")
             results.append({"variant": v, "error": str(err)})
@@ -159,8 +199,8 @@ def compete_variants(variants: list[str], root: Path, threads: int, runs: int, p
 
 
 SUMMARY_COLUMNS = ("variant", "best artifact", "p50 ms", "vs eager", "vs torch.compile", "vs ExecuTorch",
-                   "GFLOP/s", "of FP32 peak", "best FP32", "FP32 p50 ms", "FP32 vs torch.compile", "FP32 GFLOP/s",
-                   "FP32 of peak")
+                   "GFLOP/s", "of FP32 peak", "best FP32", "FP32 p50 ms", "FP32 vs torch.compile",
+                   "FP32 vs ExecuTorch", "FP32 bound", "FP32 of roofline", "FP32 gap ms")
 
 
 def summary_row(v: Mapping[str, Any]) -> tuple[str, ...]:
@@ -168,8 +208,24 @@ def summary_row(v: Mapping[str, Any]) -> tuple[str, ...]:
     if "error" in v:
         return (v["variant"], f"error: {v['error']}", *["-"] * (len(SUMMARY_COLUMNS) - 2))
     best, fp32 = v["contenders"][v["best_artifact"]], v["contenders"][v["best_fp32"]]
-    compiled = v["fp32_speedup"].get("torch.compile")
+    whole = v["roofline"]["whole"]
     return (v["variant"], v["best_artifact"], f"{best['p50_ms']:.2f}",
             *(f"{v['speedup'][p]:.2f}x" if p in v["speedup"] else "-" for p in PEERS),
             f"{best['gflops']:.1f}", f"{best['of_peak']:.0%}", v["best_fp32"], f"{fp32['p50_ms']:.2f}",
-            f"{compiled:.2f}x" if compiled else "-", f"{fp32['gflops']:.1f}", f"{fp32['of_peak']:.0%}")
+            *(f"{v['fp32_speedup'][p]:.2f}x" if p in v["fp32_speedup"] else "-" for p in (COMPILE, EXECUTORCH)),
+            f"{whole['bound']} {whole['bound_ms']:.2f} ms", f"{whole['share']:.0%}", f"{whole['gap_ms']:.2f}")
+
+
+PART_COLUMNS = ("part", "bound", "GFLOP", "MB moved", "flop/B", "bound ms", "kernel ms", "of roofline", "gap ms")
+
+
+def part_rows(v: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The best FP32 artifact's parts under the roofline, the largest gap first."""
+    parts = v["roofline"]["parts"]
+    rows = []
+    for name, p in sorted(parts.items(), key=lambda kv: -(kv[1].get("gap_ms") or 0.0)):
+        timed = p.get("measured_ms") is not None
+        rows.append((name, p["bound"], f"{p['gflop']:.3f}", f"{p['mbytes']:.2f}", f"{p['intensity']:.1f}",
+                     f"{p['bound_ms']:.3f}", f"{p['measured_ms']:.3f}" if timed else "-",
+                     f"{p['share']:.0%}" if timed else "-", f"{p['gap_ms']:.2f}" if timed else "-"))
+    return rows

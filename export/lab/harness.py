@@ -107,6 +107,7 @@ class Study:
         self.s, self.work, self.say = s, work, say
         self.rng = np.random.default_rng(s.seed)
         self.backends = ("pytorch", *s.backends)  # the columns of every table
+        self.graphs: dict[str, Path] = {}  # label -> the ONNX graph its backends run (after the rewrites)
 
     def runners(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> dict[tuple[str, str], Runner]:
         """`module` in eager PyTorch, and as the build would ship it for every backend (FP32)."""
@@ -118,6 +119,7 @@ class Study:
         feeds = {k: v.numpy() for k, v in example.items()}
         folder = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=self.work))  # a label may come twice (two tables)
         made = make_fp32_artifacts(model, feeds, folder, self.s.opset, fp32_of(self.s.backends))
+        self.graphs[label] = made.onnx
         threads = self.s.threads
         outputs = [{"name": n} for n in spec.outputs]
         return {(label, "pytorch"): TorchRunner(model, threads),

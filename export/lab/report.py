@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..backends import REGISTRY  # noqa: E402
 from ..report import markdown_table  # noqa: E402
+from . import roofline  # noqa: E402
 from .harness import BACKEND_NAMES, Section, StudySettings, environment, settings_dict  # noqa: E402
 
 MARKERS = {"pytorch": "o", **{name: b.marker for name, b in REGISTRY.items()}}
@@ -101,19 +102,28 @@ def plot_breakdown(section: Section, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_roofline(section: Section, path: Path) -> None:
+    """The fastest detector's parts on this machine's roofline, each at its fastest backend."""
+    roofs = roofline.Roofs.from_dict(section.data["roofs"])
+    points = {label: (p["intensity"], p["gflops"]) for label, p in section.data["roofline"].items()}
+    roofline.plot(points, roofs, path, section.title.split(": ", 1)[1].split(" (")[0] + ": parts on the roofline")
+
+
 PLOTS = {
     "latency_vs_params.png": "Latency against parameters, per variant and backend",
     "micro_benchmarks.png": "The normalisation and upsampling micro-benchmarks",
     "breakdown.png": "Where the time of the fastest detector goes",
+    "roofline.png": "The fastest detector's parts on this machine's roofline",
 }
 
 
 def write_plots(sections: list[Section], folder: Path) -> None:
-    """The three plots of `PLOTS` into `folder`."""
+    """The plots of `PLOTS` into `folder`."""
     by_key = {section.key: section for section in sections}
     plot_latency_vs_params(sections, folder / "latency_vs_params.png")
     plot_micro(by_key["norms"], by_key["upsample"], folder / "micro_benchmarks.png")
     plot_breakdown(by_key["breakdown"], folder / "breakdown.png")
+    plot_roofline(by_key["breakdown"], folder / "roofline.png")
 
 
 def plots_from_json(study_json: Path, folder: Path) -> None:

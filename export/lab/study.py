@@ -31,8 +31,9 @@ from runtime.files import atomic_folder
 from ..settings import check_threads
 from ..stats import model_stats
 from .compete import SUMMARY_COLUMNS, built_variants, compete_variants, summary_row
-from .harness import (BACKEND_NAMES, Part, Section, Study, StudySettings, executorch_available, flops,
-                      matmul_peak, of, transposed_overcount)
+from . import roofline
+from .harness import (BACKEND_NAMES, Part, Section, Study, StudySettings, executorch_available, flops, of,
+                      transposed_overcount)
 from .report import write_report
 
 # The articles' and papers' figures, shown beside ours.
@@ -286,7 +287,7 @@ def pet(st: Study) -> list[Section]:
                     {"stats": _plain(stats), "params": {k: c["params"] for k, c in counts.items()}, "scores": scores})]
 
 
-def breakdown(st: Study, fastest: str, peak: dict) -> list[Section]:
+def breakdown(st: Study, fastest: str, roofs: roofline.Roofs) -> list[Section]:
     model = models.create(fastest)
     k = model.config.num_kp
     side = model.config.hourglass_size
@@ -298,41 +299,49 @@ def breakdown(st: Study, fastest: str, peak: dict) -> list[Section]:
         "heads (7x7 keypoint + Jacobian)": (Part(lambda f: {"kp": model.kp(f), "jacobian": model.jacobian(f)},
                                                  model.kp, model.jacobian), (width, side, side)),
         "keypoint extraction": (Part(lambda x: model.extract(x[:, :k], x[:, k:]), model), (5 * k, heat, heat)),
+        "whole detector": (model, (3, 256, 256)),
     }
-    runners, feeds, work = {}, {}, {}
+    runners, feeds, work, places = {}, {}, {}, {}
     for label, (module, shape) in parts.items():
         st.say(f"where the time goes: {label}")
         runners.update(st.runners(label, module, shape))
         feeds[label] = st.feeds(shape)
         work[label] = flops(module, shape)
-    runners.update(st.runners("whole detector", model, (3, 256, 256)))
-    feeds["whole detector"] = st.feeds((3, 256, 256))
-    work["whole detector"] = flops(model, (3, 256, 256))
+        places[label] = roofline.place(roofline.graph_work(st.graphs[label]).values(), roofs)
     stats = st.time(runners, feeds, runs=st.quick_or_full(30, 200))
+    pieces = [label for label in parts if label != "whole detector"]
     rows = []
-    for label in (*parts, "whole detector"):
+    for label in parts:
         cells = []
         for b in st.backends:
             t = stats[(label, b)]["p50_ms"]
-            share = t / sum(stats[(p, b)]["p50_ms"] for p in parts)
-            cells.append(f"{t:.2f} ({share:.0%})" if label in parts else f"{t:.2f}")
-        rates = [work[label] / stats[(label, b)]["p50_ms"] / 1e6 for b in st.backends]
-        rows.append((label, f"{work[label] / 1e9:.3f}", *cells,
-                     *(f"{r:.1f} ({r / peak['gflops']:.0%})" for r in rates)))
+            share = t / sum(stats[(p, b)]["p50_ms"] for p in pieces)
+            cells.append(f"{t:.2f} ({share:.0%})" if label in pieces else f"{t:.2f}")
+        p = places[label]
+        best = min((b for b in st.backends if b != "pytorch"), key=lambda b: stats[(label, b)]["p50_ms"])
+        t = stats[(label, best)]["p50_ms"]
+        rows.append((label, f"{work[label] / 1e9:.3f}", *cells, p.bound, f"{p.bound_ms:.3f}",
+                     f"{p.share(t):.0%} ({BACKEND_NAMES[best]})", f"{p.gap_ms(t):.2f}"))
+    copies = ", ".join(f"{size / 2**20:g} MiB {rate:.0f}" for size, rate in sorted(roofs.bandwidth.items()))
+    peak = roofs.peak
     return [Section(
         "breakdown", f"6. Where the time goes: {fastest} (the fastest detector of table 1b), batch 1",
-        ("part", "GFLOP", *(f"{BACKEND_NAMES[b]} ms (share)" for b in st.backends),
-         *(f"{BACKEND_NAMES[b]} GFLOP/s (of peak)" for b in st.backends)),
+        ("part", "GFLOP", *(f"{BACKEND_NAMES[b]} ms (share)" for b in st.backends), "bound", "bound ms",
+         "fastest's share of bound", "gap ms"),
         rows,
-        [f"Peak: FP32 matrix multiply measured in this run, {peak['gflops']:.1f} GFLOP/s ({peak['method']}, "
-         f"{peak['threads']} threads, best at n = {peak['size']}).",
+        [f"Roofs measured in this run: FP32 matrix multiply {peak['gflops']:.1f} GFLOP/s ({peak['method']}, "
+         f"{peak['threads']} threads, best at n = {peak['size']}); copy bandwidth, GB/s: {copies}.",
          "Each part is exported and timed on its own, so the shares add the fixed cost of one call per part; "
-         "the keypoint extraction takes the two heads' outputs as one concatenated input. FLOPs by PyTorch's "
-         "flop counter (2 per multiply-add; softmax and the grid are not counted)."],
-        {"stats": _plain(stats), "flops": work, "peak": peak})]
+         "the keypoint extraction takes the two heads' outputs as one concatenated input. GFLOP by PyTorch's "
+         "flop counter on the module (2 per multiply-add); the bound counts work and bytes on the graph each "
+         "backend runs, after the rewrites (`export/lab/roofline.py`): compute- or memory-bound, the time the "
+         "roofs allow, the fastest backend's share of it and its gap in ms."],
+        {"stats": _plain(stats), "flops": work, "peak": peak, "roofs": roofs.to_dict(),
+         "roofline": {label: places[label].to_dict(min(stats[(label, b)]["p50_ms"] for b in st.backends
+                                                       if b != "pytorch")) for label in parts}})]
 
 
-def against_peers(st: Study, peak: dict) -> list[Section]:
+def against_peers(st: Study, roofs: roofline.Roofs) -> list[Section]:
     """Every bundle under --artifacts against PyTorch eager, torch.compile and ExecuTorch
     (`python -m export compete`); a full run builds dsc here if there is none."""
 
@@ -347,7 +356,7 @@ def against_peers(st: Study, peak: dict) -> list[Section]:
     else:
         root, names = st.work / "bundles", ["dsc"]
         source = f"No bundles under {st.s.artifacts}, so dsc was built here with random weights"
-    results = compete_variants(names, root, st.s.threads, st.quick_or_full(10, 50), peak["gflops"], st.say)
+    results = compete_variants(names, root, st.s.threads, st.quick_or_full(10, 50), roofs, st.say)
     notes = [f"{source}; each timed in one interleaved run with PyTorch eager, torch.compile and ExecuTorch "
              "(XNNPACK) on the same weights and inputs; the speed-ups are the best artifact's p50 over each peer's. "
              "`python -m export compete` gives every contender, the spread and the cold starts.",
@@ -381,15 +390,16 @@ def run(s: StudySettings, say: Callable[[str], None] = lambda _: None) -> Path:
     torch.manual_seed(s.seed)
     with atomic_folder(s.out) as folder, tempfile.TemporaryDirectory(prefix="edge-export-study-") as work:
         study = Study(s, Path(work), say)
-        say("FP32 matrix-multiply peak")
-        peak = matmul_peak(s.threads)
+        say("the roofs: FP32 matrix-multiply peak and copy bandwidth")
+        roofs = roofline.measure(s.threads)
+        peak = roofs.peak
         sections = convolution(study)
         sections += normalisation(study)
         sections += upsampling(study)
         sections += encoder_decoders(study)
         sections += pet(study)
-        sections += breakdown(study, _fastest(sections[1]), peak)
-        sections += against_peers(study, peak)
+        sections += breakdown(study, _fastest(sections[1]), roofs)
+        sections += against_peers(study, roofs)
         say("report and plots")
         write_report(folder, s, sections, peak)
     return s.out
