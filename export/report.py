@@ -226,9 +226,15 @@ def rewrite_lines(rewrites: dict[str, Any] | None) -> list[str]:
     if not rewrites["applied"]:
         return [f"- Graph rewrites: {'none matched' if rewrites['enabled'] else 'off (--no-rewrites)'}"]
     worst = max(o["max_rel"] for o in rewrites["check"]["outputs"].values())
-    return [f"- Graph rewrite {a['rewrite']} at {a['module'] or a['where']}: {a['mult_adds_before'] / 1e6:.1f} M -> "
-            f"{a['mult_adds_after'] / 1e6:.1f} M mult-adds; rewritten vs simplified max rel err {worst:.1e} "
-            f"on {rewrites['check']['inputs']} input sets" for a in rewrites["applied"]]
+    checked = f"rewritten vs simplified max rel err {worst:.1e} on {rewrites['check']['inputs']} input sets"
+    return [f"- Graph rewrite {a['rewrite']} at {a['module'] or a['where']}: {_rewrite_change(a)}; {checked}"
+            for a in rewrites["applied"]]
+
+
+def _rewrite_change(a: dict[str, Any]) -> str:
+    if a.get("change"):
+        return a["change"]
+    return f"{a['mult_adds_before'] / 1e6:.1f} M -> {a['mult_adds_after'] / 1e6:.1f} M mult-adds"
 
 
 def tuning_line(manifest: dict[str, Any]) -> str:

@@ -28,10 +28,24 @@ zoo's detectors) and ReduceSum(Mul(Reshape(Conv) [B,K,C',P], U [B,K,1,P]), -1)
 
 `SeparableDepthwise`: a depthwise convolution whose kernels are outer products
 (a Gaussian blur) as a column pass, then a row pass.
+
+`UnpoolAsMask`: SegNet's max-unpooling, which the exporter writes as a scatter
+of the decoder's values into zeros at the flat positions a 2x2 max-pool chose.
+Computing those positions takes the pool's index output (OpenVINO runs a
+max-pool with indices in its slow reference kernel) and an index arithmetic
+only a scatter can use. The same values come from the pooled tensor itself:
+a position of a 2x2 window takes the value when it holds the window's maximum
+and no earlier position of the window does (the pool's choice on ties), so
+the unpooling is a space-to-depth of the pooled input, an equality with the
+maximum, a first-of-four mask, a select and a depth-to-space: element-wise
+work every backend runs fast, and the pool no longer returns indices.
+Matched on the computation: the scatter's indices are checked, by running
+that part of the graph, to be the pool's own choice on random inputs.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -64,11 +78,13 @@ class Applied:
     added: tuple[str, ...]  # the nodes that compute the same in their place
     mult_adds_before: int
     mult_adds_after: int
+    change: str = ""  # what it changed, where the mult-adds do not say it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rewrite": self.rewrite, "where": self.where, "replaced": list(self.replaced),
-                "nodes_added": len(self.added), "mult_adds_before": self.mult_adds_before,
-                "mult_adds_after": self.mult_adds_after}
+        d = {"rewrite": self.rewrite, "where": self.where, "replaced": list(self.replaced),
+             "nodes_added": len(self.added), "mult_adds_before": self.mult_adds_before,
+             "mult_adds_after": self.mult_adds_after}
+        return {**d, "change": self.change} if self.change else d
 
 
 @dataclass
@@ -322,7 +338,144 @@ class SeparableDepthwise:
         return e, Applied(self.name, conv.name, (conv.name,), tuple(n.name for n in e.nodes), before, after)
 
 
-REWRITES = (ReduceBeforeConv(), SeparableDepthwise())
+@dataclass(frozen=True)
+class _Unpool:
+    scatter: onnx.NodeProto
+    gone: tuple[str, ...]  # the scatter, the reshapes into and out of it
+    pooled_input: str  # P [B, C, 2h, 2w], the max-pool's input
+    maximum: str  # M [B, C, h, w], its first output
+    values: str  # Y [B, C, h, w], what is unpooled
+    output: str  # U [B, C, 2h, 2w]
+    channels: int
+    indices: str  # the flat positions the scatter writes at
+
+
+class UnpoolAsMask:
+    """A scatter into zeros at a 2x2 max-pool's chosen positions: a mask of the window's first maximum."""
+
+    name = "unpool-as-mask"
+    DEPTH = 16  # producers searched from the scatter's indices back to the pool
+    SIDE = 64  # a spatial dimension the graph leaves open, when the check runs it
+
+    def matches(self, g: Graph) -> list[_Unpool]:
+        found = [m for m in (self._candidate(g, node) for node in g.model.graph.node) if m is not None]
+        return self._checked(g, found) if found else []
+
+    def _candidate(self, g: Graph, scatter: onnx.NodeProto) -> _Unpool | None:
+        if scatter.op_type != "ScatterND" or attrs(scatter).get("reduction", b"none") not in (b"none", "none"):
+            return None
+        zeros, _, flat = (g.producer.get(i) for i in scatter.input)
+        if zeros is not None and zeros.op_type == "Reshape":
+            zeros = g.producer.get(zeros.input[0])
+        if zeros is None or zeros.op_type != "ConstantOfShape" or _fill(zeros) != 0.0:
+            return None
+        out = g.only_use(scatter.output[0])
+        if flat is None or flat.op_type != "Reshape" or out is None or out.op_type != "Reshape":
+            return None
+        y, u = g.shapes.get(flat.input[0], []), g.shapes.get(out.output[0], [])
+        if len(y) != 4 or len(u) != 4 or not isinstance(y[1], int) or u[1] != y[1]:
+            return None
+        pool = self._pool(g, scatter.input[1], y[1])
+        if pool is None or not all(_even(d) for d in g.shapes.get(pool.input[0], [0, 0, 1, 1])[2:]):
+            return None  # an odd side: the pool drops its last row, which the windows cannot
+        gone = (scatter.name, out.name) + ((flat.name,) if g.only_use(flat.output[0]) is scatter else ())
+        return _Unpool(scatter, gone, pool.input[0], pool.output[0], flat.input[0], out.output[0], y[1],
+                       scatter.input[1])
+
+    def _pool(self, g: Graph, indices: str, channels: int) -> onnx.NodeProto | None:
+        """The one 2x2, stride-2 max-pool with indices over `channels` among the producers of `indices`."""
+        found, seen, frontier = [], set(), [indices]
+        for _ in range(self.DEPTH):
+            nodes = [g.producer[t] for t in frontier if t in g.producer and g.producer[t].name not in seen]
+            seen.update(n.name for n in nodes)
+            found += [n for n in nodes if n.op_type == "MaxPool" and len(n.output) == 2 and n.output[1]]
+            frontier = [i for n in nodes for i in n.input if i]
+        pools = [n for n in found if _two_by_two(n) and g.shapes.get(n.input[0], [None, None])[1] == channels]
+        return pools[0] if len(pools) == 1 else None
+
+    def _checked(self, g: Graph, found: list[_Unpool]) -> list[_Unpool]:
+        """Those whose scatter writes, as the graph computes it on random inputs (batch 1 and 2),
+        at the flat positions of each window's first maximum (the pool's choice) of the pool's input,
+        into a tensor of that input's shape."""
+        import onnxruntime as ort
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(g.model)
+        seen = {o.name for o in probe.graph.output}
+        for name in dict.fromkeys(n for m in found for n in (m.pooled_input, m.indices, m.output)):
+            if name not in seen:
+                probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+        rng = np.random.default_rng(0)
+        runs = []
+        try:
+            session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            for batch in (1, 2):
+                feeds = {}
+                for i in g.model.graph.input:
+                    dims = [batch if k == 0 else d if isinstance(d, int) and d > 0 else self.SIDE
+                            for k, d in enumerate(g.shapes[i.name])]
+                    dtype = helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+                    feeds[i.name] = rng.standard_normal(dims).astype(dtype)
+                names = [o.name for o in session.get_outputs()]
+                runs.append(dict(zip(names, session.run(None, feeds))))
+        except Exception:  # noqa: BLE001 - a graph that cannot be run here keeps its scatter
+            return []
+        return [m for m in found if all(
+            r[m.output].shape == r[m.pooled_input].shape
+            and np.array_equal(r[m.indices].reshape(-1), _first_maxima(r[m.pooled_input]).reshape(-1)) for r in runs)]
+
+    def emit(self, g: Graph, m: _Unpool) -> tuple[Emitter, Applied]:
+        e = Emitter(f"{m.scatter.name}/{self.name}")
+        c = m.channels
+        windows = e.op("SpaceToDepth", [m.pooled_input], blocksize=2)  # [B, 4C, h, w]: window position k, then C
+        axis1, zero = e.ints("axis1", [1]), e.const("zero", np.zeros((), np.float32))
+        taken, placed = None, []
+        for k in range(4):  # a position wins when it holds the maximum and no earlier one does
+            at = e.op("Slice", [windows, e.ints(f"s{k}", [k * c]), e.ints(f"e{k}", [(k + 1) * c]), axis1])
+            hit = e.op("Equal", [at, m.maximum])
+            first = hit if taken is None else e.op("And", [hit, e.op("Not", [taken])])
+            taken = hit if taken is None else e.op("Or", [taken, hit])
+            placed.append(e.op("Where", [first, m.values, zero]))
+        e.op("DepthToSpace", [e.op("Concat", placed, axis=1)], m.output, blocksize=2, mode="DCR")
+        return e, Applied(self.name, m.scatter.name, m.gone, tuple(n.name for n in e.nodes), 0, 0,
+                          "a scatter at the pool's indices -> a mask of each window's first maximum (no indices)")
+
+
+def _two_by_two(pool: onnx.NodeProto) -> bool:
+    a = attrs(pool)
+    return (list(a.get("kernel_shape", [])) == [2, 2] and list(a.get("strides", [1, 1])) == [2, 2]
+            and not any(a.get("pads", [0, 0, 0, 0])) and list(a.get("dilations", [1, 1])) == [1, 1]
+            and not a.get("ceil_mode", 0) and not a.get("storage_order", 0)
+            and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+
+
+def _even(dim: int | str) -> bool:
+    """Whether a dimension is even whatever its size: an even number, or an even multiple of a symbol
+    (the exporter's `16*height_over_16`)."""
+    if isinstance(dim, int):
+        return dim > 0 and dim % 2 == 0
+    factor = re.match(r"^(\d+)\*", dim)
+    return factor is not None and int(factor.group(1)) % 2 == 0
+
+
+def _fill(node: onnx.NodeProto) -> float | None:
+    """The value a ConstantOfShape fills with (0.0 when it names none)."""
+    value = attrs(node).get("value")
+    return 0.0 if value is None else float(numpy_helper.to_array(value).reshape(-1)[0])
+
+
+def _first_maxima(x: np.ndarray) -> np.ndarray:
+    """The flat index into `x` [B, C, 2h, 2w] of each 2x2 window's first maximum (row-major), [B, C, h, w]."""
+    b, c, hh, ww = x.shape
+    windows = x.reshape(b, c, hh // 2, 2, ww // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, hh // 2, ww // 2, 4)
+    k = windows.argmax(-1)  # argmax returns the first of equal maxima
+    rows = np.arange(hh // 2)[:, None] * 2 + k // 2
+    cols = np.arange(ww // 2)[None, :] * 2 + k % 2
+    planes = np.arange(b * c).reshape(b, c, 1, 1) * hh * ww
+    return planes + rows * ww + cols
+
+
+REWRITES = (ReduceBeforeConv(), SeparableDepthwise(), UnpoolAsMask())
 
 
 def _sums_to_one(g: Graph, tensor: str, positions: int) -> bool:
@@ -381,9 +534,25 @@ def apply_rewrites(model: onnx.ModelProto, rewrites=REWRITES) -> tuple[onnx.Mode
                                   + [n for n in nodes[at + 1:] if n.name not in gone])
             out.graph.initializer.extend(e.initializers)
             applied.append(done)
+        _drop_dead(out)
         _drop_unused(out)
     onnx.checker.check_model(out)
     return out, applied
+
+
+def _drop_dead(model: onnx.ModelProto) -> None:
+    """Nodes whose outputs nothing reads any more (what only a replaced node used), and a
+    max-pool's index output nothing reads (an optional output: the pool without it is cheaper)."""
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        live = [n for n in model.graph.node if any(o in used for o in n.output if o)]
+        if len(live) == len(model.graph.node):
+            break
+        del model.graph.node[:]
+        model.graph.node.extend(live)
+    for node in model.graph.node:
+        if node.op_type == "MaxPool" and len(node.output) == 2 and node.output[1] not in used:
+            del node.output[1]
 
 
 def _drop_unused(model: onnx.ModelProto) -> None:

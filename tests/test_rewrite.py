@@ -168,3 +168,52 @@ def test_a_separable_depthwise_conv_becomes_a_column_then_a_row(tmp_path):
     assert kernels == [(1, 5), (3, 3), (5, 1)]
     assert applied[0].mult_adds_before == 4 * 25 * 15 * 17
     _same_on_random_inputs(original, rewritten, {"x": (4, 30, 34)})
+
+
+class Unpooling(nn.Module):
+    """SegNet's pattern in a user's model: a ReLU (ties at zero in many windows), a 2x2 max-pool that
+    keeps its indices, and the max-unpooling of a decoder's values at them."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode, self.decode, self.out = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.encode(x))
+        pooled, indices = nn.functional.max_pool2d(f, 2, 2, return_indices=True)
+        return self.out(nn.functional.max_unpool2d(self.decode(pooled), indices, 2, 2, output_size=f.shape[-2:]))
+
+
+def test_unpooling_becomes_a_mask_of_each_windows_first_maximum(tmp_path):
+    """The scatter, its index arithmetic and the pool's index output are gone; the outputs are the
+    same to the bit, ReLU's ties at zero included (the first position of a window takes the value)."""
+    original = _exported(Unpooling().eval(), {"x": torch.rand(1, 3, 20, 24)}, tmp_path)
+    assert "ScatterND" in [n.op_type for n in original.graph.node]
+    rewritten, applied = apply_rewrites(original)
+    assert [a.rewrite for a in applied] == ["unpool-as-mask"]
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "ScatterND" not in ops and {"SpaceToDepth", "DepthToSpace"} <= set(ops)
+    assert [len(n.output) for n in rewritten.graph.node if n.op_type == "MaxPool"] == [1]  # no indices computed
+    rng = np.random.default_rng(3)
+    for batch in (1, 3):
+        feeds = {"x": rng.standard_normal((batch, 3, 20, 24)).astype(np.float32)}
+        before, after = _outputs(original, feeds), _outputs(rewritten, feeds)
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_unpooling_of_an_odd_side_keeps_its_scatter(tmp_path):
+    """A 2x2 pool of 21 rows drops the last one, which a window's mask cannot say: left as it is."""
+    original = _exported(Unpooling().eval(), {"x": torch.rand(1, 3, 21, 24)}, tmp_path)
+    _, applied = apply_rewrites(original)
+    assert applied == []
+
+
+def test_segnet_dsc_is_built_without_a_scatter(built):
+    """Each of the four unpoolings rewritten, named after its module and checked exact; OpenVINO's
+    IR has no scatter, and only the four pools (the 1x1 pools that offset the indices are gone)."""
+    record = built("segnet-dsc").manifest["rewrites"]
+    assert [(a["rewrite"], a["module"]) for a in record["applied"]] == [
+        ("unpool-as-mask", f"net.up.{i}.unpool") for i in range(4)]
+    assert record["check"]["passed"] and max(o["max_rel"] for o in record["check"]["outputs"].values()) == 0.0
+    ir = (built("segnet-dsc").bundle / "openvino" / "model.xml").read_text()
+    assert 'type="ScatterNDUpdate"' not in ir and ir.count('type="MaxPool"') == 4
