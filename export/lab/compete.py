@@ -89,12 +89,12 @@ def placed(bundle: Bundle, model: Exportable, inputs: Mapping[str, np.ndarray], 
     p50 in the interleaved run) and per part (kernel time from the backend's profiler)."""
     backend, precision = contender.split(" ")
     graph = onnx.load(str(bundle.path / ONNX_FILE))
-    work = roofline.graph_work(graph)
+    feeds = {k: v[:1] for k, v in inputs.items()}
+    work = roofline.graph_work(graph, feeds)
     with tempfile.TemporaryDirectory(prefix="edge-export-compete-") as tmp:  # which module made each node
         made = make_fp32_artifacts(model, inputs, Path(tmp), bundle.manifest["export"]["opset"], None,
                                    rewrites=bundle.manifest["rewrites"]["enabled"])
     part_of = roofline.parts(made.modules)
-    feeds = {k: v[:1] for k, v in inputs.items()}
     with runtime.load(bundle, backend, precision, threads, profile=True) as runner:
         node_ms = graph_times(runner.node_times(feeds, max(10, runs // 5)), graph)
     kernel: dict[str, float] = {}

@@ -112,14 +112,11 @@ class NodeWork:
     bytes: int
 
 
-def graph_work(model: onnx.ModelProto) -> dict[str, NodeWork]:
-    """Each node's flops and bytes at batch 1 (a dynamic dimension taken as 1), as the module docstring counts them."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes, sizes = {}, {}
-    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        t = v.type.tensor_type
-        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
-        sizes[v.name] = helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize if t.elem_type else 4
+def graph_work(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, NodeWork]:
+    """Each node's flops and bytes, as the module docstring counts them: at the shapes of one
+    inference on `feeds` (batch 1 is the figure to quote), else at the shapes ONNX's inference
+    gives with every dimension it leaves open taken as 1 (a graph of static sizes but the batch)."""
+    shapes, sizes = _run_shapes(model, feeds) if feeds is not None else _inferred_shapes(model)
     constants = set()
     for init in model.graph.initializer:
         shapes[init.name], sizes[init.name] = list(init.dims), helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
@@ -163,6 +160,37 @@ def graph_work(model: onnx.ModelProto) -> dict[str, NodeWork]:
             moved += max(0, written - nbytes(tensors[0]))
         work[node.name] = NodeWork(node.name, node.op_type, flops, moved)
     return work
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int]], dict[str, int]]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes, sizes = {}, {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        t = v.type.tensor_type
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+        sizes[v.name] = helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize if t.elem_type else 4
+    return shapes, sizes
+
+
+def _run_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Every tensor's shape and element size in one inference (ONNX Runtime, every node's output
+    made a graph output): exact where the graph computes its own shapes, as SegNet's unpooling does."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    named = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for out in node.output:
+            if out and out not in named:
+                probe.graph.output.append(helper.make_empty_tensor_value_info(out))
+                named.add(out)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(None, dict(feeds))))
+    values.update(feeds)
+    return ({k: list(np.shape(v)) for k, v in values.items()},
+            {k: np.asarray(v).dtype.itemsize for k, v in values.items()})
 
 
 @dataclass(frozen=True)
