@@ -38,8 +38,12 @@ def parity(m: dict, precision: str) -> str:
     """max rel err / bound of LiteRT's artifact, or why it did not ship."""
     shipped = {a["key"]: a for a in m["artifacts"]}
     a = shipped.get(f"litert/{precision}")
+    search = m["quantization"]["search"].get("litert")
+    if precision == "int8" and search is None:  # no plan to search from
+        why = next(r["reason"] for r in m["rejected"] if r["backend"] == "litert" and r["precision"] == "int8")
+        return "not shipped: " + why.split(": ", 1)[-1][:100]
     if precision == "int8":  # judged by the task: the plan that shipped and its figures, or the closest's problem
-        attempts = m["quantization"]["search"]["litert"]["attempts"]
+        attempts = search["attempts"]
         best = next((x for x in attempts if x["shipped"]), None)
         if best is not None:
             return f"{best['plan']} plan, {best['speedup']:.2f}x FP32, " + ", ".join(
@@ -72,6 +76,7 @@ def main() -> None:
         m = built(variant, args.out, args.threads)
         if "failed" in m:
             rows.append(f"| {variant} | build failed: {m['failed'][:120]} |||||||||")
+            print(rows[-1], flush=True)
             continue
         shape = m["export"]["backends"]["litert"]["shape"]
         shape = "dynamic" if shape in ("dynamic", "the spec's") else "fixed " + "x".join(

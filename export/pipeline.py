@@ -287,14 +287,27 @@ def _int8_plans_stage(st: BuildState) -> None:
         st.int8 = _Int8(st.folder, s, calib, keep, st.model, st.made.modules)
         st.manifest["quantization"] = {
             "precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
-            "plans": {b: st.int8.full_plan(b) for b in s.backends},
+            "plans": {b: _full_plan(st.int8, b) for b in s.backends},
             "keep_fp32": {"modules": list(st.spec.keep_fp32), "nodes": keep},
             "int8_instructions": int8_instructions(machine_info()["flags"]), "search": {}}
+
+
+def _full_plan(int8: "_Int8", backend: str) -> dict[str, Any]:
+    """A backend's full plan, or why its tool could not make it (that backend then ships no INT8)."""
+    try:
+        return int8.full_plan(backend)
+    except Exception as err:  # noqa: BLE001 - the tools' failures have no common type; said, never a traceback
+        return {"failed": f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"}
 
 
 def _describe_stage(st: BuildState) -> None:
     """The artifacts with their bounds, and the manifest the runtime loads them through."""
     st.artifacts = artifact_entries(st.spec, st.s.backends, int8=bool(st.s.quantize), truth=st.truth is not None)
+    plans = (st.manifest["quantization"] or {}).get("plans", {})
+    for a in [a for a in st.artifacts if a.precision == "int8" and "failed" in plans.get(a.backend, {})]:
+        st.artifacts.remove(a)
+        st.rejected.append({**a.to_dict(), "reason": f"{a.file} on {a.backend} (int8): its quantizer could not make "
+                                                     f"the full plan: {plans[a.backend]['failed']}"})
     for a in st.artifacts:
         if a.precision == "int8" and "task" in st.sets:
             a.judged_on = "task"
@@ -342,7 +355,21 @@ def _parity_stage(st: BuildState) -> None:
     divergence localised); FP16 that fails is not shipped."""
     sizes = len([k for k in st.sets if k.startswith("size.")])
     with st.stage("parity against PyTorch" + (f" at {sizes + 1} sizes" if sizes else "")):
-        st.parity = validate(st.runners, {a.key: a for a in st.artifacts}, st.sets, task_of(st.spec), st.truth)
+        st.parity, refused = validate(st.runners, {a.key: a for a in st.artifacts}, st.sets, task_of(st.spec),
+                                      st.truth)
+    for key, why in refused.items():  # not shipped; a backend whose FP32 cannot run ships nothing
+        a = next((a for a in st.artifacts if a.key == key), None)
+        if a is None:  # gone with its backend's FP32
+            continue
+        gone = [a] + ([b for b in st.artifacts if b.backend == a.backend and b is not a] if a.precision == "fp32" else [])
+        for b in gone:
+            if b in st.artifacts:
+                _reject(b, f"{a.file} on {a.backend} ({a.precision}): its runtime cannot run it here: {why}"
+                        if b is a else f"{b.file} ({b.precision}): not without its backend's FP32, which "
+                                       f"its runtime cannot run here", st)
+    if refused and not any(a.precision == "fp32" for a in st.artifacts):
+        st.failures += [f"no backend's runtime could run the FP32 model: {'; '.join(refused.values())}"]
+        return
     for a in list(st.artifacts):
         a.parity = st.parity[a.key].to_dict()
         problems = [f"{a.file} on {a.backend} ({a.precision}): {f}" for f in st.parity[a.key].failures()]
@@ -366,9 +393,15 @@ def _int8_stage(st: BuildState) -> None:
     """Per INT8 artifact, the policy's search; what it ships replaces the full plan's model, or nothing ships."""
     q, latency = st.manifest["quantization"], st.manifest["latency"]
     for a in [a for a in st.artifacts if a.precision == "int8"]:
-        with st.stage(f"INT8 on {a.backend}: sensitivity and frontier (budget {st.s.int8_budget:.0f} s)"):
-            found = st.int8.search(a, st.runners, st.parity[a.key], latency, st.latency_times, st.sets,
-                                   task_of(st.spec), st.made.modules, st.truth)
+        try:
+            with st.stage(f"INT8 on {a.backend}: sensitivity and frontier (budget {st.s.int8_budget:.0f} s)"):
+                found = st.int8.search(a, st.runners, st.parity[a.key], latency, st.latency_times, st.sets,
+                                       task_of(st.spec), st.made.modules, st.truth)
+        except Exception as err:  # noqa: BLE001 - a plan its quantizer could not make: no INT8 here, said why
+            latency.pop(a.key, None)
+            _reject(a, f"{a.file} on {a.backend} (int8): the search stopped: {type(err).__name__}: "
+                       f"{(str(err).strip().splitlines() or [''])[0][:300]}", st)
+            continue
         q["search"][a.backend] = found.to_dict()
         shipped = found.shipped
         if shipped is None:

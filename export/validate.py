@@ -13,7 +13,14 @@ from runtime.tasks import Task
 
 def validate(runners: Mapping[str, Any], artifacts: Mapping[str, Artifact],
              sets: Mapping[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], task: Task,
-             truth: Truth | None = None) -> dict[str, Parity]:
+             truth: Truth | None = None) -> tuple[dict[str, Parity], dict[str, str]]:
     """Parity per artifact (keyed like `runners`), as `runtime.compare.check_artifact` judges it
-    (with the labelled images' figures where the build has them)."""
-    return {key: check_artifact(runner, artifacts[key], sets, task, truth) for key, runner in runners.items()}
+    (with the labelled images' figures where the build has them); and the artifacts whose runtime
+    refused to run them (a kernel that cannot prepare the converter's graph), with the runtime's words."""
+    parity, refused = {}, {}
+    for key, runner in runners.items():
+        try:
+            parity[key] = check_artifact(runner, artifacts[key], sets, task, truth)
+        except Exception as err:  # noqa: BLE001 - said in the manifest and the build's output, never a traceback
+            refused[key] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+    return parity, refused

@@ -11,6 +11,7 @@ import torch
 
 import models
 from export.pipeline import BuildSettings, build
+from tests import background
 
 # Compiled-model caches of the tests (and of the commands they start) stay out of the home folder.
 os.environ.setdefault("EDGE_EXPORT_CACHE", tempfile.mkdtemp(prefix="edge-export-test-cache-"))
@@ -78,3 +79,30 @@ def built(tmp_path_factory, checkpoint_for):
         return cache[variant]
 
     return make
+
+
+# The fixtures whose set-up runs in the background (tests/background.py), in the order it is queued, with the
+# test files that use them: those files run last, so the set-ups have the rest of the session to finish.
+BACKGROUND = {"arm64": "test_arm64.py", "litert_board": "test_arm64.py", "site": "test_docs.py"}
+
+
+def pytest_collection_modifyitems(items):
+    last = list(dict.fromkeys(BACKGROUND.values()))
+    items.sort(key=lambda item: last.index(item.path.name) + 1 if item.path.name in last else 0)  # stable
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    from tests import test_arm64, test_docs
+
+    jobs = {"arm64": test_arm64.prepare_board, "litert_board": test_arm64.prepare_litert_board,
+            "site": test_docs.build_site}
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for fixture in BACKGROUND:
+        if fixture in wanted:
+            background.start(fixture, jobs[fixture])
+
+
+def pytest_sessionfinish():
+    background.cancel()  # what has not started: a session stopped early (-x, ^C) does not wait for it

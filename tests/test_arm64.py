@@ -6,61 +6,136 @@ ARM64 Debian 12 and verified there, parity and accuracy on the labels.
 qemu-user runs the arm64 Python, numpy, ONNX Runtime and OpenVINO of the kit's
 wheels instruction by instruction, so parity there is parity across
 architectures; its times are an emulator's and say nothing about a board.
+
+Each board is made in the background from the session's start (`tests/background.py`): its
+build and kit in a fresh Python, then the emulator's work, while the other tests run; these
+tests run last and take what the board said.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from export.pack import archive_member, pack
 from export.pipeline import BuildSettings, build
+from tests import background
 from tests.devices import arm64_root, in_arm64, old_glibc_tools
+from tests.test_cli import REPO
 
 
-@pytest.fixture(scope="module")
-def arm64(tmp_path_factory):
+def signed_dsc_kit(work: str) -> None:
+    """In a fresh Python (`_fresh_python`): the board's dsc bundle, built with random weights as a first
+    build is (FP16 and INT8 ship where they are within the allowed PCK drop), signed, and its aarch64 kit."""
     from models.labelled import write_heldout
 
     from export.signing import keygen
 
-    root = arm64_root()
-    out = tmp_path_factory.mktemp("arm64")
-    figures = write_heldout("dsc", tmp_path_factory.mktemp("figures") / "dsc", 4)
-    key = tmp_path_factory.mktemp("keys") / "release"
-    public, _ = keygen(key)
-    # random weights, as a first build has: FP16 and INT8 ship where they are within the allowed PCK drop
-    made = build(BuildSettings(variant="dsc", out=out, quantize="int8", int8_anyway=True, int8_budget=5,
+    work = Path(work)
+    figures = write_heldout("dsc", work / "figures" / "dsc", 4)
+    public, _ = keygen(work / "release")
+    made = build(BuildSettings(variant="dsc", out=work / "out", quantize="int8", int8_anyway=True, int8_budget=5,
                                calib_samples=4, warmup=1, runs=5, tune_budget=0, data=figures, eval_samples=4,
-                               sign=key))
-    assert made.passed, made.failures
-    bundle = made.bundle
-    kit = pack(bundle, target="linux-aarch64", python="3.11")
+                               sign=work / "release"))
+    if not made.passed:
+        raise SystemExit(f"the board's build failed: {made.failures}")
+    kit = pack(made.bundle, target="linux-aarch64", python="3.11")
+    (work / "made.json").write_text(json.dumps({"bundle": str(made.bundle), "kit": str(kit), "public": str(public)}))
+
+
+def litert_dsc_kit(work: str) -> None:
+    """In a fresh Python: dsc for ONNX Runtime and LiteRT, and its aarch64 kit."""
+    work = Path(work)
+    made = build(BuildSettings(variant="dsc", out=work / "out", backends=("onnxruntime", "litert"),
+                               warmup=1, runs=5, tune_budget=0, memory=False))
+    if not made.passed:
+        raise SystemExit(f"the LiteRT board's build failed: {made.failures}")
+    kit = pack(made.bundle, target="linux-aarch64", python="3.11")
+    (work / "made.json").write_text(json.dumps({"bundle": str(made.bundle), "kit": str(kit)}))
+
+
+def _fresh_python(make: str) -> tuple[Path, dict]:
+    """A work folder and what `make` (one of the functions above) wrote there, run in its own Python:
+    the build's torch threads and Python work stay out of the test session, which goes on meanwhile."""
+    work = Path(tempfile.mkdtemp(prefix="edge-export-arm64-"))
+    done = subprocess.run([sys.executable, "-c", f"import sys; from tests.test_arm64 import {make}; {make}(sys.argv[1])",
+                           str(work)], capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
+        pytest.fail(f"{make}: {done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return work, json.loads((work / "made.json").read_text())
+
+
+@dataclass
+class Board:
+    """A kit installed in the emulated root, and what its commands said there."""
+
+    root: Path
+    inside: str  # the kit's folder in the root
+    work: Path  # where it was built
+    made: dict
+    said: dict[str, subprocess.CompletedProcess]
+
+    def clean(self) -> None:
+        shutil.rmtree(self.root / self.inside.lstrip("/"), ignore_errors=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _install(make: str, run: Callable[[Path, str, dict], dict[str, subprocess.CompletedProcess]]) -> Board:
+    """`make`'s kit unpacked in the emulated root, then `run(root, the kit's folder there, what make wrote)`."""
+    root = arm64_root()
+    work, made = _fresh_python(make)
     inside = f"/edge-export-test-{uuid.uuid4().hex[:8]}"
-    with tarfile.open(kit) as tar:
-        tar.extractall(root / inside.lstrip("/"), filter="data")
-    folder = f"{inside}/dsc-linux-aarch64"
-    shutil.copy(public, root / inside.lstrip("/") / "trusted.pub")  # the key this board trusts
+    board = Board(root, inside, work, made, {})
     try:
-        installed = in_arm64(root, f"sh {folder}/install.sh")
-        doctor = in_arm64(root, f"{folder}/edge-runtime doctor {folder}/dsc --json")
-        verified = in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc --json --trust {inside}/trusted.pub")
-        table = in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc")
-        offline = in_arm64(root, "python3 -c \"import socket; socket.create_connection(('151.101.2.132', 80), 5)\"")
-        refused = {}
+        with tarfile.open(made["kit"]) as tar:
+            tar.extractall(root / inside.lstrip("/"), filter="data")
+        board.said = run(root, inside, made)
+    except BaseException:
+        board.clean()
+        raise
+    return board
+
+
+def prepare_board() -> Board:
+    """The signed dsc kit installed offline in the emulated Debian and checked there (in the background)."""
+    def run(root: Path, inside: str, made: dict) -> dict[str, subprocess.CompletedProcess]:
+        folder = f"{inside}/dsc-linux-aarch64"
+        shutil.copy(made["public"], root / inside.lstrip("/") / "trusted.pub")  # the key this board trusts
+        said = {"installed": in_arm64(root, f"sh {folder}/install.sh"),
+                "doctor": in_arm64(root, f"{folder}/edge-runtime doctor {folder}/dsc --json"),
+                "verified": in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc --json --trust {inside}/trusted.pub"),
+                "table": in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc"),
+                "offline": in_arm64(root, "python3 -c \"import socket; socket.create_connection(('151.101.2.132', 80), 5)\"")}
         for tamper in ("unsigned", "forged", "edited"):  # copies of the installed bundle, each spoilt one way
             copy = root / inside.lstrip("/") / tamper / "dsc"
             shutil.copytree(root / folder.lstrip("/") / "dsc", copy)
             spoil(copy, tamper)
-            refused[tamper] = in_arm64(root, f"{folder}/edge-runtime verify {inside}/{tamper}/dsc "
-                                             f"--trust {inside}/trusted.pub")
-        yield bundle, installed, doctor, (verified, table), offline, (inside, refused)
+            said[tamper] = in_arm64(root, f"{folder}/edge-runtime verify {inside}/{tamper}/dsc --trust {inside}/trusted.pub")
+        return said
+
+    return _install("signed_dsc_kit", run)
+
+
+@pytest.fixture(scope="module")
+def arm64():
+    board = background.result("arm64", prepare_board)  # started with the session: see conftest.py
+    said = board.said
+    try:
+        yield (Path(board.made["bundle"]), said["installed"], said["doctor"], (said["verified"], said["table"]),
+               said["offline"], (board.inside, {t: said[t] for t in ("unsigned", "forged", "edited")}))
     finally:
-        shutil.rmtree(root / inside.lstrip("/"), ignore_errors=True)
+        board.clean()
 
 
 def spoil(bundle, how: str) -> None:
@@ -146,26 +221,26 @@ def test_the_board_refuses_a_bundle_its_trusted_key_did_not_sign_as_it_is(arm64,
     assert text.startswith(message.format(inside=inside)), text
 
 
-@pytest.fixture(scope="module")
-def litert_board(tmp_path_factory):
+def prepare_litert_board() -> Board:
     """dsc for ONNX Runtime and LiteRT, its aarch64 kit installed offline in the emulated Debian as if its
     glibc were 2.27 (Ubuntu 18.04's, a Jetson Nano's): LiteRT's wheels need 2.27, ONNX Runtime's 2.28."""
-    root = arm64_root()
-    made = build(BuildSettings(variant="dsc", out=tmp_path_factory.mktemp("litert"), backends=("onnxruntime", "litert"),
-                               warmup=1, runs=5, tune_budget=0, memory=False))
-    assert made.passed, made.failures
-    kit = pack(made.bundle, target="linux-aarch64", python="3.11")
-    inside = f"/edge-export-test-{uuid.uuid4().hex[:8]}"
-    with tarfile.open(kit) as tar:
-        tar.extractall(root / inside.lstrip("/"), filter="data")
-    old_glibc_tools(root / inside.lstrip("/") / "glibc-2.27", "2.27")
-    folder = f"{inside}/dsc-linux-aarch64"
+    def run(root: Path, inside: str, made: dict) -> dict[str, subprocess.CompletedProcess]:
+        folder = f"{inside}/dsc-linux-aarch64"
+        old_glibc_tools(root / inside.lstrip("/") / "glibc-2.27", "2.27")
+        return {"installed": in_arm64(root, f"env PATH={inside}/glibc-2.27:/usr/bin:/bin sh {folder}/install.sh"),
+                "verified": in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc --json")}
+
+    return _install("litert_dsc_kit", run)
+
+
+@pytest.fixture(scope="module")
+def litert_board():
+    board = background.result("litert_board", prepare_litert_board)
     try:
-        installed = in_arm64(root, f"env PATH={inside}/glibc-2.27:/usr/bin:/bin sh {folder}/install.sh")
-        verified = in_arm64(root, f"{folder}/edge-runtime verify {folder}/dsc --json")
-        yield made.bundle, json.loads(archive_member(kit, "dsc-linux-aarch64/kit.json")), installed, verified
+        yield (Path(board.made["bundle"]), json.loads(archive_member(board.made["kit"], "dsc-linux-aarch64/kit.json")),
+               board.said["installed"], board.said["verified"])
     finally:
-        shutil.rmtree(root / inside.lstrip("/"), ignore_errors=True)
+        board.clean()
 
 
 def test_a_board_with_glibc_2_27_installs_litert_alone_and_verifies_its_tflite_within_the_stored_bounds(litert_board):

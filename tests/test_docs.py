@@ -11,10 +11,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from . import background
 from .test_cli import REPO
 
 DOCS = REPO / "docs"
@@ -37,13 +39,22 @@ def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """The site as `mkdocs build --strict` writes it (the pictures drawn, or taken from their cache)."""
-    site = tmp_path_factory.mktemp("site")
+def build_site() -> Path:
+    """The site as `mkdocs build --strict` writes it (the pictures drawn, or taken from their cache); made
+    in the background from the session's start (tests/background.py)."""
+    site = Path(tempfile.mkdtemp(prefix="edge-export-site-"))
     result = mkdocs_build(REPO / "mkdocs.yml", site)
-    assert result.returncode == 0, result.stdout + result.stderr
+    if result.returncode != 0:
+        shutil.rmtree(site, ignore_errors=True)
+        pytest.fail(f"mkdocs build --strict failed:\n{result.stdout[-3000:]}{result.stderr[-5000:]}")
     return site
+
+
+@pytest.fixture(scope="module")
+def site():
+    site = background.result("site", build_site)
+    yield site
+    shutil.rmtree(site, ignore_errors=True)
 
 
 def test_the_site_builds_with_every_page_and_picture(site):

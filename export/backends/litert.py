@@ -65,6 +65,7 @@ class LiteRTQuantizer:
             dst.parent.mkdir(parents=True, exist_ok=True)
             tool.quantize(result).export_model(str(dst), overwrite=True)
         dst.chmod(0o644)
+        _runs_in_a_child(dst)
         return {"tool": f"ai-edge-quantizer {version('ai-edge-quantizer')} static_wi8_ai8 (INT8 weights and "
                         "activations, min-max calibration)",
                 "method": self.method, "name": plan.name, "kept_fp32": {"modules": kept, "op_types": types}}
@@ -171,6 +172,25 @@ def _fp16(fp32: Path, dst: Path) -> None:
     with quiet(*LOGGERS), silenced(1, 2):
         tool.quantize().export_model(str(dst), overwrite=True)
     dst.chmod(0o644)  # the quantizer writes it executable
+
+
+def _runs_in_a_child(model: Path) -> None:
+    """Run `model` once on zeros, as the runtime runs it (the XNNPACK delegate), in a child process
+    first: LiteRT's interpreter can abort the process on a quantized graph it cannot run (glibc's
+    "double free or corruption" on some INT8 models), which no exception reports. A ValueError
+    saying how the child ended, where it did not succeed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from ai_edge_litert.interpreter import Interpreter; "
+            "it = Interpreter(model_path=sys.argv[1], num_threads=1); "
+            "run = it.get_signature_runner(next(iter(it.get_signature_list()))); "
+            "run(**{k: np.zeros(d['shape'], d['dtype']) for k, d in run.get_input_details().items()})")
+    done = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        how = f"was killed by signal {-done.returncode}" if done.returncode < 0 else "failed"
+        raise ValueError(f"LiteRT's interpreter {how} running the INT8 model: {(lines or ['no message'])[-1][:200]}")
 
 
 def _reason(err: BaseException) -> str:

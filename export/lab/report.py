@@ -118,12 +118,14 @@ PLOTS = {
 
 
 def write_plots(sections: list[Section], folder: Path) -> None:
-    """The plots of `PLOTS` into `folder`."""
+    """The plots of `PLOTS` into `folder` (the roofline's where the run measured the roofs: a study.json
+    recorded before the roofline has none)."""
     by_key = {section.key: section for section in sections}
     plot_latency_vs_params(sections, folder / "latency_vs_params.png")
     plot_micro(by_key["norms"], by_key["upsample"], folder / "micro_benchmarks.png")
     plot_breakdown(by_key["breakdown"], folder / "breakdown.png")
-    plot_roofline(by_key["breakdown"], folder / "roofline.png")
+    if "roofs" in by_key["breakdown"].data:
+        plot_roofline(by_key["breakdown"], folder / "roofline.png")
 
 
 def plots_from_json(study_json: Path, folder: Path) -> None:
