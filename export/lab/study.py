@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import onnx
 import torch
 from torch import nn
 
@@ -307,7 +308,7 @@ def breakdown(st: Study, fastest: str, roofs: roofline.Roofs) -> list[Section]:
         runners.update(st.runners(label, module, shape))
         feeds[label] = st.feeds(shape)
         work[label] = flops(module, shape)
-        places[label] = roofline.place(roofline.graph_work(st.graphs[label]).values(), roofs)
+        places[label] = roofline.place(roofline.graph_work(onnx.load(str(st.graphs[label]))).values(), roofs)
     stats = st.time(runners, feeds, runs=st.quick_or_full(30, 200))
     pieces = [label for label in parts if label != "whole detector"]
     rows = []
