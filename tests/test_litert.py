@@ -248,3 +248,19 @@ def test_a_users_own_model_builds_for_litert_from_the_command_line(tmp_path):
     # judged at the second size too, as the other backends are
     assert any("@" in name for name in shipped["litert/fp32"]["parity"]["outputs"])
     assert "LiteRT (fp32, fp16), converted from PyTorch" in done.stdout
+
+
+def test_an_artifact_its_runtime_cannot_run_is_not_shipped_and_the_build_goes_on(tmp_path):
+    """LiteRT's interpreter refuses segnet-dsc's converted graph (a BROADCAST_TO it cannot prepare):
+    its FP32 and FP16 are rejected with the runtime's words, and ONNX Runtime's FP32 ships."""
+    made = build(BuildSettings(variant="segnet-dsc", out=tmp_path, backends=("onnxruntime", "litert"),
+                               warmup=1, runs=5, tune_budget=0, memory=False))
+    assert made.passed, made.failures
+    assert [(a["backend"], a["precision"]) for a in made.manifest["artifacts"]] == [("onnxruntime", "fp32")]
+    rejected = {(r["backend"], r["precision"]): r["reason"] for r in made.manifest["rejected"]}
+    assert rejected["litert", "fp32"].startswith("litert/model.tflite on litert (fp32): its runtime cannot run it "
+                                                 "here: RuntimeError: ")
+    assert "BROADCAST_TO" in rejected["litert", "fp32"]
+    assert rejected["litert", "fp16"] == ("litert/model.fp16.tflite (fp16): not without its backend's FP32, "
+                                          "which its runtime cannot run here")
+    assert not (made.bundle / "litert").exists() or not any((made.bundle / "litert").iterdir())
