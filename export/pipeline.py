@@ -28,7 +28,7 @@ from runtime import tune
 from runtime.bench import difference
 from runtime.bundle import GOLDEN, Artifact, Bundle, sha256
 from runtime.compare import BOUNDS, Parity, Truth, effective_bounds
-from runtime.errors import UserError
+from runtime.errors import UserError, backend_reason
 from runtime.files import clean_leftovers, publish, temporary_name
 from runtime.machine import int8_instructions, machine_info
 from runtime.memory import RUNS, measure_all
@@ -297,7 +297,7 @@ def _full_plan(int8: "_Int8", backend: str) -> dict[str, Any]:
     try:
         return int8.full_plan(backend)
     except Exception as err:  # noqa: BLE001 - the tools' failures have no common type; said, never a traceback
-        return {"failed": f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"}
+        return {"failed": backend_reason(err)}
 
 
 def _describe_stage(st: BuildState) -> None:
@@ -399,8 +399,7 @@ def _int8_stage(st: BuildState) -> None:
                                        task_of(st.spec), st.made.modules, st.truth)
         except Exception as err:  # noqa: BLE001 - a plan its quantizer could not make: no INT8 here, said why
             latency.pop(a.key, None)
-            _reject(a, f"{a.file} on {a.backend} (int8): the search stopped: {type(err).__name__}: "
-                       f"{(str(err).strip().splitlines() or [''])[0][:300]}", st)
+            _reject(a, f"{a.file} on {a.backend} (int8): the search stopped: {backend_reason(err)}", st)
             continue
         q["search"][a.backend] = found.to_dict()
         shipped = found.shipped

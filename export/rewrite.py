@@ -397,29 +397,20 @@ class UnpoolAsMask:
         """Those whose scatter writes, as the graph computes it on random inputs (batch 1 and 2),
         at the flat positions of each window's first maximum (the pool's choice) of the pool's input,
         into a tensor of that input's shape."""
-        import onnxruntime as ort
-
-        probe = onnx.ModelProto()
-        probe.CopyFrom(g.model)
-        seen = {o.name for o in probe.graph.output}
-        for name in dict.fromkeys(n for m in found for n in (m.pooled_input, m.indices, m.output)):
-            if name not in seen:
-                probe.graph.output.append(helper.make_empty_tensor_value_info(name))
         rng = np.random.default_rng(0)
+        names = list(dict.fromkeys(n for m in found for n in (m.pooled_input, m.indices, m.output)))
         runs = []
-        try:
-            session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-            for batch in (1, 2):
-                feeds = {}
-                for i in g.model.graph.input:
-                    dims = [batch if k == 0 else d if isinstance(d, int) and d > 0 else self.SIDE
-                            for k, d in enumerate(g.shapes[i.name])]
-                    dtype = helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-                    feeds[i.name] = rng.standard_normal(dims).astype(dtype)
-                names = [o.name for o in session.get_outputs()]
-                runs.append(dict(zip(names, session.run(None, feeds))))
-        except Exception:  # noqa: BLE001 - a graph that cannot be run here keeps its scatter
-            return []
+        for batch in (1, 2):
+            feeds = {}
+            for i in g.model.graph.input:
+                dims = [batch if k == 0 else d if isinstance(d, int) and d > 0 else self.SIDE
+                        for k, d in enumerate(g.shapes[i.name])]
+                feeds[i.name] = rng.standard_normal(dims).astype(helper.tensor_dtype_to_np_dtype(
+                    i.type.tensor_type.elem_type))
+            try:
+                runs.append(run_exposing(g.model, names, feeds))
+            except Exception:  # noqa: BLE001 - a graph that cannot be run here keeps its scatter
+                return []
         return [m for m in found if all(
             r[m.output].shape == r[m.pooled_input].shape
             and np.array_equal(r[m.indices].reshape(-1), _first_maxima(r[m.pooled_input]).reshape(-1)) for r in runs)]
@@ -439,6 +430,18 @@ class UnpoolAsMask:
         e.op("DepthToSpace", [e.op("Concat", placed, axis=1)], m.output, blocksize=2, mode="DCR")
         return e, Applied(self.name, m.scatter.name, m.gone, tuple(n.name for n in e.nodes), 0, 0,
                           "a scatter at the pool's indices -> a mask of each window's first maximum (no indices)")
+
+
+def run_exposing(model: onnx.ModelProto, names: list[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`model` run once by ONNX Runtime on `feeds` with the tensors `names` made outputs too: every output by name."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    named = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names) if n not in named)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, dict(feeds))))
 
 
 def _two_by_two(pool: onnx.NodeProto) -> bool:

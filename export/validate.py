@@ -8,6 +8,7 @@ import numpy as np
 
 from runtime.bundle import Artifact
 from runtime.compare import Parity, Truth, check_artifact
+from runtime.errors import backend_reason
 from runtime.tasks import Task
 
 
@@ -22,5 +23,5 @@ def validate(runners: Mapping[str, Any], artifacts: Mapping[str, Artifact],
         try:
             parity[key] = check_artifact(runner, artifacts[key], sets, task, truth)
         except Exception as err:  # noqa: BLE001 - said in the manifest and the build's output, never a traceback
-            refused[key] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+            refused[key] = backend_reason(err)
     return parity, refused

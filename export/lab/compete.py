@@ -34,8 +34,9 @@ from runtime.bench import bench_interleaved
 from runtime.bundle import MANIFEST, Bundle
 from runtime.errors import UserError, check_at_least
 
-from ..artifacts import ONNX_FILE, make_fp32_artifacts
-from ..contract import Exportable
+from ..artifacts import ONNX_FILE
+from ..contract import Exportable, node_modules
+from ..onnx_export import export_onnx
 from ..pipeline import BuildSettings, build
 from ..quantize import graph_times
 from ..settings import check_threads
@@ -91,10 +92,7 @@ def placed(bundle: Bundle, model: Exportable, inputs: Mapping[str, np.ndarray], 
     graph = onnx.load(str(bundle.path / ONNX_FILE))
     feeds = {k: v[:1] for k, v in inputs.items()}
     work = roofline.graph_work(graph, feeds)
-    with tempfile.TemporaryDirectory(prefix="edge-export-compete-") as tmp:  # which module made each node
-        made = make_fp32_artifacts(model, inputs, Path(tmp), bundle.manifest["export"]["opset"], None,
-                                   rewrites=bundle.manifest["rewrites"]["enabled"])
-    part_of = roofline.parts(made.modules)
+    part_of = roofline.parts(node_modules_of(bundle, model, inputs, graph))
     with runtime.load(bundle, backend, precision, threads, profile=True) as runner:
         node_ms = graph_times(runner.node_times(feeds, max(10, runs // 5)), graph)
     kernel: dict[str, float] = {}
@@ -105,6 +103,21 @@ def placed(bundle: Bundle, model: Exportable, inputs: Mapping[str, np.ndarray], 
     return {"contender": contender, "whole": roofline.place(work.values(), roofs).to_dict(wall_ms),
             "parts": {part: p.to_dict(kernel.get(part)) for part, p in parts.items()},
             "kernel_ms": sum(node_ms.values())}
+
+
+def node_modules_of(bundle: Bundle, model: Exportable, inputs: Mapping[str, np.ndarray],
+                    graph: onnx.ModelProto) -> dict[str, str]:
+    """Which module made each node of the bundle's graph: the exporter's scopes (exported again, as the
+    build did; simplifying keeps node names), and a rewrite's new nodes, named under the node they
+    replaced, in the module the manifest records for it."""
+    with tempfile.TemporaryDirectory(prefix="edge-export-compete-") as tmp:
+        raw = Path(tmp) / "exported.onnx"
+        export_onnx(model, inputs, raw, bundle.manifest["export"]["opset"])
+        modules = node_modules(raw)
+    for a in bundle.manifest["rewrites"]["applied"]:
+        if a.get("module"):
+            modules.update({n.name: a["module"] for n in graph.graph.node if n.name.startswith(f"{a['where']}/")})
+    return modules
 
 
 def cold_start(bundle: Bundle, feeds: Mapping[str, np.ndarray], threads: int) -> dict[str, dict[str, float]]:

@@ -38,6 +38,8 @@ from onnx import helper
 
 from runtime.bench import latency_stats
 
+from ..rewrite import run_exposing
+
 from .harness import matmul_peak
 
 GEMM_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -173,21 +175,9 @@ def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int]], dict
 
 
 def _run_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, list[int]], dict[str, int]]:
-    """Every tensor's shape and element size in one inference (ONNX Runtime, every node's output
-    made a graph output): exact where the graph computes its own shapes, as SegNet's unpooling does."""
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    named = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for out in node.output:
-            if out and out not in named:
-                probe.graph.output.append(helper.make_empty_tensor_value_info(out))
-                named.add(out)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = dict(zip(names, session.run(None, dict(feeds))))
+    """Every tensor's shape and element size in one inference (every node's output made a graph
+    output): exact where the graph computes its own shapes, as SegNet's unpooling does."""
+    values = run_exposing(model, [o for node in model.graph.node for o in node.output if o], feeds)
     values.update(feeds)
     return ({k: list(np.shape(v)) for k, v in values.items()},
             {k: np.asarray(v).dtype.itemsize for k, v in values.items()})
