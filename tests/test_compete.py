@@ -116,4 +116,7 @@ def test_the_best_fp32_artifact_under_the_roofline_whole_and_part_by_part(figure
     assert set(parts) == {"down", "predictor", "kp", "jacobian", "outside any module"}
     assert sum(p["gflop"] for p in parts.values()) == pytest.approx(whole["gflop"])
     assert sum(p["bound_ms"] for p in parts.values()) == pytest.approx(whole["bound_ms"])
-    assert parts["predictor"]["bound"] == "compute" and parts["predictor"]["measured_ms"] > 0
+    # compute- or memory-bound depends on the roofs this machine measured, so only what holds on any CPU:
+    # a part's bound is at least its work at the peak, and the profiler timed the hourglass
+    assert all(p["bound_ms"] >= p["gflop"] / roofs["gflops"] * 1e3 * (1 - 1e-9) for p in parts.values())
+    assert parts["predictor"]["bound"] in ("compute", "memory") and parts["predictor"]["measured_ms"] > 0
