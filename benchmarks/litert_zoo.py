@@ -78,8 +78,8 @@ def main() -> None:
             rows.append(f"| {variant} | build failed: {m['failed'][:120]} |||||||||")
             print(rows[-1], flush=True)
             continue
-        shape = m["export"]["backends"]["litert"]["shape"]
-        shape = "dynamic" if shape in ("dynamic", "the spec's") else "fixed " + "x".join(
+        shape = m["export"].get("backends", {}).get("litert", {}).get("shape")  # none: not converted
+        shape = "-" if shape is None else "dynamic" if shape in ("dynamic", "the spec's") else "fixed " + "x".join(
             map(str, next(iter(shape.values()))[1:]))
         rows.append(f"| {variant} | {shape} | {parity(m, 'fp32')} | {parity(m, 'fp16')} | {parity(m, 'int8')} "
                     f"| {ms(m, 'onnxruntime/fp32')} | {ms(m, 'openvino/fp32')} | {ms(m, 'litert/fp32')} "

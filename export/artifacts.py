@@ -4,7 +4,8 @@ Export to ONNX (and `onnx.checker`), simplify with onnxsim and check the
 simplified graph against the exported one on real inputs, rewrite it
 (`export.rewrite`: the same function with less work, checked the same way),
 and convert it for each backend asked for (`export/backends/<name>.py`): `model.onnx` and,
-say, `openvino/model[.fp16].xml` in a folder.
+say, `openvino/model[.fp16].xml` in a folder. A converter that cannot convert the model leaves its
+backend out, with the converter's words (`FP32Artifacts.failed`), and the others go on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from runtime.backends import DEFAULT_BACKENDS
 from runtime.compare import ParityError
+from runtime.errors import backend_reason
 
 from . import golden
 from .backends import REGISTRY
@@ -49,6 +51,7 @@ class FP32Artifacts:
     rewrites: dict[str, Any] = field(default_factory=dict)
     keep_nodes: list[str] = field(default_factory=list)
     modules: dict[str, str] = field(default_factory=dict)  # ONNX node -> the module path it was made in
+    failed: dict[str, str] = field(default_factory=dict)  # backend -> why its converter could not convert the model
 
 
 def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], folder: Path, opset: int,
@@ -85,8 +88,16 @@ def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], fold
             made.keep_nodes += list(a.added)
     for backend, precisions in (conversions or {}).items():
         plugin = REGISTRY[backend]
-        with stage(plugin.stage(precisions)) if plugin.stage(precisions) else contextlib.nullcontext():
-            made.files[backend], record = plugin.convert(model, feeds, made.onnx, folder, precisions)
+        try:
+            with stage(plugin.stage(precisions)) if plugin.stage(precisions) else contextlib.nullcontext():
+                made.files[backend], record = plugin.convert(model, feeds, made.onnx, folder, precisions)
+        except Exception as err:  # noqa: BLE001 - the converters' failures have no common type; said, never a traceback
+            made.failed[backend] = backend_reason(err)  # and nothing it half wrote stays:
+            for file in {folder / part for f in plugin.runtime.files.values() for part in plugin.runtime.parts(f)}:
+                file.unlink(missing_ok=True)
+                if file.parent != folder and file.parent.is_dir() and not any(file.parent.iterdir()):
+                    file.parent.rmdir()
+            continue
         if record:
             made.export.setdefault("backends", {})[backend] = record
     return made

@@ -273,6 +273,9 @@ def _truth_stage(st: BuildState) -> dict[str, np.ndarray]:
 def _fp32_stage(st: BuildState) -> None:
     st.made = make_fp32_artifacts(st.model, st.feeds, st.folder, st.s.opset, made_by_conversion(st.s.backends),
                                   st.stage, st.s.rewrites)
+    if len(st.made.failed) == len(st.s.backends):
+        raise UserError("no backend's converter could convert the model: " + "; ".join(
+            f"{b}: {why}" for b, why in st.made.failed.items()))
     st.manifest.update(export=st.made.export, simplify=st.made.simplify, rewrites=st.made.rewrites)
 
 
@@ -287,7 +290,7 @@ def _int8_plans_stage(st: BuildState) -> None:
         st.int8 = _Int8(st.folder, s, calib, keep, st.model, st.made.modules)
         st.manifest["quantization"] = {
             "precision": s.quantize, "calibration": {**calibration, "method": s.calib_method},
-            "plans": {b: _full_plan(st.int8, b) for b in s.backends},
+            "plans": {b: _full_plan(st.int8, b) for b in s.backends if b not in st.made.failed},
             "keep_fp32": {"modules": list(st.spec.keep_fp32), "nodes": keep},
             "int8_instructions": int8_instructions(machine_info()["flags"]), "search": {}}
 
@@ -303,6 +306,10 @@ def _full_plan(int8: "_Int8", backend: str) -> dict[str, Any]:
 def _describe_stage(st: BuildState) -> None:
     """The artifacts with their bounds, and the manifest the runtime loads them through."""
     st.artifacts = artifact_entries(st.spec, st.s.backends, int8=bool(st.s.quantize), truth=st.truth is not None)
+    for a in [a for a in st.artifacts if a.backend in st.made.failed]:  # the others ship without it
+        st.artifacts.remove(a)
+        st.rejected.append({**a.to_dict(), "reason": f"{a.file} on {a.backend} ({a.precision}): its converter could "
+                                                     f"not convert the model: {st.made.failed[a.backend]}"})
     plans = (st.manifest["quantization"] or {}).get("plans", {})
     for a in [a for a in st.artifacts if a.precision == "int8" and "failed" in plans.get(a.backend, {})]:
         st.artifacts.remove(a)

@@ -16,7 +16,7 @@ import runtime
 from export.backends import REGISTRY as EXPORT
 from export.contract import Exportable, infer_spec
 from export.golden import golden_inputs
-from export.pipeline import BuildSettings, build
+from export.pipeline import BuildSettings, build, build_model
 from export.settings import check_options
 from runtime.bundle import Artifact, Bundle
 from runtime.compare import check_artifact, compare
@@ -264,3 +264,44 @@ def test_an_artifact_its_runtime_cannot_run_is_not_shipped_and_the_build_goes_on
     assert rejected["litert", "fp16"] == ("litert/model.fp16.tflite (fp16): not without its backend's FP32, "
                                           "which its runtime cannot run here")
     assert not (made.bundle / "litert").exists() or not any((made.bundle / "litert").iterdir())
+
+
+class Upsampler(nn.Module):
+    """A 3x3 transposed convolution of stride 2 with output padding 1 (the zoo's `transpose` upsampling),
+    which litert-torch cannot lower ("failed to legalize operation 'mhlo.convolution'")."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, image):
+        return self.up(torch.relu(self.conv(image)))
+
+
+def test_a_model_its_converter_cannot_convert_leaves_that_backend_out_with_the_converters_words(tmp_path):
+    """A backend whose converter fails is rejected, every precision of it, with the converter's complaint in
+    one line, and leaves no file behind; the others ship. With no other backend the build is refused in one
+    line and leaves no folder."""
+    spec = infer_spec(Upsampler(), torch.rand(1, 3, 16, 16), "up")
+
+    def attempt(out, backends):
+        return build_model(Upsampler().eval(), spec, BuildSettings(out=out, backends=backends, warmup=1, runs=5,
+                                                                    tune_budget=0, memory=False))
+
+    made = attempt(tmp_path / "two", ("onnxruntime", "litert"))
+    assert made.passed, made.failures
+    assert [(a["backend"], a["precision"]) for a in made.manifest["artifacts"]] == [("onnxruntime", "fp32")]
+    rejected = {(r["backend"], r["precision"]): r["reason"] for r in made.manifest["rejected"]}
+    assert set(rejected) == {("litert", "fp32"), ("litert", "fp16")}
+    assert rejected["litert", "fp32"].startswith("litert/model.tflite on litert (fp32): its converter could not "
+                                                 "convert the model: ConversionError: ValueError: ")
+    assert "failed to legalize operation 'mhlo.convolution'" in rejected["litert", "fp32"]
+    assert "\n" not in rejected["litert", "fp32"] and "site-packages" not in rejected["litert", "fp32"]
+    assert not (made.bundle / "litert").exists()
+    assert "litert" not in made.manifest["export"].get("backends", {})
+
+    with pytest.raises(UserError, match=r"^no backend's converter could convert the model: litert: "
+                                        r"ConversionError: ValueError: .*mhlo\.convolution"):
+        attempt(tmp_path / "alone", ("litert",))
+    assert not (tmp_path / "alone").exists()

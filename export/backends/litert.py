@@ -106,9 +106,12 @@ class LiteRT(ExportBackend):
             record["shape"] = "dynamic" if dynamic else "the spec's"
         except Exception as err:  # noqa: BLE001 - the converter's failures have no common type
             if not dynamic:
-                raise
+                raise ConversionError(_reason(err)) from err
             one = tuple(a[:1] for a in args)
-            _convert(model, one, fp32, None)
+            try:
+                _convert(model, one, fp32, None)
+            except Exception as again:  # noqa: BLE001 - as above
+                raise ConversionError(_reason(again)) from again
             record["shape"] = {n: list(a.shape) for n, a in zip(model.spec.input_names, one)}
             record["why_fixed"] = f"the converter could not keep the dynamic axes: {_reason(err)}"
         written = {"fp32": fp32}
@@ -193,10 +196,18 @@ def _runs_in_a_child(model: Path) -> None:
         raise ValueError(f"LiteRT's interpreter {how} running the INT8 model: {(lines or ['no message'])[-1][:200]}")
 
 
+class ConversionError(RuntimeError):
+    """litert_torch could not convert the model; the message is the converter's, in one line."""
+
+
 def _reason(err: BaseException) -> str:
-    """The converter's complaint in one line: the first line of its message."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {(lines or ['no message'])[0][:200]}"
+    """The converter's complaint in one line: its first line, where in the installed packages the failing
+    operation was traced (`torch/nn/modules/conv.py:1198`) rather than the whole path, and without the
+    MLIR operation it prints after the reason (`: %410 = "mhlo.convolution"(...)`)."""
+    line = next((line.strip() for line in str(err).splitlines() if line.strip()), "no message")
+    line = re.sub(r"\S*/site-packages/(\S+?:\d+):\d+: error: ", r"at \1: ", line)
+    line = re.split(r": %\w+ = ", line)[0]
+    return f"{type(err).__name__}: {line[:300]}"
 
 
 BACKEND = LiteRT()
