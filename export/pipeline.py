@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from runtime import tune
 from runtime.bench import difference
 from runtime.bundle import GOLDEN, Artifact, Bundle, sha256
 from runtime.compare import BOUNDS, Parity, Truth, effective_bounds
-from runtime.errors import UserError, backend_reason
+from runtime.errors import BackendError, UserError, backend_reason
 from runtime.files import clean_leftovers, publish, temporary_name
 from runtime.machine import int8_instructions, machine_info
 from runtime.memory import RUNS, measure_all
@@ -330,10 +330,20 @@ def _describe_stage(st: BuildState) -> None:
 
 
 def _load_stage(st: BuildState, stack: contextlib.ExitStack) -> None:
+    """A runner for each artifact; one its runtime cannot load (an operator it has no kernel for) is not
+    shipped, and a backend whose FP32 it is ships nothing; with no FP32 left the build is refused."""
     loaded = Bundle.open(st.folder)
+    refused = {}
     with st.stage("load artifacts"):
-        st.runners = {a.key: stack.enter_context(rt.load(loaded, a.backend, a.precision, st.s.threads, cache=False))
-                      for a in st.artifacts}
+        for a in st.artifacts:
+            try:
+                st.runners[a.key] = stack.enter_context(rt.load(loaded, a.backend, a.precision, st.s.threads,
+                                                                cache=False))
+            except BackendError as err:
+                refused[a.key] = backend_reason(err.__cause__ or err)
+    _refuse(st, refused, "load")
+    if not any(a.precision == "fp32" for a in st.artifacts):
+        raise UserError(f"no backend's runtime could load the FP32 model here: {'; '.join(refused.values())}")
 
 
 def _tune_stage(st: BuildState, stack: contextlib.ExitStack) -> None:
@@ -364,16 +374,7 @@ def _parity_stage(st: BuildState) -> None:
     with st.stage("parity against PyTorch" + (f" at {sizes + 1} sizes" if sizes else "")):
         st.parity, refused = validate(st.runners, {a.key: a for a in st.artifacts}, st.sets, task_of(st.spec),
                                       st.truth)
-    for key, why in refused.items():  # not shipped; a backend whose FP32 cannot run ships nothing
-        a = next((a for a in st.artifacts if a.key == key), None)
-        if a is None:  # gone with its backend's FP32
-            continue
-        gone = [a] + ([b for b in st.artifacts if b.backend == a.backend and b is not a] if a.precision == "fp32" else [])
-        for b in gone:
-            if b in st.artifacts:
-                _reject(b, f"{a.file} on {a.backend} ({a.precision}): its runtime cannot run it here: {why}"
-                        if b is a else f"{b.file} ({b.precision}): not without its backend's FP32, which "
-                                       f"its runtime cannot run here", st)
+    _refuse(st, refused, "run")
     if refused and not any(a.precision == "fp32" for a in st.artifacts):
         st.failures += [f"no backend's runtime could run the FP32 model: {'; '.join(refused.values())}"]
         return
@@ -580,10 +581,27 @@ def _localise(bundle: Path, s: BuildSettings, model: Exportable, inputs: dict, a
     return localise_files(model, feeds, files, s.opset, s.threads, rewrites)
 
 
+def _refuse(st: BuildState, refused: Mapping[str, str], verb: str) -> None:
+    """The artifacts (by key) their runtime cannot `verb` here, with its words, are not shipped; a
+    backend whose FP32 is one of them ships nothing."""
+    for key, why in refused.items():
+        a = next((a for a in st.artifacts if a.key == key), None)
+        if a is None:  # gone with its backend's FP32
+            continue
+        gone = [a] + ([b for b in st.artifacts if b.backend == a.backend and b is not a] if a.precision == "fp32" else [])
+        for b in gone:
+            if b in st.artifacts:
+                _reject(b, f"{a.file} on {a.backend} ({a.precision}): its runtime cannot {verb} it here: {why}"
+                        if b is a else f"{b.file} ({b.precision}): not without its backend's FP32, which "
+                                       f"its runtime cannot {verb} here", st)
+
+
 def _reject(a: Artifact, reason: str, st: BuildState) -> None:
     """An optional precision that loses is not shipped; the manifest says why."""
     st.artifacts.remove(a)
-    st.runners.pop(a.key).close()
+    runner = st.runners.pop(a.key, None)  # none where its runtime could not load it
+    if runner is not None:
+        runner.close()
     for file in a.files:  # an IR's weights too: model.fp16.xml -> model.fp16.bin
         (st.folder / file).unlink()
     st.rejected.append({**a.to_dict(), "reason": reason})

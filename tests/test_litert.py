@@ -266,9 +266,71 @@ def test_an_artifact_its_runtime_cannot_run_is_not_shipped_and_the_build_goes_on
     assert not (made.bundle / "litert").exists() or not any((made.bundle / "litert").iterdir())
 
 
+class Rows(nn.Module):
+    """A convolution, then each row of its map sorted (`sort`) or ranked (`argsort`). ONNX exports both (TopK)
+    and ONNX Runtime runs them; litert-torch converts the sort to a STABLEHLO_SORT that LiteRT's interpreter
+    has no kernel for, and cannot lower the rank's comparator at all."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.conv, self.how = nn.Conv2d(3, 4, 3, padding=1), how
+
+    def forward(self, image):
+        y = self.conv(image)
+        return torch.sort(y, dim=3).values if self.how == "sort" else torch.argsort(y, dim=3).float()
+
+
+def rows_build(how: str, out, backends):
+    spec = infer_spec(Rows(how), torch.rand(1, 3, 16, 16), how)
+    return build_model(Rows(how).eval(), spec, BuildSettings(out=out, backends=backends, warmup=1, runs=5,
+                                                             tune_budget=0, memory=False))
+
+
+def rejections(made) -> dict[tuple[str, str], str]:
+    assert made.passed, made.failures
+    assert [(a["backend"], a["precision"]) for a in made.manifest["artifacts"]] == [("onnxruntime", "fp32")]
+    rejected = {(r["backend"], r["precision"]): r["reason"] for r in made.manifest["rejected"]}
+    assert set(rejected) == {("litert", "fp32"), ("litert", "fp16")}
+    assert not any("\n" in why for why in rejected.values())
+    return rejected
+
+
+def test_a_model_its_converter_cannot_convert_leaves_that_backend_out_with_the_converters_words(tmp_path):
+    """Every precision of the backend is rejected with the converter's complaint in one line, nothing it wrote
+    stays, and the others ship. With no other backend the build is refused in one line and leaves no folder."""
+    made = rows_build("argsort", tmp_path / "two", ("onnxruntime", "litert"))
+    rejected = rejections(made)
+    assert rejected["litert", "fp32"].startswith("litert/model.tflite on litert (fp32): its converter could not "
+                                                 "convert the model: ConversionError: ValueError: ")
+    assert "comparator block argument" in rejected["litert", "fp32"]
+    assert "site-packages" not in rejected["litert", "fp32"]
+    assert not (made.bundle / "litert").exists()
+    assert "litert" not in made.manifest["export"].get("backends", {})
+
+    with pytest.raises(UserError, match=r"^no backend's converter could convert the model: litert: "
+                                        r"ConversionError: ValueError: .*comparator block argument"):
+        rows_build("argsort", tmp_path / "alone", ("litert",))
+    assert not (tmp_path / "alone").exists()
+
+
+def test_a_model_its_runtime_cannot_load_is_not_shipped_and_the_build_goes_on(tmp_path):
+    made = rows_build("sort", tmp_path / "two", ("onnxruntime", "litert"))
+    rejected = rejections(made)
+    assert rejected["litert", "fp32"].startswith("litert/model.tflite on litert (fp32): its runtime cannot load it "
+                                                 "here: ValueError: Didn't find op for builtin opcode 'STABLEHLO_SORT'")
+    assert rejected["litert", "fp16"] == ("litert/model.fp16.tflite (fp16): not without its backend's FP32, "
+                                          "which its runtime cannot load here")
+    assert not (made.bundle / "litert").exists() or not any((made.bundle / "litert").iterdir())
+
+    with pytest.raises(UserError, match=r"^no backend's runtime could load the FP32 model here: ValueError: "
+                                        r"Didn't find op for builtin opcode 'STABLEHLO_SORT'"):
+        rows_build("sort", tmp_path / "alone", ("litert",))
+    assert not (tmp_path / "alone").exists()
+
+
 class Upsampler(nn.Module):
-    """A 3x3 transposed convolution of stride 2 with output padding 1 (the zoo's `transpose` upsampling),
-    which litert-torch cannot lower ("failed to legalize operation 'mhlo.convolution'")."""
+    """ERFNet's and ESNet's upsampling: a 3x3 transposed convolution of stride 2, padding 1 and output padding 1,
+    which litert-torch cannot lower as it is ("failed to legalize operation 'mhlo.convolution'")."""
 
     def __init__(self):
         super().__init__()
@@ -279,29 +341,13 @@ class Upsampler(nn.Module):
         return self.up(torch.relu(self.conv(image)))
 
 
-def test_a_model_its_converter_cannot_convert_leaves_that_backend_out_with_the_converters_words(tmp_path):
-    """A backend whose converter fails is rejected, every precision of it, with the converter's complaint in
-    one line, and leaves no file behind; the others ship. With no other backend the build is refused in one
-    line and leaves no folder."""
-    spec = infer_spec(Upsampler(), torch.rand(1, 3, 16, 16), "up")
-
-    def attempt(out, backends):
-        return build_model(Upsampler().eval(), spec, BuildSettings(out=out, backends=backends, warmup=1, runs=5,
-                                                                    tune_budget=0, memory=False))
-
-    made = attempt(tmp_path / "two", ("onnxruntime", "litert"))
+def test_a_transposed_convolution_with_output_padding_converts_as_an_unpadded_one_cropped(tmp_path):
+    spec = infer_spec(Upsampler(), torch.rand(1, 3, 16, 16), "upsampler")
+    made = build_model(Upsampler().eval(), spec, BuildSettings(out=tmp_path, backends=("litert",), warmup=1, runs=5,
+                                                                tune_budget=0, memory=False))
     assert made.passed, made.failures
-    assert [(a["backend"], a["precision"]) for a in made.manifest["artifacts"]] == [("onnxruntime", "fp32")]
-    rejected = {(r["backend"], r["precision"]): r["reason"] for r in made.manifest["rejected"]}
-    assert set(rejected) == {("litert", "fp32"), ("litert", "fp16")}
-    assert rejected["litert", "fp32"].startswith("litert/model.tflite on litert (fp32): its converter could not "
-                                                 "convert the model: ConversionError: ValueError: ")
-    assert "failed to legalize operation 'mhlo.convolution'" in rejected["litert", "fp32"]
-    assert "\n" not in rejected["litert", "fp32"] and "site-packages" not in rejected["litert", "fp32"]
-    assert not (made.bundle / "litert").exists()
-    assert "litert" not in made.manifest["export"].get("backends", {})
-
-    with pytest.raises(UserError, match=r"^no backend's converter could convert the model: litert: "
-                                        r"ConversionError: ValueError: .*mhlo\.convolution"):
-        attempt(tmp_path / "alone", ("litert",))
-    assert not (tmp_path / "alone").exists()
+    assert made.manifest["export"]["backends"]["litert"]["rewritten"] == [
+        "up: ConvTranspose2d with output_padding, as one without padding, cropped"]
+    shipped = {a["key"]: a for a in made.manifest["artifacts"]}
+    assert shipped["litert/fp32"]["parity"]["outputs"]["output"]["max_rel"] < 1e-5
+    assert made.manifest["outputs"] == [{"name": "output", "shape": ["batch", 4, 32, 32], "dtype": "float32"}]

@@ -100,6 +100,9 @@ class LiteRT(ExportBackend):
         fp32.parent.mkdir(parents=True, exist_ok=True)
         args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in model.spec.input_names)
         record: dict[str, Any] = {"converter": "litert_torch.convert"}
+        model, rewritten = _lowerable(model)
+        if rewritten:
+            record["rewritten"] = rewritten
         dynamic = any(t.dynamic_axes for t in model.spec.inputs)
         try:
             _convert(model, args, fp32, dynamic_shapes(model) if dynamic else None)
@@ -163,6 +166,48 @@ def _convert(model, args: tuple, dst: Path, dynamic) -> None:
 
     with quiet(*LOGGERS), silenced(1, 2), torch.no_grad():
         litert_torch.convert(model, args, dynamic_shapes=dynamic).export(str(dst))
+
+
+def _lowerable(model):
+    """`model` (an Exportable), or a copy of it in which each transposed convolution with an output padding (a 3x3 of
+    stride 2: ERFNet's and ESNet's upsampling) is the same convolution without padding, then
+    cropped, which litert-torch can lower and the padded form it cannot ("failed to legalize operation
+    'mhlo.convolution'"); with what was rewritten, for the manifest. Parity judges the result like any."""
+    import copy
+
+    from torch import nn
+
+    found = [name for name, m in model.module.named_modules() if type(m) is nn.ConvTranspose2d
+             and any(m.output_padding) and m.padding_mode == "zeros"
+             and all(o <= p for o, p in zip(m.output_padding, m.padding))]
+    if not found:
+        return model, []
+    model = copy.deepcopy(model)
+    for name in found:  # named as in the user's module, as the manifest names modules
+        parent, _, child = name.rpartition(".")
+        holder = model.module.get_submodule(parent) if parent else model.module
+        setattr(holder, child, _cropped_transpose(getattr(holder, child)))
+    return model, [f"{name}: ConvTranspose2d with output_padding, as one without padding, cropped" for name in found]
+
+
+def _cropped_transpose(conv):
+    """ConvTranspose2d(padding p, output_padding o) as the unpadded one with p rows and columns cropped at
+    the start and p - o at the end: the same values from the same weights."""
+    from torch import nn
+
+    class CroppedTranspose(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.full = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, 0,
+                                           conv.groups, conv.bias is not None, conv.dilation)
+            self.full.weight, self.full.bias = conv.weight, conv.bias
+            self.start, self.end = conv.padding, tuple(p - o for p, o in zip(conv.padding, conv.output_padding))
+
+        def forward(self, x):
+            y = self.full(x)
+            return y[:, :, self.start[0]:y.shape[2] - self.end[0], self.start[1]:y.shape[3] - self.end[1]]
+
+    return CroppedTranspose()
 
 
 def _fp16(fp32: Path, dst: Path) -> None:
