@@ -359,12 +359,8 @@ def _stage(name: str) -> Iterator[None]:
     from runtime.progress import heartbeat, is_terminal
 
     start = time.perf_counter()
-    try:
-        with console.status(f"{name} ...") if is_terminal() else heartbeat(lambda s: f"  {name}: {s:.0f} s so far"):
-            yield
-    except Exception:  # the stage's failure is said where it is handled: the build's end, or its one line
-        console.print(f"[red]✗[/] {name:<40} {time.perf_counter() - start:6.1f} s")
-        raise
+    with console.status(f"{name} ...") if is_terminal() else heartbeat(lambda s: f"  {name}: {s:.0f} s so far"):
+        yield
     console.print(f"[green]✓[/] {name:<40} {time.perf_counter() - start:6.1f} s")
 
 
