@@ -53,6 +53,10 @@ class FP32Artifacts:
     modules: dict[str, str] = field(default_factory=dict)  # ONNX node -> the module path it was made in
     failed: dict[str, str] = field(default_factory=dict)  # backend -> why its converter could not convert the model
 
+    def why_failed(self) -> str:
+        """The converters that failed and why, in one line ("litert: ConversionError: ...")."""
+        return "; ".join(f"{backend}: {why}" for backend, why in self.failed.items())
+
 
 def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], folder: Path, opset: int,
                         conversions: Mapping[str, Sequence[str]] | None = None,

@@ -241,7 +241,7 @@ def diagnose(module: torch.nn.Module, spec: ModelSpec, bundle: Path | None = Non
             feeds = golden.golden_inputs(spec, 2, 0)  # batch 2: the batch axis stays dynamic
             made = make_fp32_artifacts(model, feeds, work, opset, fp32_of())
             if made.failed:
-                raise UserError("; ".join(f"{b} could not convert the model: {why}" for b, why in made.failed.items()))
+                raise UserError(f"a converter could not convert the model: {made.why_failed()}")
             files = {backend: made_here["fp32"] for backend, made_here in made.files.items()}
             rewrites = made.rewrites
             feeds = {k: v[:1] for k, v in feeds.items()}

@@ -274,8 +274,7 @@ def _fp32_stage(st: BuildState) -> None:
     st.made = make_fp32_artifacts(st.model, st.feeds, st.folder, st.s.opset, made_by_conversion(st.s.backends),
                                   st.stage, st.s.rewrites)
     if len(st.made.failed) == len(st.s.backends):
-        raise UserError("no backend's converter could convert the model: " + "; ".join(
-            f"{b}: {why}" for b, why in st.made.failed.items()))
+        raise UserError(f"no backend's converter could convert the model: {st.made.why_failed()}")
     st.manifest.update(export=st.made.export, simplify=st.made.simplify, rewrites=st.made.rewrites)
 
 

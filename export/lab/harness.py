@@ -120,7 +120,7 @@ class Study:
         folder = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=self.work))  # a label may come twice (two tables)
         made = make_fp32_artifacts(model, feeds, folder, self.s.opset, fp32_of(self.s.backends))
         if made.failed:  # every row of a table is timed on every backend asked for
-            raise RuntimeError(f"{label}: " + "; ".join(f"{b} could not convert it: {why}" for b, why in made.failed.items()))
+            raise RuntimeError(f"{label}: a converter could not convert it: {made.why_failed()}")
         self.graphs[label] = made.onnx
         threads = self.s.threads
         outputs = [{"name": n} for n in spec.outputs]
