@@ -58,7 +58,10 @@ def test_bench_reports_latency_throughput_and_profile_apart(built, backend, how,
     assert t["mode"] == "throughput" and t["inferences"] > 0 and t["images_per_s"] > 0 and t["parallel"] >= 1
     assert "p50_ms" not in t  # overlapping calls have no latency
     profile = stats["profile"]
-    assert profile[0]["op_type"] == op  # convolutions dominate a detector
+    # which op type leads is a timing (on dsc, OpenVINO's Jacobian MatMul and its convolutions are close):
+    # the profile names the convolutions, per op type, largest share first, and the shares add up
+    assert op in [r["op_type"] for r in profile] and len({r["op_type"] for r in profile}) == len(profile)
+    assert [r["share"] for r in profile] == sorted((r["share"] for r in profile), reverse=True)
     assert sum(r["share"] for r in profile) == pytest.approx(1.0)
     text = run("runtime", "bench", str(built("dsc").bundle), "--backend", backend, "--runs", "5",
                "--throughput", "1", "--profile", "2")
