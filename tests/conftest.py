@@ -86,7 +86,23 @@ def built(tmp_path_factory, checkpoint_for):
 BACKGROUND = {"arm64": "test_arm64.py", "litert_board": "test_arm64.py", "site": "test_docs.py"}
 
 
-def pytest_collection_modifyitems(items):
+# The suite runs on two workers (pytest-xdist: `-n 2 --dist each` in pyproject.toml), each on its own half, by
+# file: this half holds the tests of real SSH servers (they share the machine's device users and ports) and the
+# background set-ups' tests; the other half, every other file. The halves take about equal time.
+FIRST_HALF = {"test_deploy.py", "test_fleet.py", "test_litert.py", "test_study.py", "test_quantize.py",
+              "test_compete.py", "test_tasks.py", "test_cli.py", "test_tune.py", "test_newcomer.py",
+              *BACKGROUND.values()}
+
+
+def pytest_collection_modifyitems(config, items):
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:  # a worker of `--dist each` (the workers' own option reads "no")
+        if worker["workercount"] != 2:
+            raise pytest.UsageError(f"the suite splits into two halves, one per worker: run it with -n 2 (the "
+                                    f"default) or -n 0, not -n {worker['workercount']}")
+        mine = [item for item in items if (item.path.name in FIRST_HALF) == (worker["workerid"] == "gw0")]
+        config.hook.pytest_deselected(items=[item for item in items if item not in mine])
+        items[:] = mine
     last = list(dict.fromkeys(BACKGROUND.values()))
     items.sort(key=lambda item: last.index(item.path.name) + 1 if item.path.name in last else 0)  # stable
 
