@@ -100,9 +100,11 @@ def pytest_collection_modifyitems(config, items):
         if worker["workercount"] != 2:
             raise pytest.UsageError(f"the suite splits into two halves, one per worker: run it with -n 2 (the "
                                     f"default) or -n 0, not -n {worker['workercount']}")
-        mine = [item for item in items if (item.path.name in FIRST_HALF) == (worker["workerid"] == "gw0")]
-        config.hook.pytest_deselected(items=[item for item in items if item not in mine])
-        items[:] = mine
+        halves = ([], [])  # (mine, the other worker's)
+        for item in items:
+            halves[(item.path.name in FIRST_HALF) != (worker["workerid"] == "gw0")].append(item)
+        config.hook.pytest_deselected(items=halves[1])
+        items[:] = halves[0]
     last = list(dict.fromkeys(BACKGROUND.values()))
     items.sort(key=lambda item: last.index(item.path.name) + 1 if item.path.name in last else 0)  # stable
 
