@@ -75,6 +75,30 @@ def test_the_cache_is_written_once_and_gives_the_same_outputs(built, tmp_path, m
         assert runner.settings["optimized_model_cache"] == str(tmp_path / backend / written[0])
 
 
+def test_openvino_compiles_a_plan_per_input_shape_and_then_shares_one_with_the_dynamic_axes(built, monkeypatch):
+    """The dsc IR keeps a dynamic batch. The runner compiles it at the spec's example shape when it
+    loads and at each new batch size it is called with, up to STATIC_PLANS; later sizes share
+    one plan compiled with the dynamic batch. Every plan gives the golden outputs."""
+    import runtime
+    from runtime.backends import openvino as plugin
+
+    monkeypatch.setattr(plugin, "STATIC_PLANS", 2)
+    bundle = runtime.Bundle.open(built("dsc").bundle)
+    inputs, expected = bundle.golden()  # two images
+    (name,) = inputs
+    with runtime.load(bundle, "openvino", "fp32", threads=2, cache=False) as runner:
+        assert runner.plans == {"1x3x256x256": "static"}
+        assert runner.settings["plans"] == "one per input shape, up to 2; then one with the dynamic axes"
+        images = inputs[name]
+        for batch in (np.concatenate([images, images]), images, images[:1], np.concatenate([images, images[:1]])):
+            got = runner.infer({name: np.ascontiguousarray(batch)})
+            for out, ref in expected.items():
+                rows = np.concatenate([ref, ref])[:len(batch)]
+                np.testing.assert_allclose(got[out], rows, rtol=0, atol=1e-4 * float(np.abs(ref).max()), err_msg=out)
+        assert runner.plans == {"1x3x256x256": "static", "4x3x256x256": "static", "2x3x256x256": "dynamic",
+                                "3x3x256x256": "dynamic"}
+
+
 def test_a_near_constant_score_is_judged_on_its_magnitude_not_its_spread():
     """A pooled confidence score of about 0.5 that barely moves between inputs: FP16's
     absolute error of 2e-4 is rounding of the value, and must pass FP16's bound; over the

@@ -4,6 +4,7 @@ compiled for the CPU plugin with a pool of infer requests."""
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -19,8 +20,36 @@ from .base import EMULATED, RUNS, SLOW, Backend, BaseRunner, cache_dir, op_table
 PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 
 
+# A model exported with dynamic axes is compiled once per input shape it is called with, up to
+# this many shapes; later shapes share one plan compiled with the dynamic axes. On a static shape
+# the CPU plugin plans memory and picks kernels once, not at every call (dsc FP32, batch 1, on
+# a 2-core AMX Xeon: 8 to 14% faster per call than the same IR compiled with its dynamic batch).
+STATIC_PLANS = 4
+
+
+class _Plan:
+    """One compiled model and its pool of infer requests, one per concurrent caller."""
+
+    def __init__(self, compiled, output_names):
+        self.compiled = compiled
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.ports = {name: compiled.output(name) for name in output_names}
+
+    def run(self, feeds):
+        try:
+            request = self.requests.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            result = request.infer(feeds, share_inputs=True)
+            return {name: np.array(result[port]) for name, port in self.ports.items()}
+        finally:
+            self.requests.put(request)
+
+
 class OpenVINORunner(BaseRunner):
-    """A compiled OpenVINO model with a pool of infer requests, one per concurrent caller."""
+    """An OpenVINO model compiled for the CPU plugin: one plan per input shape (`STATIC_PLANS`),
+    the spec's example shape compiled at load."""
 
     def __init__(self, model: Path, inputs, outputs, precision: str, threads: int | None,
                  mode: str = "latency", profile: bool = False, cache: bool = False,
@@ -29,7 +58,7 @@ class OpenVINORunner(BaseRunner):
         import openvino as ov
 
         tuned = dict(tuned or {})
-        core = ov.Core()
+        self._core = ov.Core()
         hint = mode.upper()
         config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": PRECISION_HINT[precision]}
         if threads:
@@ -42,9 +71,13 @@ class OpenVINORunner(BaseRunner):
             config["PERF_COUNT"] = True
         if cache:
             config["CACHE_DIR"] = str(cache_dir() / "openvino")
-        self.compiled = core.compile_model(str(model), "CPU", config)
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._ports = {name: self.compiled.output(name) for name in self.output_names}
+        self._config = config
+        self._model = self._core.read_model(str(model))
+        self._dynamic = any(i.get_partial_shape().is_dynamic for i in self._model.inputs)
+        self._plans: dict[tuple, _Plan] = {}  # by input shapes
+        self._shared: _Plan | None = None
+        self._lock = threading.Lock()
+        self.compiled = self._plan({i.name: i.example for i in inputs}).compiled
         self.callers = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.settings = {
             "mode": mode,
@@ -57,26 +90,54 @@ class OpenVINORunner(BaseRunner):
             "cache_dir": config.get("CACHE_DIR"),
             "openvino": ov.get_version(),
         }
+        if self._dynamic:
+            self.settings["plans"] = f"one per input shape, up to {STATIC_PLANS}; then one with the dynamic axes"
         if mode == "throughput":
             self.settings["async_requests"] = self.callers
 
+    def _plan(self, shapes: Mapping[str, tuple[int, ...]]) -> _Plan:
+        """The plan for these input shapes, compiled on first use."""
+        key = tuple(tuple(shapes[name]) for name in self.input_names)
+        plan = self._plans.get(key)
+        if plan is None:
+            with self._lock:
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = self._plans[key] = self._compile(shapes)
+        return plan
+
+    def _compile(self, shapes: Mapping[str, tuple[int, ...]]) -> _Plan:
+        """The model compiled at these shapes, while fewer than STATIC_PLANS are; after that, the model
+        as exported (its dynamic axes kept), one plan shared by every later shape. A model without
+        dynamic axes has one plan, its own."""
+        if not self._dynamic:
+            if self._shared is None:
+                self._shared = _Plan(self._core.compile_model(self._model, "CPU", self._config), self.output_names)
+            return self._shared
+        if list(self.plans.values()).count("static") < STATIC_PLANS:
+            model = self._model.clone()
+            model.reshape({port: list(shapes[port.get_any_name()]) for port in model.inputs})
+            return _Plan(self._core.compile_model(model, "CPU", self._config), self.output_names)
+        if self._shared is None:
+            self._shared = _Plan(self._core.compile_model(self._model, "CPU", self._config), self.output_names)
+        return self._shared
+
+    @property
+    def plans(self) -> dict[str, str]:
+        """The input shapes called so far and the plan each runs on: "static" (compiled at that shape,
+        or a model without dynamic axes) or "dynamic" (the shared plan that keeps them)."""
+        return {" ".join("x".join(map(str, shape)) for shape in key):
+                "dynamic" if self._dynamic and plan is self._shared else "static" for key, plan in self._plans.items()}
+
     def _run(self, feeds):
-        try:
-            request = self._requests.get_nowait()
-        except queue.Empty:
-            request = self.compiled.create_infer_request()
-        try:
-            result = request.infer(feeds, share_inputs=True)
-            return {name: np.array(result[port]) for name, port in self._ports.items()}
-        finally:
-            self._requests.put(request)
+        return self._plan({name: feeds[name].shape for name in self.input_names}).run(feeds)
 
     def run_for(self, feeds, seconds):
         """OpenVINO's own way to throughput: an AsyncInferQueue of the optimal number of requests."""
         import openvino as ov
 
         feeds = self.check(feeds)
-        jobs = ov.AsyncInferQueue(self.compiled, self.callers)
+        jobs = ov.AsyncInferQueue(self._plan({n: feeds[n].shape for n in self.input_names}).compiled, self.callers)
         count = 0
         start = time.perf_counter()
         deadline = start + seconds
@@ -104,7 +165,7 @@ class OpenVINORunner(BaseRunner):
 
     def _counters(self, feeds, runs) -> list:
         feeds = self.check(feeds)
-        request = self.compiled.create_infer_request()
+        request = self._plan({n: feeds[n].shape for n in self.input_names}).compiled.create_infer_request()
         request.infer(feeds, share_inputs=True)  # the first inference is slow: left out
         counters = []
         for _ in range(runs):
@@ -115,8 +176,8 @@ class OpenVINORunner(BaseRunner):
         return counters
 
     def close(self):
-        self.compiled = None
-        self._requests = queue.SimpleQueue()
+        self.compiled = self._shared = None
+        self._plans.clear()
 
 
 class OpenVINO(Backend):
