@@ -170,6 +170,40 @@ def test_a_separable_depthwise_conv_becomes_a_column_then_a_row(tmp_path):
     _same_on_random_inputs(original, rewritten, {"x": (4, 30, 34)})
 
 
+class UpBlocks(nn.Module):
+    """Hourglass up-blocks in a user's model: nearest x2 then a dense 3x3 with a bias, twice; nearest x2
+    then a depthwise 3x3 and a pointwise 1x1, and nearest x2 then a strided 3x3 (both left alone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Conv2d(4, 6, 3, padding=1)
+        self.dense2 = nn.Conv2d(6, 3, 3, padding=1, bias=False)
+        self.depthwise = nn.Conv2d(3, 3, 3, padding=1, groups=3)
+        self.pointwise = nn.Conv2d(3, 5, 1)
+        self.strided = nn.Conv2d(5, 5, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        def up(t):
+            return nn.functional.interpolate(t, scale_factor=2.0, mode="nearest")
+
+        y = self.dense2(up(torch.relu(self.dense(up(x)))))
+        return self.strided(up(self.pointwise(self.depthwise(up(y)))))
+
+
+def test_an_upsampling_and_its_dense_3x3_conv_become_four_2x2_convs_at_the_inputs_size(tmp_path):
+    original = _exported(UpBlocks().eval(), {"x": torch.rand(1, 4, 6, 7)}, tmp_path)
+    rewritten, applied = apply_rewrites(original)
+    assert [a.rewrite for a in applied] == ["upsample-into-conv"] * 2
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("Resize") == 2 and ops.count("DepthToSpace") == 2  # the depthwise and strided convs keep theirs
+    kernels = [tuple(a.ints) for n in rewritten.graph.node for a in n.attribute if a.name == "kernel_shape"]
+    assert kernels.count((2, 2)) == 8 and kernels.count((3, 3)) == 2
+    # 36 mult-adds per input pixel and weight become 16: the first at 6x7, the second at 12x14
+    assert [(a.mult_adds_before, a.mult_adds_after) for a in applied] == [
+        (6 * 4 * 9 * 12 * 14, 6 * 4 * 16 * 6 * 7), (3 * 6 * 9 * 24 * 28, 3 * 6 * 16 * 12 * 14)]
+    _same_on_random_inputs(original, rewritten, {"x": (4, 6, 7)})
+
+
 class Unpooling(nn.Module):
     """SegNet's pattern in a user's model: a ReLU (ties at zero in many windows), a 2x2 max-pool that
     keeps its indices, and the max-unpooling of a decoder's values at them."""
