@@ -130,7 +130,7 @@ def main() -> None:
     stats = bench_interleaved({names[k]: r for k, r in contenders.items()}, None, warmup=10, runs=args.runs,
                               rounds=10, feeds_of={names[k]: f for k, f in feeds_of.items()})
     print(f"{args.variant}, batch 1, {args.threads} threads, FP32, p50 ms of {stats[names[next(iter(contenders))]]['runs']} "
-          "interleaved runs each; mult-adds from the graph's Conv/MatMul/Gemm")
+          "interleaved runs each; mult-adds from the graph's Conv/ConvTranspose/MatMul/Gemm")
     print(f"{'part':32} {'M mult-adds':>17} | {'ONNX Runtime before':>20} {'after':>7} {'ratio':>6} | "
           f"{'OpenVINO before':>16} {'after':>7} {'ratio':>6}")
     for part in [*PARTS, "whole"]:
@@ -174,7 +174,7 @@ def print_roofline(roofs: roofline.Roofs, place_of: dict, ms) -> None:
 
 
 def mult_adds(model: onnx.ModelProto) -> int:
-    """Mult-adds of the Conv, MatMul and Gemm nodes at batch 1, from inferred shapes."""
+    """Mult-adds of the Conv, ConvTranspose, MatMul and Gemm nodes at batch 1, from inferred shapes."""
     inferred = onnx.shape_inference.infer_shapes(model)
     shape = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
              for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
@@ -187,6 +187,8 @@ def mult_adds(model: onnx.ModelProto) -> int:
         if node.op_type == "Conv":
             w = shape[node.input[1]]
             total += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose":  # every input pixel times the weights
+            total += int(np.prod(shape[node.input[0]])) * int(np.prod(shape[node.input[1]][1:]))
         elif node.op_type in ("MatMul", "Gemm"):
             total += int(np.prod(out)) * shape[node.input[0]][-1]
     return total
