@@ -77,8 +77,8 @@ def test_the_cache_is_written_once_and_gives_the_same_outputs(built, tmp_path, m
 
 def test_openvino_compiles_a_plan_per_input_shape_and_then_shares_one_with_the_dynamic_axes(built, monkeypatch):
     """The dsc IR keeps a dynamic batch. The runner compiles it at the spec's example shape when it
-    loads and at each new batch size it is called with, up to STATIC_PLANS; later sizes share
-    one plan compiled with the dynamic batch. Every plan gives the golden outputs."""
+    loads and at each new batch size it is called with, up to STATIC_PLANS (two here); later sizes
+    share one plan compiled with the dynamic batch. Every plan gives the golden outputs."""
     import runtime
     from runtime.backends import openvino as plugin
 
@@ -88,7 +88,7 @@ def test_openvino_compiles_a_plan_per_input_shape_and_then_shares_one_with_the_d
     (name,) = inputs
     with runtime.load(bundle, "openvino", "fp32", threads=2, cache=False) as runner:
         assert runner.plans == {"1x3x256x256": "static"}
-        assert runner.settings["plans"] == "one per input shape, up to 2; then one with the dynamic axes"
+        assert runner.settings["plans"] == "static at the first 2 input shape(s) called; then one with the dynamic axes"
         images = inputs[name]
         for batch in (np.concatenate([images, images]), images, images[:1], np.concatenate([images, images[:1]])):
             got = runner.infer({name: np.ascontiguousarray(batch)})
