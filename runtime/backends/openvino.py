@@ -112,11 +112,7 @@ class OpenVINORunner(BaseRunner):
         """The model compiled at these shapes, while fewer than STATIC_PLANS are; after that, the model
         as exported (its dynamic axes kept), one plan shared by every later shape. A model without
         dynamic axes has one plan, its own."""
-        if not self._dynamic:
-            if self._shared is None:
-                self._shared = _Plan(self._core.compile_model(self._model, "CPU", self._config), self.output_names)
-            return self._shared
-        if list(self.plans.values()).count("static") < STATIC_PLANS:
+        if self._dynamic and list(self.plans.values()).count("static") < STATIC_PLANS:
             model = self._model.clone()
             model.reshape({port: list(shapes[port.get_any_name()]) for port in model.inputs})
             return _Plan(self._core.compile_model(model, "CPU", self._config), self.output_names)
@@ -131,15 +127,18 @@ class OpenVINORunner(BaseRunner):
         return {" ".join("x".join(map(str, shape)) for shape in key):
                 "dynamic" if self._dynamic and plan is self._shared else "static" for key, plan in self._plans.items()}
 
+    def _plan_for(self, feeds) -> _Plan:
+        return self._plan({name: feeds[name].shape for name in self.input_names})
+
     def _run(self, feeds):
-        return self._plan({name: feeds[name].shape for name in self.input_names}).run(feeds)
+        return self._plan_for(feeds).run(feeds)
 
     def run_for(self, feeds, seconds):
         """OpenVINO's own way to throughput: an AsyncInferQueue of the optimal number of requests."""
         import openvino as ov
 
         feeds = self.check(feeds)
-        jobs = ov.AsyncInferQueue(self._plan({n: feeds[n].shape for n in self.input_names}).compiled, self.callers)
+        jobs = ov.AsyncInferQueue(self._plan_for(feeds).compiled, self.callers)
         count = 0
         start = time.perf_counter()
         deadline = start + seconds
@@ -167,7 +166,7 @@ class OpenVINORunner(BaseRunner):
 
     def _counters(self, feeds, runs) -> list:
         feeds = self.check(feeds)
-        request = self._plan({n: feeds[n].shape for n in self.input_names}).compiled.create_infer_request()
+        request = self._plan_for(feeds).compiled.create_infer_request()
         request.infer(feeds, share_inputs=True)  # the first inference is slow: left out
         counters = []
         for _ in range(runs):
