@@ -41,6 +41,17 @@ after per-channel dequantization; the transposed convolution is one op every
 backend quantizes. A depthwise 3x3 is left alone: transposed, both backends
 ran it slower (dsc: 1.5x on OpenVINO, 1.7x on ONNX Runtime).
 
+`TransposedIntoConv`: a U-Net's up-step, a 2x2 transposed convolution at
+stride 2 joined to the skip and read by a dense 3x3 convolution. Over a join
+the convolution is the sum of its parts over each joined tensor, and its part
+over the up-sampled channels composes with the transposed convolution into one
+transposed 4x4 convolution at stride 2 (the same taps as `UpsampleIntoConv`,
+now weighted by the 2x2 kernel): 4 C_in K mult-adds per output pixel instead
+of C_in C_mid + 9 C_mid K, and the joined tensor is never written. The 2x2's
+bias reaches each output through the 3x3 taps that fall inside the picture, a
+3x3 convolution of a picture of ones, whatever its size. Applied only where
+the fold is less work.
+
 `UnpoolAsMask`: SegNet's max-unpooling, which the exporter writes as a scatter
 of the decoder's values into zeros at the flat positions a 2x2 max-pool chose.
 Computing those positions takes the pool's index output (OpenVINO runs a
@@ -364,21 +375,14 @@ class UpsampleIntoConv:
         return [(up, conv) for up, conv in pairs if up is not None and self._matches(g, up, conv)]
 
     def _matches(self, g: Graph, up: onnx.NodeProto, conv: onnx.NodeProto) -> bool:
-        a, c = attrs(up), attrs(conv)
+        a = attrs(up)
         if up.op_type != "Resize" or g.only_use(up.output[0]) is not conv or len(up.input) < 3:
             return False
         scales = g.constants.get(up.input[2])
         if (scales is None or scales.tolist() != [1.0, 1.0, 2.0, 2.0] or a.get("mode") != b"nearest"
                 or a.get("coordinate_transformation_mode") != b"asymmetric" or a.get("nearest_mode") != b"floor"):
             return False
-        w = g.constants.get(conv.input[1]) if len(conv.input) > 1 else None
-        has_bias = len(conv.input) > 2 and conv.input[2]
-        return (w is not None and w.ndim == 4 and w.shape[2:] == (3, 3) and w.dtype == np.float32
-                and c.get("group", 1) == 1  # depthwise: both backends run it transposed 1.5-1.7x slower (dsc)
-                and list(c.get("pads", [0, 0, 0, 0])) == [1, 1, 1, 1] and list(c.get("strides", [1, 1])) == [1, 1]
-                and list(c.get("dilations", [1, 1])) == [1, 1]
-                and c.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
-                and (not has_bias or conv.input[2] in g.constants))
+        return _dense_3x3(g, conv)  # depthwise: both backends run it transposed 1.5-1.7x slower (dsc)
 
     def emit(self, g: Graph, pair: tuple[onnx.NodeProto, onnx.NodeProto]) -> tuple[Emitter, Applied]:
         up, conv = pair
@@ -395,6 +399,125 @@ class UpsampleIntoConv:
         return e, Applied(self.name, conv.name, (up.name, conv.name), tuple(n.name for n in e.nodes),
                           per_pixel * 9 * 4 * pixels, per_pixel * 16 * pixels,
                           "" if pixels else "36 -> 16 mult-adds per input pixel and weight")
+
+
+@dataclass(frozen=True)
+class _Joined:
+    conv: onnx.NodeProto  # the dense 3x3 convolution
+    concat: onnx.NodeProto
+    parts: tuple[tuple[str, int], ...]  # each joined tensor and its channels, in order
+    folded: dict[int, onnx.NodeProto]  # by part: the 2x2 transposed convolution that made it
+
+
+class TransposedIntoConv:
+    """A 2x2 transposed convolution at stride 2 (a U-Net's up-sampling), joined to other tensors and
+    read by a dense 3x3 convolution: the convolution split over the joined tensors and summed, its
+    share of the up-sampled channels folded with the transposed convolution into one at 4x4."""
+
+    name = "transposed-into-conv"
+    # Which tap of the composite 4x4 kernel (stride 2, padded by 1) carries the 3x3 kernel's tap a
+    # applied to the 2x2 kernel's tap r, along one axis: TAPS[k, a, r]. An even output row 2i reads
+    # the up-sampled rows 2i-1, 2i, 2i+1, made by tap 1 from the input's row i-1 and taps 0 and 1 from
+    # its row i; an odd one, 2i+1, the rows made by taps 0 and 1 from row i and tap 0 from row i+1.
+    TAPS = np.zeros((4, 3, 2))
+    for k, a, r in [(0, 2, 0), (1, 1, 0), (1, 2, 1), (2, 0, 0), (2, 1, 1), (3, 0, 1)]:
+        TAPS[k, a, r] = 1.0
+
+    def matches(self, g: Graph) -> list[_Joined]:
+        return [m for m in (self._match(g, node) for node in g.model.graph.node) if m is not None]
+
+    def _match(self, g: Graph, conv: onnx.NodeProto) -> _Joined | None:
+        if conv.op_type != "Conv" or not _dense_3x3(g, conv):
+            return None
+        concat = g.producer.get(conv.input[0])
+        if concat is None or concat.op_type != "Concat" or g.only_use(concat.output[0]) is not conv:
+            return None
+        if attrs(concat).get("axis") not in (1, -3) or len(g.shapes.get(conv.input[0], [])) != 4:
+            return None
+        parts = []
+        for name in concat.input:
+            shape = g.shapes.get(name)
+            if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] <= 0:
+                return None
+            parts.append((name, shape[1]))
+        k = g.constants[conv.input[1]].shape[0]
+        folded = {i: t for i, (name, c) in enumerate(parts)
+                  if (t := g.producer.get(name)) is not None and self._foldable(g, t, concat, k)}
+        return _Joined(conv, concat, tuple(parts), folded) if folded else None
+
+    def _foldable(self, g: Graph, t: onnx.NodeProto, concat: onnx.NodeProto, k: int) -> bool:
+        """A 2x2 transposed convolution at stride 2 only the join reads, whose folding is less work."""
+        a = attrs(t)
+        if (t.op_type != "ConvTranspose" or g.only_use(t.output[0]) is not concat or len(t.input) < 2
+                or t.input[1] not in g.constants or (len(t.input) > 2 and t.input[2] and t.input[2] not in g.constants)
+                or a.get("group", 1) != 1 or list(a.get("strides", [1, 1])) != [2, 2]
+                or list(a.get("pads", [0, 0, 0, 0])) != [0, 0, 0, 0] or list(a.get("output_padding", [0, 0])) != [0, 0]
+                or list(a.get("dilations", [1, 1])) != [1, 1] or "output_shape" in a
+                or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+            return False
+        w = g.constants[t.input[1]]
+        if w.ndim != 4 or w.shape[2:] != (2, 2) or w.dtype != np.float32:
+            return False
+        c_in, c_mid = w.shape[:2]
+        return 16 * c_in * k < 4 * c_in * c_mid + 36 * c_mid * k  # per input pixel: folded, against both
+
+    def emit(self, g: Graph, m: _Joined) -> tuple[Emitter, Applied]:
+        conv = m.conv
+        w = g.constants[conv.input[1]].astype(np.float64)  # [K, C, 3, 3]
+        e = Emitter(f"{conv.name}/{self.name}")
+        bias = [conv.input[2]] if len(conv.input) > 2 and conv.input[2] else []
+        terms, carried, start = [], np.zeros((w.shape[0], 1, 3, 3)), 0
+        per_pixel_before = per_pixel_after = 0  # mult-adds per output pixel
+        for i, (name, channels) in enumerate(m.parts):
+            share = w[:, start:start + channels]
+            start += channels
+            per_pixel_before += 9 * w.shape[0] * channels
+            t = m.folded.get(i)
+            if t is None:
+                terms.append(e.op("Conv", [name, e.const(f"part{i}", share.astype(np.float32)), *bias],
+                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+                per_pixel_after += 9 * w.shape[0] * channels
+            else:
+                up = g.constants[t.input[1]].astype(np.float64)  # [C_in, C, 2, 2]
+                through = np.tensordot(share, up, axes=([1], [1]))  # [K, 3, 3, C_in, 2, 2]: over the middle channels
+                folded = np.einsum("har,wbs,kabcrs->ckhw", self.TAPS, self.TAPS, through, optimize=True)
+                terms.append(e.op("ConvTranspose", [t.input[0], e.const(f"part{i}", folded.astype(np.float32)), *bias],
+                                  kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1]))
+                if len(t.input) > 2 and t.input[2]:  # its bias reaches each output through the taps inside the picture
+                    carried += np.einsum("kmab,m->kab", share, g.constants[t.input[2]].astype(np.float64))[:, None]
+                per_pixel_before += up.shape[0] * channels
+                per_pixel_after += 4 * up.shape[0] * w.shape[0]
+            bias = []
+        if np.any(carried):  # the 3x3 kernel's taps over a picture of ones: the borders read zeros
+            shape = e.op("Shape", [terms[0]])  # [N, 1, H, W]: OpenVINO's CPU plugin fails on a batch broadcast here
+            batch = e.op("Slice", [shape, e.ints("zero", [0]), e.ints("one", [1])])
+            sides = e.op("Slice", [shape, e.ints("two", [2]), e.ints("four", [4])])
+            ones = e.op("ConstantOfShape", [e.op("Concat", [batch, e.ints("one_channel", [1]), sides], axis=0)],
+                        value=numpy_helper.from_array(np.ones(1, np.float32)))
+            terms.append(e.op("Conv", [ones, e.const("carried", carried.astype(np.float32))],
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+            per_pixel_after += 9 * w.shape[0]
+        total = terms[0]
+        for j, term in enumerate(terms[1:], 1):
+            total = e.op("Add", [total, term], conv.output[0] if j == len(terms) - 1 else None)
+        replaced = (m.concat.name, conv.name, *(t.name for t in m.folded.values()))
+        out = g.static(conv.output[0])
+        pixels = out[2] * out[3] if out is not None else 0
+        return e, Applied(self.name, conv.name, replaced, tuple(n.name for n in e.nodes),
+                          per_pixel_before * pixels, per_pixel_after * pixels,
+                          "" if pixels else f"{per_pixel_before} -> {per_pixel_after} mult-adds per output pixel")
+
+
+def _dense_3x3(g: Graph, conv: onnx.NodeProto) -> bool:
+    """A convolution of constant 3x3 float weights over all its input channels, padded by 1, stride 1."""
+    c = attrs(conv)
+    w = g.constants.get(conv.input[1]) if len(conv.input) > 1 else None
+    has_bias = len(conv.input) > 2 and conv.input[2]
+    return (w is not None and w.ndim == 4 and w.shape[2:] == (3, 3) and w.dtype == np.float32
+            and c.get("group", 1) == 1 and list(c.get("pads", [0, 0, 0, 0])) == [1, 1, 1, 1]
+            and list(c.get("strides", [1, 1])) == [1, 1] and list(c.get("dilations", [1, 1])) == [1, 1]
+            and c.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+            and (not has_bias or conv.input[2] in g.constants))
 
 
 @dataclass(frozen=True)
@@ -537,7 +660,7 @@ def _first_maxima(x: np.ndarray) -> np.ndarray:
     return planes + rows * ww + cols
 
 
-REWRITES = (ReduceBeforeConv(), SeparableDepthwise(), UpsampleIntoConv(), UnpoolAsMask())
+REWRITES = (ReduceBeforeConv(), SeparableDepthwise(), UpsampleIntoConv(), TransposedIntoConv(), UnpoolAsMask())
 
 
 def _sums_to_one(g: Graph, tensor: str, positions: int) -> bool:

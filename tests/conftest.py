@@ -90,7 +90,7 @@ BACKGROUND = {"arm64": "test_arm64.py", "litert_board": "test_arm64.py", "site":
 # file: this half holds the tests of real SSH servers (they share the machine's device users and ports) and the
 # background set-ups' tests; the other half, every other file. The halves take about equal time.
 FIRST_HALF = {"test_deploy.py", "test_fleet.py", "test_litert.py", "test_study.py", "test_quantize.py",
-              "test_compete.py", "test_cli.py", "test_tune.py", "test_newcomer.py",
+              "test_compete.py", "test_cli.py", "test_tune.py", "test_newcomer.py", "test_board.py", "test_tasks.py",
               *BACKGROUND.values()}
 
 

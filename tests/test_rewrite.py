@@ -24,19 +24,21 @@ def _outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, 
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 
 
-def _exported(module: nn.Module, example: dict[str, torch.Tensor], folder, rewrites=False) -> onnx.ModelProto:
-    spec = infer_spec(module, example, type(module).__name__)
+def _exported(module: nn.Module, example: dict[str, torch.Tensor], folder, rewrites=False, dynamic=None) -> onnx.ModelProto:
+    spec = infer_spec(module, example, type(module).__name__, dynamic=dynamic)
     feeds = golden_inputs(spec, 2, 0)
     made = make_fp32_artifacts(Exportable(module, spec).eval(), feeds, folder, 20, (), rewrites=rewrites)
     return onnx.load(str(made.onnx))
 
 
-def _same_on_random_inputs(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes: dict[str, tuple]):
+def _same_on_random_inputs(original: onnx.ModelProto, rewritten: onnx.ModelProto, *shapes: dict[str, tuple]):
+    """At batches 1 and 3, and at each of `shapes` (several where the graph has more dynamic axes)."""
     rng = np.random.default_rng(7)
     for batch in (1, 3):
-        feeds = {k: rng.standard_normal((batch, *s)).astype(np.float32) for k, s in shapes.items()}
-        parity = compare(_outputs(original, feeds), _outputs(rewritten, feeds), REWRITE_BOUND)
-        assert parity.passed, parity.to_dict()
+        for shape in shapes:
+            feeds = {k: rng.standard_normal((batch, *s)).astype(np.float32) for k, s in shape.items()}
+            parity = compare(_outputs(original, feeds), _outputs(rewritten, feeds), REWRITE_BOUND)
+            assert parity.passed, parity.to_dict()
 
 
 def test_the_jacobian_head_is_reduced_before_its_convolution(tmp_path):
@@ -202,6 +204,46 @@ def test_an_upsampling_and_its_dense_3x3_conv_become_one_transposed_conv(tmp_pat
     assert [(a.mult_adds_before, a.mult_adds_after) for a in applied] == [
         (6 * 4 * 9 * 12 * 14, 6 * 4 * 16 * 6 * 7), (3 * 6 * 9 * 24 * 28, 3 * 6 * 16 * 12 * 14)]
     _same_on_random_inputs(original, rewritten, {"x": (4, 6, 7)})
+
+
+class UNetUps(nn.Module):
+    """A user's U-Net decoder: 2x2 transposed convs at stride 2, each joined to a skip and read by a
+    dense 3x3 conv (the first with both biases; the second joined the other way round, without
+    biases), and one that narrows 16 channels to 1 for a 3x3 of 16 (folded, it would be more work)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up1, self.merge1 = nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Conv2d(8, 4, 3, padding=1)
+        self.up2 = nn.ConvTranspose2d(4, 2, 2, stride=2, bias=False)
+        self.merge2 = nn.Conv2d(5, 16, 3, padding=1, bias=False)
+        self.up3, self.merge3 = nn.ConvTranspose2d(16, 1, 2, stride=2), nn.Conv2d(2, 16, 3, padding=1)
+
+    def forward(self, x, skip1, skip2, skip3):
+        y = torch.relu(self.merge1(torch.cat([skip1, self.up1(x)], 1)))
+        y = torch.relu(self.merge2(torch.cat([self.up2(y), skip2], 1)))
+        return self.merge3(torch.cat([skip3, self.up3(y)], 1))
+
+
+def test_a_transposed_conv_joined_to_a_skip_folds_into_the_next_3x3_conv(tmp_path):
+    """The join is gone where the fold is less work: the 3x3 conv runs on the skip, a transposed 4x4 at
+    stride 2 on the tensor the 2x2 read, and their sum is the output; the 2x2's bias reaches it through
+    the 3x3's taps that fall inside the picture, at any size (the sides are dynamic)."""
+    sides = {"x": [2, 3], "skip1": [2, 3], "skip2": [2, 3], "skip3": [2, 3]}
+    example = {"x": torch.rand(1, 8, 3, 4), "skip1": torch.rand(1, 4, 6, 8), "skip2": torch.rand(1, 3, 12, 16),
+               "skip3": torch.rand(1, 1, 24, 32)}
+    original = _exported(UNetUps().eval(), example, tmp_path, dynamic=sides)
+    rewritten, applied = apply_rewrites(original)
+    assert [a.rewrite for a in applied] == ["transposed-into-conv"] * 2
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("Concat") == 1 + 1 and ops.count("ConstantOfShape") == 1  # the third join; the bias's ones
+    kernels = sorted(tuple(a.ints) for n in rewritten.graph.node if n.op_type == "ConvTranspose"
+                     for a in n.attribute if a.name == "kernel_shape")
+    assert kernels == [(2, 2), (4, 4), (4, 4)]
+    # per output pixel: the 2x2's C_in * C_mid, and 9 per weight of the 3x3; folded, 4 per weight of the 4x4
+    assert [a.change for a in applied] == [f"{8 * 4 + 9 * 8 * 4} -> {9 * 4 * 4 + 4 * 8 * 4 + 9 * 4} mult-adds per output pixel",
+                                           f"{4 * 2 + 9 * 5 * 16} -> {9 * 3 * 16 + 4 * 4 * 16} mult-adds per output pixel"]
+    _same_on_random_inputs(original, rewritten, *({"x": (8, h, w), "skip1": (4, 2 * h, 2 * w), "skip2": (3, 4 * h, 4 * w),
+                                                    "skip3": (1, 8 * h, 8 * w)} for h, w in ((3, 4), (5, 2))))
 
 
 class Unpooling(nn.Module):
