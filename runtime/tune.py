@@ -26,6 +26,7 @@ import numpy as np
 from .backends import REGISTRY
 from .bench import bench_interleaved, difference
 from .bundle import Artifact
+from .errors import backend_reason
 from .spec import ModelSpec
 
 MARGIN = 0.05  # a candidate must be this much faster (p50) than the defaults to be chosen
@@ -54,7 +55,8 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
     the fastest that fits is chosen (over the defaults, as above, where the defaults fit)."""
     records = {}
     for a in artifacts:
-        tried = candidates(a.backend, memory=memory_budget is not None)
+        tried, refused = _runnable(a, folder, spec, outputs, feeds, threads,
+                                   candidates(a.backend, memory=memory_budget is not None))
         peaks = _peaks(a, folder, tried, threads) if memory_budget is not None else [None] * len(tried)
         fits = [p is None or p <= memory_budget for p in peaks]
         with contextlib.ExitStack() as stack:
@@ -74,5 +76,22 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
                           **({"memory_budget_mb": memory_budget} if memory_budget is not None else {}),
                           "candidates": [{"settings": c, "p50_ms": t, "runs": stats[str(i)]["runs"],
                                           **({"peak_mb": peaks[i]} if peaks[i] is not None else {})}
-                                         for i, (c, t) in enumerate(zip(tried, p50))]}
+                                         for i, (c, t) in enumerate(zip(tried, p50))],
+                          **({"cannot_run": refused} if refused else {})}
     return records
+
+
+def _runnable(a: Artifact, folder: Path, spec: ModelSpec, outputs: list[dict], feeds: Mapping[str, np.ndarray],
+              threads: int | None, tried: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The candidates that run the artifact on `feeds`, and those that cannot, each with its reason
+    (LiteRT's reference kernels refuse some graphs its XNNPACK delegate runs). The defaults are the
+    artifact's own: they were loaded and checked before tuning, and are always kept."""
+    kept, refused = tried[:1], []
+    for c in tried[1:]:
+        try:
+            with REGISTRY[a.backend].runner(folder / a.file, spec.inputs, outputs, a.precision, threads, tuned=c) as r:
+                r.infer(feeds)
+            kept.append(c)
+        except Exception as err:  # noqa: BLE001 (the backends raise RuntimeError and their own types)
+            refused.append({"settings": c, "reason": backend_reason(err)})
+    return kept, refused

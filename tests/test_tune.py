@@ -150,3 +150,20 @@ def test_under_a_memory_budget_the_memory_settings_are_candidates_and_what_is_ch
         chosen = next(c for c in record["candidates"] if c["settings"] == record["chosen"])
         assert record["chosen"] == record["defaults"] or chosen["peak_mb"] <= budget
     assert record["chosen"] == record["defaults"]  # nothing fits in 1 MB
+
+
+def test_a_candidate_that_cannot_run_the_artifact_is_left_out_with_its_reason(tuned, monkeypatch):
+    """LiteRT's reference kernels refuse some graphs its XNNPACK delegate runs (unet's joins): such a
+    candidate is not timed, the tuning goes on, and its record says why. Here OpenVINO is asked for
+    a number of streams it cannot take."""
+    from runtime import tune as tuning
+
+    bundle = runtime.Bundle.open(tuned.bundle)
+    (a,) = [x for x in bundle.artifacts if (x.backend, x.precision) == ("openvino", "fp32")]
+    monkeypatch.setattr(tuning, "candidates", lambda backend, memory=False: [{}, {"streams": "many"}])
+    inputs, _ = bundle.golden()
+    one = {k: v[:1] for k, v in inputs.items()}
+    record = tuning.tune([a], bundle.path, bundle.spec, bundle.manifest["outputs"], one, 2, 0.3)[a.key]
+    assert record["chosen"] == {} and [c["settings"] for c in record["candidates"]] == [{}]
+    (refused,) = record["cannot_run"]
+    assert refused["settings"] == {"streams": "many"} and refused["reason"]
