@@ -16,11 +16,8 @@ import argparse
 import tempfile
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import onnx
-import onnxruntime as ort
-import openvino as ov
 
 import models
 from export.artifacts import make_fp32_artifacts
@@ -29,20 +26,7 @@ from export.golden import golden_inputs
 from export.lab import roofline
 from runtime.bench import bench_interleaved
 
-
-def session(model: onnx.ModelProto, backend: str, threads: int, feeds):
-    """`infer(feeds)` of the graph on the backend; OpenVINO's compiled at the feeds' shapes."""
-    if backend == "onnxruntime":
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        s = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return lambda x: s.run(None, x)
-    core = ov.Core()
-    graph = core.read_model(model.SerializeToString(), b"")
-    graph.reshape({port: list(feeds[port.get_any_name()].shape) for port in graph.inputs})
-    request = core.compile_model(graph, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                                                "INFERENCE_NUM_THREADS": threads}).create_infer_request()
-    return lambda x: request.infer(x)
+from detector_parts import Session  # benchmarks/, beside this script
 
 
 def main() -> None:
@@ -65,7 +49,7 @@ def main() -> None:
                 work[(variant, when)] = sum(w.flops for w in roofline.graph_work(graph, one).values()
                                             if w.op in roofline.GEMM_OPS) // 2
                 for backend in ("onnxruntime", "openvino"):
-                    contenders[f"{variant} {backend} {when}"] = (SimpleNamespace(infer=session(graph, backend, args.threads, one)), one)
+                    contenders[f"{variant} {backend} {when}"] = (Session(graph, backend, args.threads, {k: v.shape for k, v in one.items()}), one)
                 if rewrites:
                     applied[variant] = Counter(a["rewrite"] for a in made.rewrites["applied"])
     stats = bench_interleaved({k: r for k, (r, _) in contenders.items()}, None, warmup=10, runs=args.runs, rounds=10,

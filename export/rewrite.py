@@ -441,7 +441,7 @@ class TransposedIntoConv:
                 return None
             parts.append((name, shape[1]))
         k = g.constants[conv.input[1]].shape[0]
-        folded = {i: t for i, (name, c) in enumerate(parts)
+        folded = {i: t for i, (name, _) in enumerate(parts)
                   if (t := g.producer.get(name)) is not None and self._foldable(g, t, concat, k)}
         return _Joined(conv, concat, tuple(parts), folded) if folded else None
 

@@ -55,14 +55,11 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
     the fastest that fits is chosen (over the defaults, as above, where the defaults fit)."""
     records = {}
     for a in artifacts:
-        tried, refused = _runnable(a, folder, spec, outputs, feeds, threads,
-                                   candidates(a.backend, memory=memory_budget is not None))
-        peaks = _peaks(a, folder, tried, threads) if memory_budget is not None else [None] * len(tried)
-        fits = [p is None or p <= memory_budget for p in peaks]
         with contextlib.ExitStack() as stack:
-            runners = {str(i): stack.enter_context(REGISTRY[a.backend].runner(
-                folder / a.file, spec.inputs, outputs, a.precision, threads, tuned=c))
-                for i, c in enumerate(tried)}
+            tried, runners, refused = _open(stack, a, folder, spec, outputs, feeds, threads,
+                                            candidates(a.backend, memory=memory_budget is not None))
+            peaks = _peaks(a, folder, tried, threads) if memory_budget is not None else [None] * len(tried)
+            fits = [p is None or p <= memory_budget for p in peaks]
             times: dict[str, list[float]] = {}
             stats = bench_interleaved(runners, feeds, warmup=3, runs=200, rounds=5, max_seconds=budget, times=times)
         p50 = [stats[str(i)]["p50_ms"] for i in range(len(tried))]
@@ -81,17 +78,23 @@ def tune(artifacts: list[Artifact], folder: Path, spec: ModelSpec, outputs: list
     return records
 
 
-def _runnable(a: Artifact, folder: Path, spec: ModelSpec, outputs: list[dict], feeds: Mapping[str, np.ndarray],
-              threads: int | None, tried: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The candidates that run the artifact on `feeds`, and those that cannot, each with its reason
-    (LiteRT's reference kernels refuse some graphs its XNNPACK delegate runs). The defaults are the
-    artifact's own: they were loaded and checked before tuning, and are always kept."""
-    kept, refused = tried[:1], []
-    for c in tried[1:]:
+def _open(stack: contextlib.ExitStack, a: Artifact, folder: Path, spec: ModelSpec, outputs: list[dict],
+          feeds: Mapping[str, np.ndarray], threads: int | None, tried: list[dict[str, Any]]):
+    """A runner for each candidate that runs the artifact on `feeds` (the candidates kept, their runners
+    by index, as strings), and the candidates that cannot, each with its reason (LiteRT's reference
+    kernels refuse some graphs its XNNPACK delegate runs). The defaults are the artifact's own: loaded
+    and checked before tuning, they are always kept, and their failure is not hidden."""
+    kept, runners, refused = [], {}, []
+    for c in tried:
         try:
-            with REGISTRY[a.backend].runner(folder / a.file, spec.inputs, outputs, a.precision, threads, tuned=c) as r:
-                r.infer(feeds)
-            kept.append(c)
+            runner = stack.enter_context(REGISTRY[a.backend].runner(folder / a.file, spec.inputs, outputs,
+                                                                    a.precision, threads, tuned=c))
+            runner.infer(feeds)
         except Exception as err:  # noqa: BLE001 (the backends raise RuntimeError and their own types)
+            if not kept:
+                raise
             refused.append({"settings": c, "reason": backend_reason(err)})
-    return kept, refused
+            continue
+        runners[str(len(kept))] = runner
+        kept.append(c)
+    return kept, runners, refused
