@@ -9,9 +9,10 @@
 - the study's three plots, drawn by the study's own code from the measured run kept in
   docs/results/study.json.
 
-The commands' outputs are kept under ~/.cache/edge-export/docs/<digest of the code they run> (or
+The pictures are kept under ~/.cache/edge-export/docs/<digest of the code they run> (or
 $EDGE_EXPORT_DOCS_WORK), so a second build of the docs on the same code draws nothing again; a build after a
-code change, or on a fresh machine, makes them anew (about three minutes on 2 cores).
+code change, or on a fresh machine, makes them anew (about three minutes on 2 cores) and drops those of the
+code before.
 """
 
 from __future__ import annotations
@@ -80,11 +81,15 @@ def make(into: Path) -> None:
     """The pictures in `into`, drawn now or copied from the cache of the same code."""
     work = Path(os.environ.get("EDGE_EXPORT_DOCS_WORK") or Path.home() / ".cache/edge-export/docs") / digest()
     if not all((work / name).is_file() for name in PICTURES):
-        shutil.rmtree(work, ignore_errors=True)
+        for older in work.parent.glob("*") if work.parent.is_dir() else ():  # the pictures of other code
+            shutil.rmtree(older, ignore_errors=True)
         work.mkdir(parents=True)
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
         _draw(work)
+        for made in work.iterdir():  # the pictures alone are kept: the bundles and checkpoints they came from go
+            if made.name not in PICTURES:
+                shutil.rmtree(made) if made.is_dir() else made.unlink()
     into.mkdir(parents=True, exist_ok=True)
     for name in PICTURES:
         shutil.copy(work / name, into / name)

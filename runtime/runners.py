@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .backends import BACKENDS, REGISTRY
-from .backends.base import Runner
+from .backends.base import Runner, cache_limit
 from .bundle import PRECISIONS, Bundle
 from .errors import BackendError, UserError, backend_reason, check_choice
 
@@ -56,6 +56,8 @@ def load(bundle: str | Path | Bundle, backend: str | None = None, precision: str
     check_choice("mode", mode, MODES)
     if threads is not None and threads < 1:
         raise UserError(f"threads {threads} is not a positive number; pass None to let the backend choose")
+    if cache:
+        cache_limit()  # a bad $EDGE_EXPORT_CACHE_MB is named before any work
     entry = bundle.artifact(backend, precision)
     tuned, source = ((dict(settings), "caller") if settings is not None else
                      bundle.settings_here(entry, cpu_signature()) if mode == "latency" else ({}, "defaults"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,8 +14,13 @@ import models
 from export.pipeline import BuildSettings, build
 from tests import background
 
-# Compiled-model caches of the tests (and of the commands they start) stay out of the home folder.
-os.environ.setdefault("EDGE_EXPORT_CACHE", tempfile.mkdtemp(prefix="edge-export-test-cache-"))
+# The compiled-model caches of the tests (and of the commands they start), the backends' and torch.compile's,
+# stay out of the home folder: in a folder of the session's, which the process that made it removes at the end
+# (pytest-xdist's workers inherit it).
+SESSION_CACHE = None
+if "EDGE_EXPORT_CACHE" not in os.environ:
+    os.environ["EDGE_EXPORT_CACHE"] = SESSION_CACHE = tempfile.mkdtemp(prefix="edge-export-test-cache-")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(SESSION_CACHE, "torchinductor"))
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -124,3 +130,5 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish():
     background.cancel()  # what has not started: a session stopped early (-x, ^C) does not wait for it
+    if SESSION_CACHE is not None:
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -73,6 +74,51 @@ def test_the_cache_is_written_once_and_gives_the_same_outputs(built, tmp_path, m
             np.testing.assert_allclose(cached[name], plain[name], rtol=0, atol=1e-5)
     if backend == "onnxruntime":
         assert runner.settings["optimized_model_cache"] == str(tmp_path / backend / written[0])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_cache_keeps_to_its_limit_and_drops_what_was_used_longest_ago(built, tmp_path, monkeypatch, backend):
+    """Each rebuilt bundle brings new entries to the cache, and without a limit it only grows. Two loads
+    that make entries of their own (ONNX Runtime keys its entry by the file: two copies of one bundle, as
+    two builds of the same model leave; OpenVINO by the model and its precision: FP32 and FP16), in a
+    cache that holds either load's entries but not both: each load keeps its own entries and drops the
+    other's, oldest first, until the cache is within its limit; the outputs are those of the first time."""
+    import runtime
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGE_EXPORT_CACHE", str(cache))
+    copies = [shutil.copytree(built("dsc").bundle, tmp_path / name) for name in ("first", "second")]
+    loads = {"onnxruntime": [(copies[0], "fp32"), (copies[1], "fp32")],
+             "openvino": [(copies[0], "fp32"), (copies[0], "fp16")]}[backend]
+    inputs, _ = runtime.Bundle.open(copies[0]).golden()
+
+    def load(which: int):
+        bundle, precision = loads[which]
+        with runtime.load(bundle, backend, precision, threads=2) as runner:
+            outputs = runner.infer(inputs)
+        return outputs, {p.name: p.stat().st_size for p in (cache / backend).iterdir()}
+
+    reference, first = load(0)  # OpenVINO's entries: plans at the example shape and at the inputs'
+    _, both = load(1)
+    second = {name: size for name, size in both.items() if name not in first}
+    assert second and max(sum(first.values()), sum(second.values())) < sum(both.values())
+    limit = -(-max(sum(first.values()), sum(second.values())) // (1 << 20))  # MB: either load's, not both
+    monkeypatch.setenv("EDGE_EXPORT_CACHE_MB", str(limit))
+    shutil.rmtree(cache)
+    for which in (0, 1, 0):
+        outputs, entries = load(which)
+        mine, other = (first, second)[which], (second, first)[which]
+        assert set(mine) <= set(entries) <= set(mine) | set(other)
+        assert sum(entries.values()) <= limit << 20
+        if which == 1:
+            assert set(first) - set(entries), "nothing of the first load's was dropped"
+        else:
+            for name in reference:
+                np.testing.assert_allclose(outputs[name], reference[name], rtol=0, atol=1e-5)
+
+    monkeypatch.setenv("EDGE_EXPORT_CACHE_MB", "2GB")
+    with pytest.raises(runtime.UserError, match=r"^EDGE_EXPORT_CACHE_MB='2GB' is not a whole number of megabytes"):
+        runtime.load(copies[0], backend, "fp32")
 
 
 def test_openvino_compiles_a_plan_per_input_shape_and_then_shares_one_with_the_dynamic_axes(built, monkeypatch):

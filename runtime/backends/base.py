@@ -9,6 +9,7 @@ backends it uses.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import UserError
 from ..machine import int8_instructions
 from ..spec import TensorSpec
 
@@ -121,9 +123,44 @@ def op_table(per_op: Mapping[str, tuple[float, int]], runs: int) -> list[dict[st
     return sorted(rows, key=lambda r: -r["ms"])
 
 
+CACHE_MB = 2048  # what each backend's folder of the cache may hold, unless $EDGE_EXPORT_CACHE_MB says otherwise
+
+
 def cache_dir() -> Path:
     """Where compiled models are cached: $EDGE_EXPORT_CACHE, else ~/.cache/edge-export."""
     return Path(os.environ.get("EDGE_EXPORT_CACHE") or Path.home() / ".cache" / "edge-export")
+
+
+def cache_limit() -> int:
+    """Bytes each backend's folder of the cache may hold: $EDGE_EXPORT_CACHE_MB megabytes, else CACHE_MB."""
+    value = os.environ.get("EDGE_EXPORT_CACHE_MB", "").strip()
+    if not value:
+        return CACHE_MB << 20
+    if not value.isdigit():
+        raise UserError(f"EDGE_EXPORT_CACHE_MB={value!r} is not a whole number of megabytes "
+                        f"(the default is {CACHE_MB}; 0 keeps nothing)")
+    return int(value) << 20
+
+
+def trim_cache(folder: Path) -> list[Path]:
+    """Hold a backend's folder of the cache to `cache_limit()`, removing the entries used longest ago (the
+    later of their last read and last write) first; returns what it removed. Every rebuilt bundle brings
+    new entries, so without this the cache of a machine that builds often only grows. Files being written
+    (hidden names, `files.temporary_name`) are left alone."""
+    limit, entries = cache_limit(), []
+    for path in folder.iterdir() if folder.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):  # another process trimmed it meanwhile
+            if not path.name.startswith(".") and path.is_file():
+                stat = path.stat()
+                entries.append((max(stat.st_atime, stat.st_mtime), stat.st_size, path))
+    total, removed = sum(size for _, size, _ in entries), []
+    for _, size, path in sorted(entries):
+        if total <= limit:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        removed.append(path)
+    return removed
 
 
 class Backend:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..files import atomic_file
-from .base import Backend, BaseRunner, cache_dir, op_table
+from .base import Backend, BaseRunner, cache_dir, op_table, trim_cache
 
 # ONNX Runtime's settings where a bundle has none tuned (`runtime.tune` measures others)
 DEFAULTS = {"spinning": True, "graph_optimization": "all", "execution_mode": "sequential", "arena": True,
@@ -60,12 +60,15 @@ class OnnxRuntimeRunner(BaseRunner):
         if cached is not None and not writes:
             source = cached
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            os.utime(cached)  # used now: the last to go when the cache is trimmed
         elif writes:
             cached.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cached) if writes else contextlib.nullcontext() as partial:  # published whole
             if partial is not None:
                 options.optimized_model_filepath = str(partial)
             self.session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        if writes:
+            trim_cache(cached.parent)
         self.settings = {"mode": mode, "threads": threads or "default",
                          "graph_optimization": tuned["graph_optimization"], "execution_mode": tuned["execution_mode"],
                          "provider": "CPUExecutionProvider", "spinning": tuned["spinning"],

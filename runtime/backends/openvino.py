@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import EMULATED, RUNS, SLOW, Backend, BaseRunner, cache_dir, op_table
+from .base import EMULATED, RUNS, SLOW, Backend, BaseRunner, cache_dir, op_table, trim_cache
 
 # What OpenVINO is asked for, by artifact precision. A CPU without native f16
 # arithmetic computes an FP16 IR (compressed weights) in bf16 where it has
@@ -115,10 +115,16 @@ class OpenVINORunner(BaseRunner):
         if self._dynamic and list(self.plans.values()).count("static") < STATIC_PLANS:
             model = self._model.clone()
             model.reshape({port: list(shapes[port.get_any_name()]) for port in model.inputs})
-            return _Plan(self._core.compile_model(model, "CPU", self._config), self.output_names)
+            return _Plan(self._compiled(model), self.output_names)
         if self._shared is None:
-            self._shared = _Plan(self._core.compile_model(self._model, "CPU", self._config), self.output_names)
+            self._shared = _Plan(self._compiled(self._model), self.output_names)
         return self._shared
+
+    def _compiled(self, model):
+        compiled = self._core.compile_model(model, "CPU", self._config)
+        if "CACHE_DIR" in self._config:  # OpenVINO wrote its blob there, or read it
+            trim_cache(Path(self._config["CACHE_DIR"]))
+        return compiled
 
     @property
     def plans(self) -> dict[str, str]:
