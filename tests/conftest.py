@@ -16,11 +16,16 @@ from tests import background
 
 # The compiled-model caches of the tests (and of the commands they start), the backends' and torch.compile's,
 # stay out of the home folder: in a folder of the session's, which the process that made it removes at the end
-# (pytest-xdist's workers inherit it).
+# (pytest-xdist's workers inherit it). A small limit: the suite loads each bundle a few times only.
 SESSION_CACHE = None
 if "EDGE_EXPORT_CACHE" not in os.environ:
     os.environ["EDGE_EXPORT_CACHE"] = SESSION_CACHE = tempfile.mkdtemp(prefix="edge-export-test-cache-")
+    os.environ.setdefault("EDGE_EXPORT_CACHE_MB", "256")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(SESSION_CACHE, "torchinductor"))
+
+# What the whole suite writes at its peak, in GB: its temporary folders (bundles, kits, device folders, caches),
+# and the emulated ARM64 system where it is not cached yet (kept for later runs).
+DISK_GB = {"temporary files": 6, "the ARM64 root file system": 5}
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -98,6 +103,30 @@ BACKGROUND = {"arm64": "test_arm64.py", "litert_board": "test_arm64.py", "site":
 FIRST_HALF = {"test_deploy.py", "test_fleet.py", "test_litert.py", "test_study.py", "test_quantize.py",
               "test_compete.py", "test_cli.py", "test_tune.py", "test_newcomer.py", "test_board.py", "test_tasks.py",
               *BACKGROUND.values()}
+
+
+def pytest_configure(config):
+    """A whole run (no paths given) on a disk without room for it stops at once, in one line, rather than
+    failing test after test when the disk fills."""
+    from tests.devices import ARM64_ROOT
+
+    if hasattr(config, "workerinput") or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return
+    wanted = [(Path(tempfile.gettempdir()), "temporary files")]
+    if not (ARM64_ROOT / "usr" / "bin" / "python3").exists():
+        wanted.append((ARM64_ROOT, "the ARM64 root file system"))
+    disks: dict[int, tuple[Path, list[str]]] = {}  # by file system: a folder on it, what goes there
+    for folder, what in wanted:
+        while not folder.exists():
+            folder = folder.parent
+        disks.setdefault(folder.stat().st_dev, (folder, []))[1].append(what)
+    for folder, whats in disks.values():
+        gb, free = sum(DISK_GB[w] for w in whats), shutil.disk_usage(folder).free / 2**30
+        if free < gb:
+            if SESSION_CACHE is not None:
+                shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+            raise pytest.UsageError(f"the suite writes up to {gb} GB to the disk of {folder} ({', '.join(whats)}) "
+                                    f"and {free:.1f} GB are free there; free some space or point TMPDIR elsewhere")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -68,6 +68,29 @@ def test_a_refused_checkpoint_leaves_no_out_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_suite_on_a_disk_without_room_for_it_stops_at_once_in_one_line(tmp_path):
+    """The README's test command with TMPDIR on a 64 MB file system: one line naming the folder, what the
+    suite writes there and what is free, exit code 4 (pytest's usage error), and no folder of its own left."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], capture_output=True,
+                             text=True)
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_EXPORT_CACHE", "PYTEST_"))}
+        result = subprocess.run([sys.executable, "-m", "pytest"], cwd=REPO, capture_output=True, text=True,
+                                env={**env, "TMPDIR": str(small)}, timeout=600)
+        left = [p.name for p in small.iterdir() if p.name.startswith("edge-export")]  # a library leaves a .ses
+    finally:
+        subprocess.run(["umount", str(small)])
+    assert result.returncode == 4, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert re.fullmatch(rf"ERROR: the suite writes up to \d+ GB to the disk of {small} \(temporary files(, the ARM64 "
+                        rf"root file system)?\) and 0\.\d GB are free there; free some space or point TMPDIR "
+                        rf"elsewhere", line), line
+    assert left == []
+
+
 def test_list_builds_no_model_and_imports_no_torch():
     result = run_in_process("import sys; from export.cli import main; rc = main(['list']); "
                             "print(rc, 'torch' in sys.modules, file=sys.stderr)")

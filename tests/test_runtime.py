@@ -73,7 +73,15 @@ def test_the_cache_is_written_once_and_gives_the_same_outputs(built, tmp_path, m
         for name in plain:
             np.testing.assert_allclose(cached[name], plain[name], rtol=0, atol=1e-5)
     if backend == "onnxruntime":
-        assert runner.settings["optimized_model_cache"] == str(tmp_path / backend / written[0])
+        entry = tmp_path / backend / written[0]
+        assert runner.settings["optimized_model_cache"] == str(entry)
+        size = entry.stat().st_size
+        entry.write_bytes(entry.read_bytes()[:size // 2])  # damaged (a copy cut short): made anew from the model
+        with runtime.load(bundle, backend, "fp32", threads=2) as runner:
+            cached = runner.infer(inputs)
+        assert entry.stat().st_size == size
+        for name in plain:
+            np.testing.assert_allclose(cached[name], plain[name], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])

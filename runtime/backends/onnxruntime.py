@@ -55,20 +55,26 @@ class OnnxRuntimeRunner(BaseRunner):
         # The graph ONNX Runtime optimizes at load (fusions, layouts for this CPU) is
         # kept in the cache and loaded without optimizing again: large models start
         # up to 2x sooner.
-        source, cached = model, _optimized_graph(model, f"{ort.__version__}|{level}") if cache else None
-        writes = cached is not None and not cached.is_file()
-        if cached is not None and not writes:
-            source = cached
+        cached = _optimized_graph(model, f"{ort.__version__}|{level}") if cache else None
+        self.session = None
+        if cached is not None and cached.is_file():
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            os.utime(cached)  # used now: the last to go when the cache is trimmed
-        elif writes:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(cached) if writes else contextlib.nullcontext() as partial:  # published whole
-            if partial is not None:
-                options.optimized_model_filepath = str(partial)
-            self.session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        if writes:
-            trim_cache(cached.parent)
+            try:
+                self.session = ort.InferenceSession(str(cached), options, providers=["CPUExecutionProvider"])
+            except Exception:  # noqa: BLE001 (trimmed by another process meanwhile, or unreadable: made anew)
+                options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(cached)  # used now: the last to go when the cache is trimmed
+        if self.session is None:
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(cached) if cached is not None else contextlib.nullcontext() as partial:  # published whole
+                if partial is not None:
+                    options.optimized_model_filepath = str(partial)
+                self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            if cached is not None:
+                trim_cache(cached.parent)
         self.settings = {"mode": mode, "threads": threads or "default",
                          "graph_optimization": tuned["graph_optimization"], "execution_mode": tuned["execution_mode"],
                          "provider": "CPUExecutionProvider", "spinning": tuned["spinning"],
