@@ -81,7 +81,7 @@ def make(into: Path) -> None:
     """The pictures in `into`, drawn now or copied from the cache of the same code."""
     work = Path(os.environ.get("EDGE_EXPORT_DOCS_WORK") or Path.home() / ".cache/edge-export/docs") / digest()
     if not all((work / name).is_file() for name in PICTURES):
-        for older in work.parent.glob("*") if work.parent.is_dir() else ():  # the pictures of other code
+        for older in work.parent.glob("*"):  # the pictures of other code
             shutil.rmtree(older, ignore_errors=True)
         work.mkdir(parents=True)
         if str(ROOT) not in sys.path:

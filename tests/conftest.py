@@ -108,12 +108,12 @@ FIRST_HALF = {"test_deploy.py", "test_fleet.py", "test_litert.py", "test_study.p
 def pytest_configure(config):
     """A whole run (no paths given) on a disk without room for it stops at once, in one line, rather than
     failing test after test when the disk fills."""
-    from tests.devices import ARM64_ROOT
+    from tests.devices import ARM64_ROOT, arm64_root_made
 
     if hasattr(config, "workerinput") or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
         return
     wanted = [(Path(tempfile.gettempdir()), "temporary files")]
-    if not (ARM64_ROOT / "usr" / "bin" / "python3").exists():
+    if not arm64_root_made():
         wanted.append((ARM64_ROOT, "the ARM64 root file system"))
     disks: dict[int, tuple[Path, list[str]]] = {}  # by file system: a folder on it, what goes there
     for folder, what in wanted:

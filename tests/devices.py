@@ -167,7 +167,7 @@ def arm64_root() -> Path:
         _run("update-binfmts", "--enable", "qemu-aarch64")
     if not (BINFMT / "qemu-aarch64").exists():
         pytest.skip("binfmt_misc cannot run arm64 programs here (no qemu-aarch64 entry can be registered)")
-    if not (ARM64_ROOT / "usr" / "bin" / "python3").exists():
+    if not arm64_root_made():
         partial = ARM64_ROOT.with_name(ARM64_ROOT.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +179,11 @@ def arm64_root() -> Path:
         shutil.rmtree(ARM64_ROOT, ignore_errors=True)
         partial.rename(ARM64_ROOT)
     return ARM64_ROOT
+
+
+def arm64_root_made() -> bool:
+    """Whether the cached ARM64 root is complete (debootstrap's last step installed its Python)."""
+    return (ARM64_ROOT / "usr" / "bin" / "python3").exists()
 
 
 def in_arm64(root: Path, command: str, timeout: float = 900) -> subprocess.CompletedProcess:

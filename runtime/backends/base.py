@@ -142,9 +142,9 @@ def cache_limit() -> int:
     return int(value) << 20
 
 
-def trim_cache(folder: Path) -> list[Path]:
+def trim_cache(folder: Path) -> None:
     """Hold a backend's folder of the cache to `cache_limit()`, removing the entries used longest ago (the
-    later of their last read and last write) first; returns what it removed. Every rebuilt bundle brings
+    later of their last read and last write) first. Every rebuilt bundle brings
     new entries, so without this the cache of a machine that builds often only grows. Files being written
     (hidden names, `files.temporary_name`) are left alone."""
     limit, entries = cache_limit(), []
@@ -153,14 +153,12 @@ def trim_cache(folder: Path) -> list[Path]:
             if not path.name.startswith(".") and path.is_file():
                 stat = path.stat()
                 entries.append((max(stat.st_atime, stat.st_mtime), stat.st_size, path))
-    total, removed = sum(size for _, size, _ in entries), []
+    total = sum(size for _, size, _ in entries)
     for _, size, path in sorted(entries):
         if total <= limit:
             break
         path.unlink(missing_ok=True)
         total -= size
-        removed.append(path)
-    return removed
 
 
 class Backend:

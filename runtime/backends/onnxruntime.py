@@ -58,11 +58,12 @@ class OnnxRuntimeRunner(BaseRunner):
         cached = _optimized_graph(model, f"{ort.__version__}|{level}") if cache else None
         self.session = None
         if cached is not None and cached.is_file():
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            optimizing, options.graph_optimization_level = (options.graph_optimization_level,
+                                                            ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
             try:
                 self.session = ort.InferenceSession(str(cached), options, providers=["CPUExecutionProvider"])
             except Exception:  # noqa: BLE001 (trimmed by another process meanwhile, or unreadable: made anew)
-                options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+                options.graph_optimization_level = optimizing
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.utime(cached)  # used now: the last to go when the cache is trimmed
