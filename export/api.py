@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from runtime.errors import UserError
+from runtime.machine import usable_cores
 from runtime.spec import ModelSpec, Preprocess
 
 from .contract import infer_spec
@@ -48,7 +48,7 @@ def build(module: nn.Module, spec_or_example_inputs: ModelSpec | torch.Tensor | 
     for key in ("backends", "keep_fp32"):
         if key in options:
             options[key] = tuple(options[key])
-    options.setdefault("threads", os.cpu_count() or 1)
+    options.setdefault("threads", usable_cores())
     settings = BuildSettings(name=name, out=Path(out), checkpoint=Path(checkpoint) if checkpoint else None,
                              **options)
     check_options(settings)

@@ -17,6 +17,7 @@ from rich.table import Table
 from runtime.backends import BACKENDS, DEFAULT_BACKENDS, REGISTRY
 from runtime.bundle import SIGNATURE
 from runtime.errors import Parser, UserError
+from runtime.machine import usable_cores
 
 from .pack import DEFAULT_GLIBC, TARGETS, archive_member, pack
 
@@ -53,7 +54,7 @@ def _build_command(sub) -> None:
     b.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                    help=f"comma-separated subset of {','.join(BACKENDS)} (default: {','.join(DEFAULT_BACKENDS)}; "
                         "the others when asked for)")
-    b.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
+    b.add_argument("--threads", type=int, help="inference threads for every backend (default: every core this process may use)")
     b.add_argument("--pack", action="store_true", help="also write <out>/<name>.tar.gz to copy to a device")
     b.add_argument("--sign", type=Path, metavar="KEY", help="sign the bundle's manifest with this ed25519 private "
                    "key (python -m export keygen); devices check it with runtime verify --trust KEY.pub")
@@ -219,7 +220,7 @@ def _study_command(sub) -> None:
     st = sub.add_parser("study", help="the articles' experiments on this machine: report.md with the six tables, the peers and plots")
     st.add_argument("--out", type=Path, default=Path("artifacts/study"), help="folder for the report (default: artifacts/study)")
     st.add_argument("--quick", action="store_true", help="fewer rows and timed calls (a few minutes)")
-    st.add_argument("--threads", type=int, help="inference threads for every backend (default: all cores)")
+    st.add_argument("--threads", type=int, help="inference threads for every backend (default: every core this process may use)")
     st.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                     help=f"each table's columns beside PyTorch eager: a subset of {','.join(BACKENDS)} "
                          f"(default: {','.join(DEFAULT_BACKENDS)})")
@@ -234,7 +235,7 @@ def _compete_command(sub) -> None:
     c.add_argument("--variants", help="comma-separated names, or 'all' (default: the bundles under --artifacts, "
                                       "else dsc); a missing bundle is built first")
     c.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="bundles root (default: artifacts/)")
-    c.add_argument("--threads", type=int, help="threads for every contender (default: all cores)")
+    c.add_argument("--threads", type=int, help="threads for every contender (default: every core this process may use)")
     c.add_argument("--runs", type=int, default=50, help="timed calls per contender (default 50)")
     c.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
 
@@ -398,14 +399,12 @@ def cmd_build(args) -> int:
 
 
 def _build_settings(args):
-    import os
-
     from .settings import BuildSettings, check_settings
 
     settings = BuildSettings(
         **_model_request(args), checkpoint=args.checkpoint, out=args.out, opset=args.opset,
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-        threads=args.threads if args.threads is not None else os.cpu_count() or 1,
+        threads=args.threads or usable_cores(),
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
         int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
@@ -659,12 +658,10 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_study(args) -> int:
-    import os
-
     from .lab.study import StudySettings, run
     from .settings import check_backends
 
-    threads = args.threads if args.threads is not None else os.cpu_count() or 1
+    threads = args.threads or usable_cores()
     settings = StudySettings(out=args.out, quick=args.quick, threads=threads, train_steps=args.train_steps,
                              artifacts=args.artifacts, backends=check_backends(
                                  tuple(b.strip() for b in args.backends.split(",") if b.strip())))
@@ -681,7 +678,6 @@ def cmd_study(args) -> int:
 
 def cmd_compete(args) -> int:
     import json
-    import os
 
     import models
 
@@ -703,7 +699,7 @@ def cmd_compete(args) -> int:
                 console.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  {what}")
             status.update(what)
 
-        result = compete(variants, args.artifacts, args.threads if args.threads is not None else os.cpu_count() or 1,
+        result = compete(variants, args.artifacts, args.threads or usable_cores(),
                          args.runs, say)
     failed = [v for v in result["variants"] if "error" in v]
     done = [v for v in result["variants"] if "error" not in v]

@@ -304,8 +304,9 @@ def inventory_hosts(inventory: Path, limit: str | None) -> dict[str, list[str]]:
     runner = _ansible()
     if not Path(inventory).is_file():
         raise UserError(f"--inventory {str(inventory)!r} is not a file; pass an Ansible inventory (YAML or INI)")
-    out, err = runner.get_inventory(action="list", inventories=[str(Path(inventory).resolve())],
-                                    response_format="json", quiet=True)
+    with tempfile.TemporaryDirectory(prefix="edge-export-inventory-") as tmp:  # else ansible-runner leaves one
+        out, err = runner.get_inventory(action="list", inventories=[str(Path(inventory).resolve())],
+                                        response_format="json", quiet=True, private_data_dir=tmp)
     if not isinstance(out, dict):
         raise UserError(f"--inventory {str(inventory)!r} could not be read by Ansible: "
                         f"{(str(err or out).strip().splitlines() or ['no output'])[-1]}")

@@ -171,10 +171,14 @@ def size_text(n: int) -> str:
     return f"{n} B"
 
 
+def threads(n: int) -> str:
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def table_title(manifest: dict[str, Any]) -> str:
     """The results table's title: what was compared, and on how many threads every row ran."""
     return (f"{manifest['name']}: parity against PyTorch and latency (batch 1, every row on "
-            f"{manifest['benchmark']['threads']} threads, PyTorch eager too)")
+            f"{threads(manifest['benchmark']['threads'])}, PyTorch eager too)")
 
 
 def results_text(manifest: dict[str, Any], passed: bool) -> str:
@@ -404,7 +408,7 @@ def plot_latency_memory(manifest: dict[str, Any], times: dict[str, list[float]],
 
     shipped = {a["key"]: a for a in manifest["artifacts"]}
     rows = {k: t for k, t in times.items() if k == EAGER or (k in shipped and shipped[k].get("plan") in (None, "full"))}
-    latency_memory(f"{manifest['name']}: latency, batch 1, {manifest['benchmark']['threads']} threads", rows, path,
+    latency_memory(f"{manifest['name']}: latency, batch 1, {threads(manifest['benchmark']['threads'])}", rows, path,
                    memory=(manifest.get("memory") or {}).get("artifacts", {}))
 
 
@@ -442,7 +446,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
         + (f" and at {', '.join(sizes)} (dynamic height and width)" if sizes else "") + " against PyTorch; "
         "max rel err is the max abs error over the reference output's scale (the larger of its range and "
         "its RMS, or the extent its task gives it). "
-        f"Latency at batch {bench['batch']}, every row on {bench['threads']} threads (PyTorch eager too), {bench['warmup']} warm-up runs, "
+        f"Latency at batch {bench['batch']}, every row on {threads(bench['threads'])} (PyTorch eager too), {bench['warmup']} warm-up runs, "
         "then the same number of timed runs for every row (`runs`), interleaved across them.",
         "",
         markdown_table(columns(manifest), rows(manifest)),

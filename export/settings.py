@@ -6,7 +6,6 @@ typo is refused in a fraction of a second and nothing is written.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Mapping
 import models
 from runtime.backends import BACKENDS, DEFAULT_BACKENDS
 from runtime.errors import UserError, check_at_least, check_choice, check_folder, check_positive
-from runtime.machine import int8_instructions, machine_info
+from runtime.machine import int8_instructions, machine_info, usable_cores
 from runtime.spec import Preprocess
 from runtime.tasks import TASKS
 
@@ -77,7 +76,7 @@ class BuildSettings:
     out: Path = Path("artifacts")
     opset: int = DEFAULT_OPSET
     backends: tuple[str, ...] = DEFAULT_BACKENDS
-    threads: int = os.cpu_count() or 1
+    threads: int = field(default_factory=usable_cores)  # the CPUs this process may use
     overrides: dict[str, str] = field(default_factory=dict)
     quantize: str | None = None  # "int8"
     calib_dir: Path | None = None

@@ -39,6 +39,12 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity: `taskset`, a container's cpuset), which the thread
+    counts default to; a library that sizes its pool by the machine's cores puts several threads on one."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine_info() -> dict[str, object]:
     flags, emulated = cpu_flags()
     return {"cpu": _cpu_model(), "logical_cores": os.cpu_count(), "machine": platform.machine(),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackendError, UserError
+from .machine import usable_cores
 
 PHASES = ("python", "import", "load", "first", "runs")
 RUNS = 10  # inferences in the `runs` phase (the peak settles within a few)
@@ -133,7 +134,7 @@ def measure_all(bundle_path: str | Path, keys: list[tuple[str, str]], threads: i
         except BackendError as err:
             return {"error": str(err)}
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(keys), usable_cores()))) as pool:
         return {f"{b} {p}": found for (b, p), found in zip(keys, pool.map(one, keys))}
 
 

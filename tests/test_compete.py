@@ -26,7 +26,7 @@ def figures(built, tmp_path_factory):
     (root / "baseline").mkdir()
     (root / "baseline" / "manifest.json").write_text('{"format": 2, "name": "baseline"}')
     result = run_cli("compete", "--variants", "dsc,baseline", "--artifacts", str(root), "--runs", "10",
-                     "--threads", "2", "--json")
+                     "--json")
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     return json.loads(result.stdout)
 

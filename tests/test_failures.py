@@ -95,7 +95,7 @@ def test_killed_builds_leave_the_previous_bundle_or_none(built, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     shutil.copytree(built("dsc").bundle, out / "dsc")
-    command = [sys.executable, "-m", "export", "build", "--variant", "dsc", "--out", str(out), "--threads", "2",
+    command = [sys.executable, "-m", "export", "build", "--variant", "dsc", "--out", str(out),
                "--backends", "onnxruntime"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for after in ("model", "ONNX export", "latency"):
@@ -111,7 +111,7 @@ def test_killed_builds_leave_the_previous_bundle_or_none(built, tmp_path):
         bundle = out / "dsc"
         assert not bundle.exists() or verify(bundle).passed, after
         assert all(p.name == "dsc" or p.name.startswith(".dsc.") for p in out.iterdir())
-    finished = run("export", "build", "--variant", "dsc", "--out", str(out), "--threads", "2",
+    finished = run("export", "build", "--variant", "dsc", "--out", str(out),
                    "--backends", "onnxruntime")
     assert finished.returncode == 0, finished.stdout
     assert [p.name for p in out.iterdir()] == ["dsc"]  # the killed builds' leftovers are gone

@@ -49,9 +49,9 @@ def inventory(servers: SshServers, devices: dict[str, tuple[int, str, Path]], pa
     return path
 
 
-def export(*args: str) -> subprocess.CompletedProcess:
+def export(*args: str, tmp: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "COLUMNS": "250"})
+                          env={**os.environ, "COLUMNS": "250", **({"TMPDIR": str(tmp)} if tmp else {})})
 
 
 def current(devices, name: str) -> str | None:
@@ -80,12 +80,17 @@ def fleet(servers, tmp_path_factory):
     everyone = inventory(servers, devices, root / "hosts.yml", away=True)
     slow = inventory(servers, devices, root / "hosts-budget.yml", budgets={"north3": 0.001})  # no CPU meets it
     known = ("--known-hosts", str(servers.known_hosts))
-    steps = {"a": export("deploy", str(first), "--inventory", str(everyone), "--serial", "3", *known)}
+    scratch = root / "tmp"  # the temporary folder of the rollouts, which they must leave as they found it
+    scratch.mkdir()
+    steps = {"a": export("deploy", str(first), "--inventory", str(everyone), "--serial", "3", *known, tmp=scratch)}
     steps["a_current"] = {n: current(devices, n) for n in HOSTS}
-    steps["b"] = export("deploy", str(second), "--inventory", str(slow), "--serial", "2", "--max-fail", "1", *known)
+    steps["b"] = export("deploy", str(second), "--inventory", str(slow), "--serial", "2", "--max-fail", "1", *known,
+                        tmp=scratch)
     steps["b_current"] = {n: current(devices, n) for n in HOSTS}
-    steps["rollback"] = export("rollback", str(second), "--inventory", str(slow), "--limit", "north1,north2", *known)
+    steps["rollback"] = export("rollback", str(second), "--inventory", str(slow), "--limit", "north1,north2", *known,
+                               tmp=scratch)
     steps["rollback_current"] = {n: current(devices, n) for n in HOSTS}
+    steps["left_in_tmp"] = sorted(p.name for p in scratch.iterdir() if p.is_dir())
     book = root / "playbook"
     steps["playbook"] = export("playbook", str(second), "--out", str(book), "--target", "linux-x86_64")
     env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
@@ -146,6 +151,11 @@ def test_rollback_switches_devices_back_to_their_previous_release(fleet):
     done = steps["rollback"]
     assert done.returncode == 0, done.stdout + done.stderr
     assert steps["rollback_current"] == dict.fromkeys(HOSTS, releases["a"])
+
+
+def test_rollouts_and_rollbacks_leave_no_folder_in_the_temporary_folder(fleet):
+    """Their work folders (kits, ansible-runner's private data, the inventory's reading) all go when they end."""
+    assert fleet[0]["left_in_tmp"] == []
 
 
 def test_the_generated_playbook_gives_the_same_result_with_ansible_playbook(fleet):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,34 @@ def test_the_cache_keeps_to_its_limit_and_drops_what_was_used_longest_ago(built,
     monkeypatch.setenv("EDGE_EXPORT_CACHE_MB", "2GB")
     with pytest.raises(runtime.UserError, match=r"^EDGE_EXPORT_CACHE_MB='2GB' is not a whole number of megabytes"):
         runtime.load(copies[0], backend, "fp32")
+
+
+HELD_TO_ONE_CPU = """
+import os, sys
+import numpy as np
+import runtime
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+before = len(os.listdir("/proc/self/task"))
+threads = None if sys.argv[2] == "default" else int(sys.argv[2])
+with runtime.load(sys.argv[1], "onnxruntime", "fp32", threads=threads, cache=False) as runner:
+    runner.infer(np.zeros((1, 3, 256, 256), np.float32))
+    print(runner.settings["threads"], len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a process of one CPU cannot be held to fewer")
+def test_a_process_held_to_one_cpu_runs_onnx_runtime_on_one_thread(built):
+    """ONNX Runtime sizes its pool by the machine's cores: held to one CPU (taskset, a cpuset), a runner left
+    to its default would put a second thread on that CPU; the runtime asks for one, and starts the threads that
+    asking for one starts, where two threads start one more."""
+    def held(threads: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", HELD_TO_ONE_CPU, str(built("dsc").bundle), threads],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    (default, started), (_, one), (_, two) = held("default"), held("1"), held("2")
+    assert default == "1" and started == one and int(two) == int(one) + 1
 
 
 def test_openvino_compiles_a_plan_per_input_shape_and_then_shares_one_with_the_dynamic_axes(built, monkeypatch):

@@ -12,7 +12,9 @@ from PIL import Image
 from torch import nn
 
 from export.lab.harness import flops, transposed_overcount
+from export.report import threads
 from models import layers
+from runtime.machine import usable_cores
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -23,7 +25,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def study(tmp_path_factory, built):
     """One quick study (about 4 minutes here) with the built dsc bundle, shared by the tests below."""
     out = tmp_path_factory.mktemp("study") / "study"
-    result = run_cli("study", "--quick", "--out", str(out), "--threads", "2",
+    result = run_cli("study", "--quick", "--out", str(out),
                      "--artifacts", str(built("dsc").bundle.parent))
     assert result.returncode == 0, result.stdout + result.stderr
     return out
@@ -41,7 +43,7 @@ def test_report_has_seven_tables_and_four_plots(study):
         assert f"]({name})" in report
         with Image.open(study / name) as image:
             assert image.width > 400 and image.height > 300
-    assert "avx2" in report and "threads on every backend" in report
+    assert "avx2" in report and f"- {threads(usable_cores())} on every backend" in report  # the default
 
 
 def test_counts_match_the_reference_beside_the_article(study):

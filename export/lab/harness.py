@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 import re
 import tempfile
 import time
@@ -21,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from runtime.backends import DEFAULT_BACKENDS
 from runtime.backends.base import BaseRunner, Runner
 from runtime.bench import bench_interleaved, latency_stats
-from runtime.machine import machine_info
+from runtime.machine import machine_info, usable_cores
 
 from ..artifacts import fp32_of, make_fp32_artifacts
 from ..backends import REGISTRY
@@ -37,7 +36,7 @@ BACKEND_NAMES = {"pytorch": "PyTorch eager", **{b.name: b.runtime.title for b in
 class StudySettings:
     out: Path = Path("artifacts/study")
     quick: bool = False
-    threads: int = os.cpu_count() or 1
+    threads: int = field(default_factory=usable_cores)
     train_steps: int = 0
     artifacts: Path = Path("artifacts")  # INT8 artifacts of built bundles are timed too
     backends: tuple[str, ...] = DEFAULT_BACKENDS  # each table's columns: PyTorch eager, then these

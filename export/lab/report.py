@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..backends import REGISTRY  # noqa: E402
-from ..report import markdown_table  # noqa: E402
+from ..report import markdown_table, threads  # noqa: E402
 from . import roofline  # noqa: E402
 from .harness import BACKEND_NAMES, Section, StudySettings, environment, settings_dict  # noqa: E402
 
@@ -148,7 +148,7 @@ def write_report(folder: Path, s: StudySettings, sections: list[Section], peak: 
         f"- Machine: {m['cpu']}, {m['logical_cores']} logical cores, flags: {', '.join(m['flags']) or 'none of note'}; "
         f"{m['system']} {m['machine']}, Python {m['python']}.",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}.",
-        f"- {s.threads} threads on every backend, batch 1 unless said; FP32 (OpenVINO's precision hint set to f32). "
+        f"- {threads(s.threads)} on every backend, batch 1 unless said; FP32 (OpenVINO's precision hint set to f32). "
         "Medians (p50) of timed calls after a warm-up; the contenders of each table are interleaved in one run. "
         "Every module is exported as a build exports it (dynamo ONNX, onnxsim, OpenVINO IR).",
         f"- FP32 matrix-multiply peak measured in this run: {peak['gflops']:.1f} GFLOP/s.",

@@ -8,7 +8,6 @@ in one line (`fixed_shape`), so parity is taken at the size the model takes.
 
 from __future__ import annotations
 
-import os
 import queue
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .base import SLOW, Backend, BaseRunner
+from ..machine import usable_cores
 
 DEFAULTS = {"xnnpack": True}  # XNNPACK, LiteRT's default CPU delegate; off: the builtin reference kernels
 
@@ -32,8 +32,8 @@ class LiteRTRunner(BaseRunner):
 
         tuned = {**DEFAULTS, **(tuned or {})}
         resolver = OpResolverType.AUTO if tuned["xnnpack"] else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self.callers = (threads or os.cpu_count() or 1) if mode == "throughput" else 1
-        per_caller = 1 if mode == "throughput" else threads or os.cpu_count() or 1
+        self.callers = (threads or usable_cores()) if mode == "throughput" else 1
+        per_caller = 1 if mode == "throughput" else threads or usable_cores()
         self._make = lambda: Interpreter(model_path=str(model), num_threads=per_caller,
                                          experimental_op_resolver_type=resolver)
         first = self._make()
