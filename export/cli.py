@@ -404,7 +404,7 @@ def _build_settings(args):
     settings = BuildSettings(
         **_model_request(args), checkpoint=args.checkpoint, out=args.out, opset=args.opset,
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-        threads=args.threads or usable_cores(),
+        threads=args.threads if args.threads is not None else usable_cores(),
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
         int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
@@ -661,7 +661,7 @@ def cmd_study(args) -> int:
     from .lab.study import StudySettings, run
     from .settings import check_backends
 
-    threads = args.threads or usable_cores()
+    threads = args.threads if args.threads is not None else usable_cores()
     settings = StudySettings(out=args.out, quick=args.quick, threads=threads, train_steps=args.train_steps,
                              artifacts=args.artifacts, backends=check_backends(
                                  tuple(b.strip() for b in args.backends.split(",") if b.strip())))
@@ -699,7 +699,7 @@ def cmd_compete(args) -> int:
                 console.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  {what}")
             status.update(what)
 
-        result = compete(variants, args.artifacts, args.threads or usable_cores(),
+        result = compete(variants, args.artifacts, args.threads if args.threads is not None else usable_cores(),
                          args.runs, say)
     failed = [v for v in result["variants"] if "error" in v]
     done = [v for v in result["variants"] if "error" not in v]

@@ -30,6 +30,13 @@ QEMU = Path("/usr/bin/qemu-aarch64-static")
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
 
+def on_every_cpu(command: list[str]) -> list[str]:
+    """`command` on every CPU the suite was given, as a device of its own has its own CPUs (each worker of the
+    suite is held to its share, tests/conftest.py)."""
+    cpus = os.environ.get("EDGE_EXPORT_DEVICE_CPUS")
+    return ["taskset", "--cpu-list", cpus, *command] if cpus and shutil.which("taskset") else command
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,7 +95,7 @@ class SshServers:
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
             "StrictModes no", "UsePAM no", f"AllowUsers {user}",
             *(["Subsystem sftp /usr/lib/openssh/sftp-server"] if sftp else []), f"SetEnv PATH={path}", ""]))
-        process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(on_every_cpu([str(SSHD), "-D", "-e", "-f", str(config)]), stderr=subprocess.DEVNULL)
         self.processes.append(process)
         for _ in range(100):
             with socket.socket() as s:
@@ -189,6 +196,6 @@ def arm64_root_made() -> bool:
 def in_arm64(root: Path, command: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """`command` (sh) in the arm64 root: no network (a namespace of its own with no interface
     up), /sys mounted (OpenVINO reads the CPU's topology there), nothing else of this machine's."""
-    return subprocess.run(["unshare", "--net", "--mount", "--fork", "chroot", str(root), "/bin/sh", "-c",
-                           f"mount -t sysfs sysfs /sys && exec env -i PATH=/usr/bin:/bin HOME=/root {command}"],
+    return subprocess.run(on_every_cpu(["unshare", "--net", "--mount", "--fork", "chroot", str(root), "/bin/sh", "-c",
+                           f"mount -t sysfs sysfs /sys && exec env -i PATH=/usr/bin:/bin HOME=/root {command}"]),
                           capture_output=True, text=True, timeout=timeout)
