@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-# Each worker of the suite runs on its share of the CPUs, it and every process it starts (builds, SSH servers, the
-# emulated board), and every thread count defaults to that share (`runtime.machine.usable_cores`). Two workers each
-# running a thread per core of the machine put two threads on every core, whose waits spin: a build took 1.7x as long.
-# The devices (SSH servers, the emulated board) are machines of their own: they run on every CPU of the suite's
-# (tests/devices.py).
+# Each worker of the suite runs on its share of the CPUs, it and the builds it starts, and every thread count
+# defaults to that share (`runtime.machine.usable_cores`). Two workers each running a thread per core of the machine
+# put two threads on every core, whose waits spin: a build took 1.7x as long. The devices (SSH servers, the emulated
+# board) are machines of their own: they run on every CPU of the suite's (tests/devices.on_every_cpu).
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if WORKER is not None and hasattr(os, "sched_setaffinity"):
     _cpus, _workers = sorted(os.sched_getaffinity(0)), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
