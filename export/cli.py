@@ -724,7 +724,8 @@ def cmd_compete(args) -> int:
                              f"from its profiler, {roof['kernel_ms']:.2f} ms in all; p50 {roof['whole']['measured_ms']:.2f} "
                              f"ms, {roof['whole']['share']:.0%} of its bound)", PART_COLUMNS, part_rows(v)))
     copies = ", ".join(f"{size} {rate:.0f} GB/s" for size, rate in result["roofs"]["bandwidth_gb_s"].items())
-    console.print(f"roofs measured in this run: FP32 matrix multiply {peak:.1f} GFLOP/s; copies of {copies}",
+    console.print(f"roofs measured in this run: FP32 matrix multiply {peak:.1f} GFLOP/s ({result['peak']['library']} "
+                  f"at n = {result['peak']['size']}); copies of {copies}",
                   markup=False, soft_wrap=True)
     console.print(_table("best artifact against each peer (speed-up, same run)", SUMMARY_COLUMNS,
                          [summary_row(v) for v in done]))

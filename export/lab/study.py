@@ -331,7 +331,7 @@ def breakdown(st: Study, fastest: str, roofs: roofline.Roofs) -> list[Section]:
          "fastest's share of bound", "gap ms"),
         rows,
         [f"Roofs measured in this run: FP32 matrix multiply {peak['gflops']:.1f} GFLOP/s ({peak['method']}, "
-         f"{peak['threads']} threads, best at n = {peak['size']}); copy bandwidth, GB/s: {copies}.",
+         f"{peak['threads']} threads, best: {peak['library']} at n = {peak['size']}); copy bandwidth, GB/s: {copies}.",
          "Each part is exported and timed on its own, so the shares add the fixed cost of one call per part; "
          "the keypoint extraction takes the two heads' outputs as one concatenated input. GFLOP by PyTorch's "
          "flop counter on the module (2 per multiply-add); the bound counts work and bytes on the graph each "
