@@ -237,7 +237,8 @@ def _compete_command(sub) -> None:
     c.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="bundles root (default: artifacts/)")
     c.add_argument("--threads", type=int, help="threads for every contender (default: every core this process may use)")
     c.add_argument("--runs", type=int, default=50, help="timed calls per contender (default 50)")
-    c.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
+    c.add_argument("--json", action="store_true",
+                   help="print the figures as JSON instead of tables (the progress goes to standard error)")
 
 
 def _evaluate_command(sub) -> None:
@@ -693,10 +694,10 @@ def cmd_compete(args) -> int:
 
     variants = models.list_variants() if args.variants == "all" else names or built_variants(args.artifacts) or ["dsc"]
     start = time.perf_counter()
-    with console.status("compete") as status:
+    progress = errors if args.json else console  # with --json, standard output holds the figures alone
+    with progress.status("compete") as status:
         def say(what: str) -> None:
-            if not args.json:
-                console.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  {what}")
+            progress.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  {what}")
             status.update(what)
 
         result = compete(variants, args.artifacts, args.threads if args.threads is not None else usable_cores(),

@@ -28,6 +28,7 @@ def figures(built, tmp_path_factory):
     result = run_cli("compete", "--variants", "dsc,baseline", "--artifacts", str(root), "--runs", "10",
                      "--json")
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "dsc: setting up the peers and timing" in result.stderr  # the progress, apart from the figures
     return json.loads(result.stdout)
 
 
