@@ -60,7 +60,8 @@ class Winograd:
     def emit(self, g: Graph, conv: onnx.NodeProto) -> tuple[Emitter, Applied]:
         w = g.constants[conv.input[1]].astype(np.float64)
         k, c = w.shape[:2]
-        h, wd = g.static(conv.input[0])[2] // 2, g.static(conv.input[0])[3] // 2  # tiles down and across
+        _, _, height, width = g.static(conv.input[0])
+        h, wd = height // 2, width // 2  # tiles down and across
         tile = np.einsum("ai,bj->abij", BT, BT).reshape(16, 4, 4)  # B^T d B, by tile position
         # the concatenated shifts hold tile row 2*di + bi, column 2*dj + bj at (di, dj, bi, bj)
         pick = np.stack([tile[:, 2 * di + bi, 2 * dj + bj] for di in (0, 1) for dj in (0, 1)
@@ -117,12 +118,11 @@ def main() -> None:
             made = make_fp32_artifacts(model, feeds, Path(work), 20, ())
             graph = at_example_shape(onnx.load(str(made.onnx)), {k: v.shape for k, v in one.items()})
         rewritten, applied = apply_rewrites(graph, (Winograd(args.min_channels),))
-        sessions = {"build": graph, "winograd": rewritten}
         outputs = {}
-        for when, g in sessions.items():
+        for when, g in (("build", graph), ("winograd", rewritten)):
             for backend in ("onnxruntime", "openvino"):
                 contenders[f"{variant} {backend} {when}"] = (Session(g, backend, args.threads), one)
-            outputs[when] = next(iter(Session(g, "onnxruntime", args.threads).infer(one).values()))
+            outputs[when] = next(iter(contenders[f"{variant} onnxruntime {when}"][0].infer(one).values()))
         moved = np.abs(outputs["winograd"] - outputs["build"]).max() / np.abs(outputs["build"]).max()
         rows[variant] = (len(applied), moved, weight_mb(graph), weight_mb(rewritten))
     stats = bench_interleaved({k: r for k, (r, _) in contenders.items()}, None, warmup=5, runs=args.runs, rounds=10,

@@ -34,6 +34,11 @@ console = _console(stderr=False)
 errors = _console(stderr=True)
 
 
+def _threads(args) -> int:
+    """--threads as given (0 too: the checks refuse it), else every core this process may use."""
+    return args.threads if args.threads is not None else usable_cores()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m export", description="Export compressed vision models to edge CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -405,7 +410,7 @@ def _build_settings(args):
     settings = BuildSettings(
         **_model_request(args), checkpoint=args.checkpoint, out=args.out, opset=args.opset,
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-        threads=args.threads if args.threads is not None else usable_cores(),
+        threads=_threads(args),
         quantize=args.quantize, calib_dir=args.calib_dir, calib_samples=args.calib_samples,
         calib_method=args.calib_method, keep_fp32=tuple(args.keep_fp32), int8_budget=args.int8_budget,
         int8_anyway=args.int8_anyway, qat=args.qat, rewrites=args.rewrites,
@@ -662,7 +667,7 @@ def cmd_study(args) -> int:
     from .lab.study import StudySettings, run
     from .settings import check_backends
 
-    threads = args.threads if args.threads is not None else usable_cores()
+    threads = _threads(args)
     settings = StudySettings(out=args.out, quick=args.quick, threads=threads, train_steps=args.train_steps,
                              artifacts=args.artifacts, backends=check_backends(
                                  tuple(b.strip() for b in args.backends.split(",") if b.strip())))
@@ -700,8 +705,7 @@ def cmd_compete(args) -> int:
             progress.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  {what}")
             status.update(what)
 
-        result = compete(variants, args.artifacts, args.threads if args.threads is not None else usable_cores(),
-                         args.runs, say)
+        result = compete(variants, args.artifacts, _threads(args), args.runs, say)
     failed = [v for v in result["variants"] if "error" in v]
     done = [v for v in result["variants"] if "error" not in v]
     if args.json:

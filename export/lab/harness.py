@@ -159,47 +159,45 @@ def matmul_peak(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), second
     measure it low: on a Zen 4, torch.mm ran 199 GFLOP/s where ONNX Runtime's MLAS ran 226, and
     OpenVINO's convolutions 224."""
     torch.set_num_threads(threads)
-    per_library: dict[str, dict[int, float]] = {}
+    per_library: dict[str, dict[int, float]] = {"torch.mm": {}, _ORT.title: {}}
     with tempfile.TemporaryDirectory(prefix="edge-export-peak-") as work:
-        for library, product in (("torch.mm", _torch_product), (_ORT.title, _onnx_product)):
-            rates = per_library[library] = {}
-            for n in sizes:
-                call = product(n, threads, Path(work))
-                flop = 2 * n**3
-                times = []
-                for i in range(3 + max(5, int(seconds * 100e9 / flop))):  # 3 warm-up calls, then about `seconds`
-                    start = time.perf_counter()
-                    call()
-                    if i >= 3:
-                        times.append((time.perf_counter() - start) * 1e3)
-                rates[n] = flop / latency_stats(times)["p50_ms"] / 1e6
+        for n in sizes:
+            a, b = torch.rand(n, n), torch.rand(n, n)
+            per_library["torch.mm"][n] = _rate(lambda: torch.mm(a, b), n, seconds)
+            with _onnx_product(n, threads, Path(work)) as runner:
+                feeds = {"a": a.numpy()}
+                per_library[_ORT.title][n] = _rate(lambda: runner.infer(feeds), n, seconds)
     library, size = max(((lib, n) for lib, rates in per_library.items() for n in rates),
                         key=lambda key: per_library[key[0]][key[1]])
     return {"gflops": per_library[library][size], "size": size, "library": library,
-            "per_size": per_library[library], "per_library": per_library, "threads": threads,
+            "per_library": per_library, "threads": threads,
             "method": f"the faster of torch.mm and {_ORT.title}'s MatMul, FP32, square matrices, median per size"}
 
 
-def _torch_product(n: int, threads: int, work: Path) -> Callable[[], Any]:
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    return lambda: torch.mm(a, b)
+def _rate(call: Callable[[], Any], n: int, seconds: float) -> float:
+    """GFLOP/s of `call`, an n x n by n x n product: 3 warm-up calls, then the median of about `seconds`."""
+    flop = 2 * n**3
+    times = []
+    for i in range(3 + max(5, int(seconds * 100e9 / flop))):
+        start = time.perf_counter()
+        call()
+        if i >= 3:
+            times.append((time.perf_counter() - start) * 1e3)
+    return flop / latency_stats(times)["p50_ms"] / 1e6
 
 
-def _onnx_product(n: int, threads: int, work: Path) -> Callable[[], Any]:
-    """One MatMul of an n x n input by an n x n constant, as ONNX Runtime runs a model's."""
+def _onnx_product(n: int, threads: int, work: Path) -> BaseRunner:
+    """ONNX Runtime's runner of one MatMul of an n x n input `a` by an n x n constant."""
     import onnx
     from onnx import helper, numpy_helper
 
-    rng = np.random.default_rng(0)
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "product",
                               [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [n, n])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [n, n])],
-                              [numpy_helper.from_array(rng.random((n, n), dtype=np.float32), "b")])
+                              [numpy_helper.from_array(np.random.default_rng(0).random((n, n), dtype=np.float32), "b")])
     path = work / f"product{n}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)]), str(path))
-    runner = _ORT.runner(path, [TensorSpec("a", (n, n))], [{"name": "y"}], "fp32", threads)
-    feeds = {"a": rng.random((n, n), dtype=np.float32)}
-    return lambda: runner.infer(feeds)
+    return _ORT.runner(path, [TensorSpec("a", (n, n))], [{"name": "y"}], "fp32", threads)
 
 
 EAGER, COMPILE, EXECUTORCH = "pytorch eager", "torch.compile", "executorch xnnpack"

@@ -34,7 +34,8 @@ class OnnxRuntimeRunner(BaseRunner):
         level = GRAPH_LEVELS[tuned["graph_optimization"]]
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         options.log_severity_level = 3
-        options.inter_op_num_threads, usable = 1, usable_cores()
+        options.inter_op_num_threads = 1
+        usable = usable_cores()  # read once: the CPUs this process may use
         if tuned["execution_mode"] == "parallel":  # independent branches at once, on a pool of their own
             options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
             options.inter_op_num_threads = threads or usable
