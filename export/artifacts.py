@@ -28,6 +28,7 @@ from .contract import Exportable, module_nodes, node_modules
 from .onnx_export import export_onnx
 from .rewrite import rewrite
 from .simplify import simplify
+from .winograd import Timing, choose
 
 ONNX_FILE = "model.onnx"
 Stage = Callable[[str], ContextManager[None]]
@@ -60,11 +61,12 @@ class FP32Artifacts:
 
 def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], folder: Path, opset: int,
                         conversions: Mapping[str, Sequence[str]] | None = None,
-                        stage: Stage = silent, rewrites: bool = True) -> FP32Artifacts:
+                        stage: Stage = silent, rewrites: bool = True, timing: Timing | None = None) -> FP32Artifacts:
     """Write `folder/model.onnx` and each backend's artifacts of the precisions `conversions` names
     (backend -> precisions; none: the ONNX graph alone). `feeds` are real inputs (batch 2 or more keeps
     the batch axis dynamic).
-    `rewrites` False leaves the simplified graph as it is. Raises ParityError where
+    `rewrites` False leaves the simplified graph as it is; with `timing`, the rewrites whose gain depends on
+    the machine (`export.winograd`) are timed on its backends and kept where faster. Raises ParityError where
     simplification or a rewrite changed the outputs."""
     made = FP32Artifacts(folder / ONNX_FILE)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".work-") as work:  # inside: a killed build's goes with it
@@ -79,9 +81,11 @@ def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], fold
         if not made.simplify["check"]["passed"]:
             raise ParityError(f"simplification changed the model's outputs: {made.simplify['check']}")
         batch = len(next(iter(feeds.values())))
-        with stage("graph rewrites + numeric check"):
+        one = {k: v[:1] for k, v in feeds.items()}
+        timed = (lambda graph: choose(graph, model.spec, one, timing)) if timing is not None else None
+        with stage("graph rewrites + numeric check" + (" (Winograd timed)" if timing is not None and not timing.refused else "")):
             made.rewrites, applied = rewrite(simplified, made.onnx, model.spec, feeds, rewrites,
-                                             lambda seed: golden.golden_inputs(model.spec, batch, 1000 + seed))
+                                             lambda seed: golden.golden_inputs(model.spec, batch, 1000 + seed), timed)
     check = made.rewrites["check"]
     if check is not None and not check["passed"]:
         raise ParityError(f"a graph rewrite changed the model's outputs: {check}")

@@ -47,6 +47,7 @@ from .report import (FRONTIER_PLOT, LABELS_PLOT, LATENCY_PLOT, plot_frontier, pl
 from .settings import BuildSettings, check_settings
 from .stats import model_stats
 from .validate import validate
+from .winograd import Timing
 
 TASK_SAMPLES = 16  # held-out task images that INT8 is judged on
 
@@ -272,10 +273,24 @@ def _truth_stage(st: BuildState) -> dict[str, np.ndarray]:
 
 def _fp32_stage(st: BuildState) -> None:
     st.made = make_fp32_artifacts(st.model, st.feeds, st.folder, st.s.opset, made_by_conversion(st.s.backends),
-                                  st.stage, st.s.rewrites)
+                                  st.stage, st.s.rewrites, _winograd_timing(st.s))
     if len(st.made.failed) == len(st.s.backends):
         raise UserError(f"no backend's converter could convert the model: {st.made.why_failed()}")
     st.manifest.update(export=st.made.export, simplify=st.made.simplify, rewrites=st.made.rewrites)
+
+
+def _winograd_timing(s: BuildSettings) -> Timing:
+    """How the build times the Winograd rewrite (`export.winograd`): on the backends that run the ONNX
+    graph, for the backend settings' budget; or why it does not."""
+    onnx_backends = [REGISTRY[b].runtime for b in s.backends if REGISTRY[b].runs_onnx]
+    if s.quantize:
+        return Timing(refused="an INT8 build: its plans are made from this graph, and INT8's rounding in "
+                              "the transformed domain is larger")
+    if s.tune_budget <= 0:
+        return Timing(refused="--tune-budget 0: the build times nothing")
+    if not onnx_backends:
+        return Timing(refused="no backend built runs the ONNX graph")
+    return Timing(onnx_backends, s.threads, s.tune_budget)
 
 
 def _int8_plans_stage(st: BuildState) -> None:
@@ -535,7 +550,7 @@ class _Int8:
             full = min([full, *others], key=lambda x: x.damage)
             self.method = full.method
         plans = REGISTRY[backend].plans(self.qdq[self.method], self.quantizer(backend))
-        if not REGISTRY[backend].sensitivity:
+        if not REGISTRY[backend].runs_onnx:
             shipped = {b: f.shipped.plan for b, f in self.found.items() if f.shipped and f.shipped.plan.keep_nodes}
             borrowed = {p.keep_nodes: dataclasses.replace(p, name=f"{p.name} (as {b})") for b, p in shipped.items()}
             self.found[backend] = quantize.known_plans(full, twin, plans, self.qdq[self.method], judge, self.keep,

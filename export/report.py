@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.backends import REGISTRY
 from runtime.bench import BUSY_CORES
 from runtime.cli import peak_text
 from runtime.compare import truth_text
@@ -232,7 +233,21 @@ def rewrite_lines(rewrites: dict[str, Any] | None) -> list[str]:
     worst = max(o["max_rel"] for o in rewrites["check"]["outputs"].values())
     checked = f"rewritten vs simplified max rel err {worst:.1e} on {rewrites['check']['inputs']} input sets"
     return [f"- Graph rewrite {a['rewrite']} at {a['module'] or a['where']}: {_rewrite_change(a)}; {checked}"
-            for a in rewrites["applied"]]
+            for a in rewrites["applied"]] + winograd_lines(rewrites)
+
+
+def winograd_lines(rewrites: dict[str, Any]) -> list[str]:
+    """The build's timed choice of Winograd's F(2x2, 3x3) (`export.winograd`), where a convolution matched."""
+    w = rewrites.get("winograd")
+    if not w or not w["convolutions"]:
+        return []
+    what = f"- Winograd F(2x2, 3x3) on {w['convolutions']} convolutions of {w['min_channels']} channels or more"
+    if "not_timed" in w:
+        return [f"{what}: not timed ({w['not_timed']}), not applied"]
+    speed = ", ".join(f"{REGISTRY[b].title} {m['speedup']:.2f}x ({'faster' if m['faster'] else 'not faster'})"
+                      for b, m in w["backends"].items())
+    verdict = "kept" if w["kept"] else f"not kept (it must be {w['margin']:.0%} faster on each backend, confirmed)"
+    return [f"{what}: {verdict}; rewritten graph's speed-up at p50 on this machine: {speed}"]
 
 
 def _rewrite_change(a: dict[str, Any]) -> str:

@@ -677,14 +677,22 @@ def _sums_to_one(g: Graph, tensor: str, positions: int) -> bool:
 
 
 def rewrite(src: Path, dst: Path, spec: ModelSpec, feeds: Mapping[str, np.ndarray], enabled: bool = True,
-            random_inputs: Callable[[int], Mapping[str, np.ndarray]] | None = None) -> tuple[dict, list[Applied]]:
+            random_inputs: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+            timed: Callable[[onnx.ModelProto], tuple[onnx.ModelProto, list[Applied], dict]] | None = None,
+            ) -> tuple[dict, list[Applied]]:
     """Write `src`'s graph, rewritten, to `dst`, and check it against `src` on `feeds`
     and on `random_inputs(seed)` for RANDOM_CHECKS seeds; the stage's manifest record,
-    and what was applied. With `enabled` False, `dst` is `src` unchanged."""
+    and what was applied. With `enabled` False, `dst` is `src` unchanged. `timed`, where given,
+    makes the rewrites kept only where they measure faster (`export.winograd.choose`): the rewritten
+    graph in, the graph it keeps, what it applied and its record (the record's `winograd`) out."""
     model = onnx.load(str(src))
     rewritten, applied = apply_rewrites(model) if enabled else (model, [])
+    record: dict[str, Any] = {"enabled": enabled}
+    if enabled and timed is not None:
+        rewritten, kept, record["winograd"] = timed(rewritten)
+        applied += kept
     onnx.save(rewritten, str(dst))
-    record: dict[str, Any] = {"enabled": enabled, "applied": [a.to_dict() for a in applied], "check": None}
+    record.update(applied=[a.to_dict() for a in applied], check=None)
     if applied:
         sets = [feeds, *(random_inputs(seed) for seed in range(RANDOM_CHECKS))] if random_inputs else [feeds]
         outputs = [{"name": n} for n in spec.outputs]

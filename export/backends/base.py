@@ -22,7 +22,8 @@ class ExportBackend:
     marker: str  # its marker in the lab's plots
     needs: tuple[str, ...] = ()  # the modules its build side imports beyond the build's own
     extra: str | None = None  # the extra of edge-export that installs them
-    sensitivity = True  # whether it runs the sensitivity pass's QDQ models (ONNX), which rank the layers
+    runs_onnx = True  # whether its runner runs ONNX graphs: the sensitivity pass's QDQ models, which rank the
+    # layers, and the graphs `export.winograd` times
 
     def missing(self) -> list[str]:
         """The modules of `needs` this Python cannot import."""

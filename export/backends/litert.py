@@ -86,7 +86,7 @@ class LiteRT(ExportBackend):
     marker = "D"
     needs = ("litert_torch", "ai_edge_quantizer")
     extra = "litert"
-    sensitivity = False  # its interpreter runs no ONNX: the sensitivity pass's QDQ models cannot be measured on it
+    runs_onnx = False  # its interpreter runs no ONNX: no QDQ model of the sensitivity pass or timed graph runs on it
 
     def stage(self, precisions):
         return f"LiteRT ({', '.join(precisions)}), converted from PyTorch"

@@ -1,0 +1,131 @@
+"""Winograd's F(2x2, 3x3) on wide 3x3 convolutions: the same function to float rounding, matched on
+the computation (width, stride, padding, even sides), weights left as 3x3 kernels in the ONNX file,
+and kept by a build only where its own timing says so, a decision the record must explain either way."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from export.backends import REGISTRY
+from export.contract import infer_spec
+from export.golden import golden_inputs
+from export.pipeline import build_model
+from export.report import winograd_lines
+from export.rewrite import apply_rewrites
+from export.settings import BuildSettings
+from export.winograd import MIN_CHANNELS, Timing, Winograd, choose
+from runtime.backends import DEFAULT_BACKENDS
+from runtime.compare import compare
+from runtime.tune import MARGIN
+
+from tests.test_rewrite import _exported, _outputs, _same_on_random_inputs
+
+
+class Wide(nn.Module):
+    """Two convolutions F(2x2, 3x3) applies to (256 channels in and out, at 20x24 and, with no bias,
+    at 10x12) and three it leaves alone: three channels in, an odd side (5x6) and 128 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 256, 3, padding=1)
+        self.full = nn.Conv2d(256, 256, 3, padding=1)
+        self.pooled = nn.Conv2d(256, 256, 3, padding=1, bias=False)
+        self.odd = nn.Conv2d(256, 128, 3, padding=1)
+        self.narrow = nn.Conv2d(128, 128, 3, padding=1)
+        self.head = nn.Conv2d(128, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.full(torch.relu(self.stem(x))))
+        x = torch.relu(self.pooled(nn.functional.max_pool2d(x, 2)))
+        x = torch.relu(self.odd(nn.functional.max_pool2d(x, 2)))
+        return self.head(nn.functional.interpolate(torch.relu(self.narrow(x)), scale_factor=4.0))
+
+
+EXAMPLE = {"x": torch.rand(1, 3, 20, 24)}
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    module = Wide().eval()
+    return module, _exported(module, EXAMPLE, tmp_path_factory.mktemp("wide"))
+
+
+def _convs(model: onnx.ModelProto) -> dict[str, list[int]]:
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    return {n.name: weights[n.input[1]] for n in model.graph.node if n.op_type == "Conv" and n.input[1] in weights}
+
+
+def test_only_wide_convolutions_at_even_sides_are_rewritten_and_compute_the_same(wide):
+    _, original = wide
+    rewritten, applied = apply_rewrites(original, (Winograd(),))
+    convs = _convs(original)
+    assert [convs[a.where][:2] for a in applied] == [[256, 256], [256, 256]]  # not the stem, the odd side or 128
+    assert all(a.change == "256->256 channels: 9 -> 4 mult-adds per output pixel and weight (F(2x2, 3x3))"
+               for a in applied)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("DepthToSpace") == 2 and ops.count("Conv") == len(convs)  # each 3x3 now a grouped 4x4
+    _same_on_random_inputs(original, rewritten, {"x": (3, 20, 24)})
+
+
+def test_every_backend_that_runs_the_onnx_graph_runs_it(wide, tmp_path):
+    """ONNX Runtime and OpenVINO (read from the ONNX file, as the build times it), within float rounding."""
+    module, original = wide
+    spec = infer_spec(module, EXAMPLE, "Wide")
+    rewritten, _ = apply_rewrites(original, (Winograd(),))
+    onnx.save(rewritten, str(tmp_path / "winograd.onnx"))
+    feeds = golden_inputs(spec, 2, 0)
+    expected = dict(zip(spec.outputs, _outputs(original, feeds).values()))
+    for backend in [b for b in DEFAULT_BACKENDS if REGISTRY[b].runs_onnx]:
+        with REGISTRY[backend].runtime.runner(tmp_path / "winograd.onnx", spec.inputs, [{"name": n} for n in spec.outputs],
+                                        "fp32", 2) as runner:
+            parity = compare(expected, runner.infer(feeds), 1e-4)
+        assert parity.passed, (backend, parity.to_dict())
+
+
+def test_the_onnx_file_keeps_the_3x3_kernels(wide):
+    """The transformed weights (16/9 of the kernels) are a constant expression the runtimes fold at
+    load: the file gains only the transforms' small constants."""
+    _, original = wide
+    rewritten, applied = apply_rewrites(original, (Winograd(),))
+    size = lambda m: sum(int(np.prod(i.dims)) for i in m.graph.initializer)  # noqa: E731
+    assert 0 < size(rewritten) - size(original) < 1024 * len(applied)
+    assert not [i for i in rewritten.graph.initializer if int(np.prod(i.dims)) == 16 * 256 * 256]
+
+
+def test_a_build_that_may_not_time_it_leaves_the_graph_and_says_why(wide):
+    module, original = wide
+    spec = infer_spec(module, EXAMPLE, "Wide")
+    one = golden_inputs(spec, 1, 0)
+    graph, applied, record = choose(original, spec, one, Timing(refused="--tune-budget 0: the build times nothing"))
+    assert graph is original and applied == []
+    assert record == {"min_channels": MIN_CHANNELS, "convolutions": 2, "margin": MARGIN, "kept": False,
+                      "not_timed": "--tune-budget 0: the build times nothing"}
+    assert winograd_lines({"winograd": record}) == [
+        "- Winograd F(2x2, 3x3) on 2 convolutions of 256 channels or more: not timed "
+        "(--tune-budget 0: the build times nothing), not applied"]
+
+
+def test_a_build_keeps_it_only_where_it_timed_it_faster_on_every_backend(wide, tmp_path):
+    """Timed on this machine, so either way can happen: the record must say which and why, and the
+    bundle must hold what the record says, within parity."""
+    module, _ = wide
+    spec = infer_spec(module, EXAMPLE, "Wide")
+    result = build_model(module, spec, BuildSettings(out=tmp_path, tune_budget=0.5, warmup=1, runs=5, memory=False))
+    assert result.passed, result.failures
+    w = result.manifest["rewrites"]["winograd"]
+    assert list(w["backends"]) == [b for b in DEFAULT_BACKENDS if REGISTRY[b].runs_onnx] and w["convolutions"] == 2
+    for m in w["backends"].values():
+        built, rewritten = m["p50_ms"]["as built"], m["p50_ms"]["winograd"]
+        assert m["runs"] >= 10 and m["speedup"] == pytest.approx(built / rewritten, rel=1e-6)
+        assert m["faster"] == (m["versus"]["real"] and rewritten < (1 - MARGIN) * built)
+    assert w["kept"] == all(m["faster"] for m in w["backends"].values())
+    applied = [a for a in result.manifest["rewrites"]["applied"] if a["rewrite"] == "winograd"]
+    assert [a["module"] for a in applied] == (["full", "pooled"] if w["kept"] else [])
+    graph = onnx.load(str(result.bundle / "model.onnx"))
+    assert [n.op_type for n in graph.graph.node].count("DepthToSpace") == (2 if w["kept"] else 0)
+    report = (result.bundle / "report.md").read_text()
+    assert winograd_lines(result.manifest["rewrites"])[0] in report
