@@ -66,8 +66,9 @@ def _build_command(sub) -> None:
     b.add_argument("--no-rewrites", dest="rewrites", action="store_false",
                    help="leave the simplified graph as it is (default: apply the graph rewrites that do less work)")
     b.add_argument("--tune-budget", type=float, default=2.0, metavar="SECONDS",
-                   help="seconds of timed calls per artifact to choose its backend settings, on --threads "
-                        "threads (default 2; 0: the backends' defaults)")
+                   help="seconds of timed calls per artifact to choose its backend settings, and per backend "
+                        "to choose the Winograd rewrite, on --threads threads (default 2; 0: the backends' "
+                        "defaults, no Winograd)")
     b.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip measuring each artifact's memory by phase (about a second per artifact)")
     b.add_argument("--memory-budget", type=float, metavar="MB",

@@ -288,6 +288,8 @@ def _winograd_timing(s: BuildSettings) -> Timing:
                               "the transformed domain is larger")
     if s.tune_budget <= 0:
         return Timing(refused="--tune-budget 0: the build times nothing")
+    if s.memory_budget is not None:
+        return Timing(refused="a memory budget: the runtimes hold 16/9 of the kernels it replaces")
     if not onnx_backends:
         return Timing(refused="no backend built runs the ONNX graph")
     return Timing(onnx_backends, s.threads, s.tune_budget)

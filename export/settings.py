@@ -87,7 +87,8 @@ class BuildSettings:
     int8_anyway: bool = False  # quantize on a CPU without INT8 dot-product instructions too
     qat: int = 0  # steps of quantization-aware fine-tuning when post-training quantization loses (0: none)
     rewrites: bool = True  # the graph rewrites of `export.rewrite` (False: the simplified graph as it is)
-    tune_budget: float = 2.0  # seconds of timed calls per artifact to choose its backend settings (0: defaults)
+    tune_budget: float = 2.0  # seconds of timed calls per artifact to choose its backend settings, and per
+    # backend to choose the Winograd rewrite (0: defaults, no Winograd)
     memory: bool = True  # each shipped artifact's peak memory by phase, in a fresh process (runtime.memory)
     memory_budget: float | None = None  # MB: the recommended artifact's peak must fit (None: no budget)
     # labelled images (`runtime.labelled`): `eval_samples` of them ride in the bundle, and FP16/INT8 ship only

@@ -18,14 +18,16 @@ The ONNX graph keeps the 3x3 kernels: U is a matrix product of them by a constan
 folds when it loads the graph, so `model.onnx` does not grow. OpenVINO's converter folds it when it
 converts, so its IR stores U, 16/9 the size of the kernels it replaces.
 
-Why it is timed. The gain depends on the backend and the CPU: on an AMD EPYC (Zen 4, AVX-512), SegNet
-ran 1.21x faster on OpenVINO and 1.17x on ONNX Runtime with its ten convolutions of 256 channels and
-more rewritten, but slower on OpenVINO with its 128-channel ones as well. So only convolutions of at
-least `MIN_CHANNELS` in and out at sides known to be even are matched, and the build keeps the rewrite
-only where the rewritten graph runs faster on every backend that runs the ONNX graph, by more than
-`runtime.tune.MARGIN` at p50 with the bootstrap interval confirming it (`choose`), as it chooses the
-backends' settings; the manifest's `rewrites.winograd` holds what it measured. An INT8 build is not
-offered it: its plans are made from this graph, and INT8 rounding in the transformed domain is larger.
+Why it is timed. The gain depends on the backend, the CPU and the sizes: on an AMD EPYC (Zen 4,
+AVX-512), SegNet ran 1.21x faster on OpenVINO and 1.17x on ONNX Runtime with its ten convolutions of
+256 channels and more rewritten, slower on OpenVINO with its 128-channel ones as well, and the
+standard hourglass's two deepest (256 to 512 channels at 8x8, 512 to 1024 at 4x4) ran 0.82x to 0.97x.
+So only convolutions of at least `MIN_CHANNELS` in and out at sides known to be even are matched, and
+the build keeps the rewrite only where the rewritten graph runs faster on every backend that runs the
+ONNX graph, by more than `runtime.tune.MARGIN` at p50 with the bootstrap interval confirming it
+(`choose`), as it chooses the backends' settings; the manifest's `rewrites.winograd` holds what it
+measured. An INT8 build is not offered it (its plans are made from this graph, and INT8 rounding in
+the transformed domain is larger), nor one under a memory budget (the runtimes hold U).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from torch import nn
 from export.backends import REGISTRY
 from export.contract import infer_spec
 from export.golden import golden_inputs
-from export.pipeline import build_model
+from export.lab.roofline import graph_work
+from export.pipeline import _winograd_timing, build_model
 from export.report import winograd_lines
 from export.rewrite import apply_rewrites
 from export.settings import BuildSettings
@@ -96,6 +97,22 @@ def test_the_onnx_file_keeps_the_3x3_kernels(wide):
     assert not [i for i in rewritten.graph.initializer if int(np.prod(i.dims)) == 16 * 256 * 256]
 
 
+def test_the_roofline_counts_the_products_not_the_weight_transform(wide):
+    """The weights' transform is folded at load: no work per inference; the batched product reads the
+    transformed weights (16/9 of the kernels) and does 16 products per tile and pair of channels."""
+    _, original = wide
+    rewritten, _ = apply_rewrites(original, (Winograd(),))
+    work = graph_work(rewritten, {"x": np.zeros((1, 3, 20, 24), np.float32)})
+    by_op = lambda op: [work[n.name] for n in rewritten.graph.node if n.op_type == op]  # noqa: E731
+    assert [w.flops for w in by_op("Tile")] == [0, 0]
+    weight_transforms, products, output_transforms = by_op("MatMul")[0::3], by_op("MatMul")[1::3], by_op("MatMul")[2::3]
+    assert [w.flops for w in weight_transforms] == [0, 0]
+    tiles = [10 * 12, 5 * 6]  # 2x2 output blocks at 20x24 and at 10x12
+    assert [w.flops for w in products] == [2 * 16 * 256 * 256 * t for t in tiles]
+    assert all(w.bytes >= 16 * 256 * 256 * 4 for w in products)
+    assert [w.flops for w in output_transforms] == [2 * 4 * 16 * 256 * t for t in tiles]
+
+
 def test_a_build_that_may_not_time_it_leaves_the_graph_and_says_why(wide):
     module, original = wide
     spec = infer_spec(module, EXAMPLE, "Wide")
@@ -129,3 +146,21 @@ def test_a_build_keeps_it_only_where_it_timed_it_faster_on_every_backend(wide, t
     assert [n.op_type for n in graph.graph.node].count("DepthToSpace") == (2 if w["kept"] else 0)
     report = (result.bundle / "report.md").read_text()
     assert winograd_lines(result.manifest["rewrites"])[0] in report
+
+
+@pytest.mark.parametrize("settings, reason", [
+    ({"quantize": "int8"}, "an INT8 build: its plans are made from this graph, and INT8's rounding in the "
+                           "transformed domain is larger"),
+    ({"tune_budget": 0}, "--tune-budget 0: the build times nothing"),
+    ({"memory_budget": 300.0}, "a memory budget: the runtimes hold 16/9 of the kernels it replaces"),
+    ({"backends": ("litert",)}, "no backend built runs the ONNX graph"),
+])
+def test_what_keeps_a_build_from_timing_it(settings, reason):
+    assert _winograd_timing(BuildSettings(variant="segnet", **settings)) == Timing(refused=reason)
+
+
+def test_a_build_times_it_on_each_backend_that_runs_onnx_for_its_tune_budget():
+    timing = _winograd_timing(BuildSettings(variant="segnet", threads=1, tune_budget=0.7,
+                                            backends=("onnxruntime", "openvino", "litert")))
+    assert [b.name for b in timing.backends] == ["onnxruntime", "openvino"]
+    assert (timing.threads, timing.budget, timing.refused) == (1, 0.7, "")

@@ -17,6 +17,8 @@ work it still does:
   size. An elementwise op whose only tensor input is the output of one node, which no
   other node reads, is an epilogue every backend here fuses into that node: its
   output replaces the producer's and it moves nothing more. Reshapes move nothing.
+- a node that reads only constants (Winograd's weight transform) is folded when the
+  runtimes load the graph: it does no work, and its output is a weight of its readers.
 
 A node's bound is the longer of its work at the peak and its bytes at its bandwidth; a
 part's bound is its nodes' bounds summed, and the part is compute-bound when its
@@ -123,9 +125,11 @@ def graph_work(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = 
     for init in model.graph.initializer:
         shapes[init.name], sizes[init.name] = list(init.dims), helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
         constants.add(init.name)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
+    folded = set()
+    for node in model.graph.node:  # in graph order: a constant expression's inputs come first
+        if all(i in constants for i in node.input if i):  # a Constant, or computed from constants at load
             constants.update(node.output)
+            folded.add(node.name)
 
     def nbytes(name: str) -> int:
         return int(np.prod(shapes.get(name, [0]))) * sizes.get(name, 4)
@@ -140,7 +144,7 @@ def graph_work(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = 
     for node in model.graph.node:
         out = shapes.get(node.output[0], [0])
         elements = int(np.prod(out))
-        if node.op_type in MOVES_NOTHING:
+        if node.op_type in MOVES_NOTHING or node.name in folded:
             work[node.name] = NodeWork(node.name, node.op_type, 0, 0)
             continue
         if node.op_type == "Conv":
