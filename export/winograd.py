@@ -116,8 +116,9 @@ def choose(model: onnx.ModelProto, spec: ModelSpec, feeds: Mapping[str, np.ndarr
     rewritten, applied = apply_rewrites(model, (Winograd(),))
     record: dict[str, Any] = {"min_channels": MIN_CHANNELS, "convolutions": len(applied), "margin": MARGIN,
                               "kept": False}
-    if not applied or timing.refused:
-        return model, [], {**record, **({"not_timed": timing.refused} if applied else {})}
+    refused = timing.refused or ("" if timing.backends else "no backend to time it on")
+    if not applied or refused:
+        return model, [], {**record, **({"not_timed": refused} if applied else {})}
     outputs = [{"name": n} for n in spec.outputs]
     measured = {}
     with tempfile.TemporaryDirectory(prefix="winograd-") as work:

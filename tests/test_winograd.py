@@ -121,6 +121,8 @@ def test_a_build_that_may_not_time_it_leaves_the_graph_and_says_why(wide):
     assert graph is original and applied == []
     assert record == {"min_channels": MIN_CHANNELS, "convolutions": 2, "margin": MARGIN, "kept": False,
                       "not_timed": "--tune-budget 0: the build times nothing"}
+    _, _, nowhere = choose(original, spec, one, Timing())  # no backend, no reason given: never kept untimed
+    assert (nowhere["kept"], nowhere["not_timed"]) == (False, "no backend to time it on")
     assert winograd_lines({"winograd": record}) == [
         "- Winograd F(2x2, 3x3) on 2 convolutions of 256 channels or more: not timed "
         "(--tune-budget 0: the build times nothing), not applied"]
