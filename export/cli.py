@@ -436,9 +436,10 @@ def _print_notes(manifest: dict, settings) -> None:
                       f"{'the module' if settings.model else 'the zoo'}'s names" + (
             f"; skipped {len(read['unused'])} tensors its forward never uses: {', '.join(read['unused'])}"
             if read["unused"] else ""), markup=False, soft_wrap=True)
-    for line in rewrite_lines(manifest["rewrites"]) if manifest["rewrites"]["applied"] else []:
-        console.print(line.removeprefix("- ").replace("Graph rewrite", "graph rewrite", 1), markup=False,
-                      soft_wrap=True)
+    for line in rewrite_lines(manifest["rewrites"]):
+        if not line.startswith("- Graph rewrites:"):  # "none applied" and "off" are the report's, not news
+            console.print(line.removeprefix("- ").replace("Graph rewrite", "graph rewrite", 1), markup=False,
+                          soft_wrap=True)
     failure = manifest["export"].get("dynamo_failure")
     if failure:
         console.print(f"[yellow]warning[/]: the dynamo exporter could not export {manifest['name']} "

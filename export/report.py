@@ -229,7 +229,8 @@ def rewrite_lines(rewrites: dict[str, Any] | None) -> list[str]:
     if not rewrites:
         return []
     if not rewrites["applied"]:
-        return [f"- Graph rewrites: {'none matched' if rewrites['enabled'] else 'off (--no-rewrites)'}"]
+        return [f"- Graph rewrites: {'none applied' if rewrites['enabled'] else 'off (--no-rewrites)'}",
+                *winograd_lines(rewrites)]
     worst = max(o["max_rel"] for o in rewrites["check"]["outputs"].values())
     checked = f"rewritten vs simplified max rel err {worst:.1e} on {rewrites['check']['inputs']} input sets"
     return [f"- Graph rewrite {a['rewrite']} at {a['module'] or a['where']}: {_rewrite_change(a)}; {checked}"

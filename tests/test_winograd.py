@@ -15,7 +15,7 @@ from export.contract import infer_spec
 from export.golden import golden_inputs
 from export.lab.roofline import graph_work
 from export.pipeline import _winograd_timing, build_model
-from export.report import winograd_lines
+from export.report import rewrite_lines, winograd_lines
 from export.rewrite import apply_rewrites
 from export.settings import BuildSettings
 from export.winograd import MIN_CHANNELS, Timing, Winograd, choose
@@ -126,6 +126,17 @@ def test_a_build_that_may_not_time_it_leaves_the_graph_and_says_why(wide):
     assert winograd_lines({"winograd": record}) == [
         "- Winograd F(2x2, 3x3) on 2 convolutions of 256 channels or more: not timed "
         "(--tune-budget 0: the build times nothing), not applied"]
+
+
+def test_the_report_gives_the_timing_when_nothing_was_kept():
+    """A graph no other rewrite matched, and Winograd timed and not kept: both lines, the figures in the second."""
+    timed = {"min_channels": 256, "convolutions": 2, "margin": 0.05, "kept": False,
+             "backends": {"onnxruntime": {"speedup": 1.01, "faster": False}, "openvino": {"speedup": 1.22, "faster": True}}}
+    assert rewrite_lines({"enabled": True, "applied": [], "check": None, "winograd": timed}) == [
+        "- Graph rewrites: none applied",
+        "- Winograd F(2x2, 3x3) on 2 convolutions of 256 channels or more: not kept (it must be 5% faster on each "
+        "backend, confirmed); rewritten graph's speed-up at p50 on this machine: ONNX Runtime 1.01x (not faster), "
+        "OpenVINO 1.22x (faster)"]
 
 
 def test_a_build_keeps_it_only_where_it_timed_it_faster_on_every_backend(wide, tmp_path):
