@@ -83,7 +83,7 @@ def make_fp32_artifacts(model: Exportable, feeds: Mapping[str, np.ndarray], fold
         batch = len(next(iter(feeds.values())))
         one = {k: v[:1] for k, v in feeds.items()}
         timed = (lambda graph: choose(graph, model.spec, one, timing)) if timing is not None else None
-        with stage("graph rewrites + numeric check" + (" (Winograd timed)" if timing is not None and not timing.refused else "")):
+        with stage("graph rewrites + numeric check" + (" (Winograd timed)" if timing is not None and not timing.why_not else "")):
             made.rewrites, applied = rewrite(simplified, made.onnx, model.spec, feeds, rewrites,
                                              lambda seed: golden.golden_inputs(model.spec, batch, 1000 + seed), timed)
     check = made.rewrites["check"]

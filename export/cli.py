@@ -426,7 +426,7 @@ def _build_settings(args):
 def _print_notes(manifest: dict, settings) -> None:
     """What the build inferred, rewrote or worked around: the user's contract, a published checkpoint's
     renaming, the graph rewrites, the exporter it fell back to."""
-    from .report import rewrite_lines, spec_line
+    from .report import rewrite_lines, spec_line, winograd_lines
 
     if settings.model is not None:
         console.print(f"model contract: {spec_line(manifest['spec'])}", markup=False, soft_wrap=True)
@@ -436,10 +436,10 @@ def _print_notes(manifest: dict, settings) -> None:
                       f"{'the module' if settings.model else 'the zoo'}'s names" + (
             f"; skipped {len(read['unused'])} tensors its forward never uses: {', '.join(read['unused'])}"
             if read["unused"] else ""), markup=False, soft_wrap=True)
-    for line in rewrite_lines(manifest["rewrites"]):
-        if not line.startswith("- Graph rewrites:"):  # "none applied" and "off" are the report's, not news
-            console.print(line.removeprefix("- ").replace("Graph rewrite", "graph rewrite", 1), markup=False,
-                          soft_wrap=True)
+    rewrites = manifest["rewrites"]  # "none applied" and "off" are the report's, not news
+    for line in rewrite_lines(rewrites) if rewrites["applied"] else winograd_lines(rewrites):
+        console.print(line.removeprefix("- ").replace("Graph rewrite", "graph rewrite", 1), markup=False,
+                      soft_wrap=True)
     failure = manifest["export"].get("dynamo_failure")
     if failure:
         console.print(f"[yellow]warning[/]: the dynamo exporter could not export {manifest['name']} "

@@ -225,16 +225,18 @@ def bundle_summary(manifest: dict[str, Any]) -> dict[str, str]:
 
 
 def rewrite_lines(rewrites: dict[str, Any] | None) -> list[str]:
-    """One line per graph rewrite the build applied (bundles built before rewrites have none)."""
+    """One line per graph rewrite the build applied, and the timed choice's (bundles built before rewrites
+    have none)."""
     if not rewrites:
         return []
-    if not rewrites["applied"]:
-        return [f"- Graph rewrites: {'none applied' if rewrites['enabled'] else 'off (--no-rewrites)'}",
-                *winograd_lines(rewrites)]
-    worst = max(o["max_rel"] for o in rewrites["check"]["outputs"].values())
-    checked = f"rewritten vs simplified max rel err {worst:.1e} on {rewrites['check']['inputs']} input sets"
-    return [f"- Graph rewrite {a['rewrite']} at {a['module'] or a['where']}: {_rewrite_change(a)}; {checked}"
-            for a in rewrites["applied"]] + winograd_lines(rewrites)
+    if rewrites["applied"]:
+        worst = max(o["max_rel"] for o in rewrites["check"]["outputs"].values())
+        checked = f"rewritten vs simplified max rel err {worst:.1e} on {rewrites['check']['inputs']} input sets"
+        lines = [f"- Graph rewrite {a['rewrite']} at {a['module'] or a['where']}: {_rewrite_change(a)}; {checked}"
+                 for a in rewrites["applied"]]
+    else:
+        lines = [f"- Graph rewrites: {'none applied' if rewrites['enabled'] else 'off (--no-rewrites)'}"]
+    return lines + winograd_lines(rewrites)
 
 
 def winograd_lines(rewrites: dict[str, Any]) -> list[str]:

@@ -107,18 +107,22 @@ class Timing:
     budget: float = 0.0
     refused: str = ""
 
+    @property
+    def why_not(self) -> str:
+        """Why nothing is timed ('' where it is)."""
+        return self.refused or ("" if self.backends else "no backend to time it on")
+
 
 def choose(model: onnx.ModelProto, spec: ModelSpec, feeds: Mapping[str, np.ndarray],
            timing: Timing) -> tuple[onnx.ModelProto, list[Applied], dict[str, Any]]:
     """`model`, with every match of `Winograd` rewritten where the rewritten graph runs faster on every
     backend of `timing` (on `feeds`, one image), else as it is; what was applied; and the record of
-    what was measured (or why nothing was: `timing.refused`)."""
+    what was measured (or why nothing was: `timing.why_not`)."""
+    matched = len(Winograd().matches(Graph.of(model)))  # counted without rewriting: most builds stop here
+    record: dict[str, Any] = {"min_channels": MIN_CHANNELS, "convolutions": matched, "margin": MARGIN, "kept": False}
+    if not matched or timing.why_not:
+        return model, [], {**record, **({"not_timed": timing.why_not} if matched else {})}
     rewritten, applied = apply_rewrites(model, (Winograd(),))
-    record: dict[str, Any] = {"min_channels": MIN_CHANNELS, "convolutions": len(applied), "margin": MARGIN,
-                              "kept": False}
-    refused = timing.refused or ("" if timing.backends else "no backend to time it on")
-    if not applied or refused:
-        return model, [], {**record, **({"not_timed": refused} if applied else {})}
     outputs = [{"name": n} for n in spec.outputs]
     measured = {}
     with tempfile.TemporaryDirectory(prefix="winograd-") as work:
