@@ -1,15 +1,16 @@
-"""Winograd's F(2x2, 3x3) against the build's graph at any width, on every backend that runs ONNX, in one interleaved run.
+"""Winograd's F(2x2, 3x3) and F(4x4, 3x3) against the build's graph at any width, on every backend that runs ONNX, in one interleaved run.
 
-    python benchmarks/winograd.py [--variants segnet,unet] [--min-channels 256] [--threads 2] [--runs 30]
+    python benchmarks/winograd.py [--variants segnet,unet] [--min-channels 256] [--tiles 2,4] [--threads 2] [--runs 30]
 
-What the build's timed choice (`export.winograd`) measures, with the width it matches open: each variant's
-graph is made as a build makes it (simplified, the graph rewrites of `export.rewrite` applied, its sizes left
-dynamic), then every dense 3x3 convolution at stride 1, padded by 1, at sides known to be even, with at least
-`--min-channels` channels in and out, is rewritten by `export.winograd.Winograd`. Both graphs are loaded
-by the device runtime's runners (OpenVINO compiles its static plan at the example shape) and timed
-interleaved at batch 1, FP32. Prints the p50s, the largest difference between the graphs' outputs (relative
-to the largest output), the ONNX file's weights (the 3x3 kernels either way) and the weights the runtimes
-hold once they fold the transform (16/9 of the kernels replaced).
+What the build's timed choice (`export.winograd`) measures, with the width and the block size open: each
+variant's graph is made as a build makes it (simplified, the graph rewrites of `export.rewrite` applied, its
+sizes left dynamic), then, for each block side m of `--tiles`, every dense 3x3 convolution at stride 1,
+padded by 1, at sides known to be multiples of m, with at least `--min-channels` channels in and out, is
+rewritten by `export.winograd.Winograd` (the build uses m = 2). All the graphs are loaded by the device
+runtime's runners (OpenVINO compiles its static plan at the example shape) and timed interleaved at batch 1,
+FP32. Prints the p50s and their ratio to the build's graph, the largest difference from the build's outputs
+(relative to the largest output), the ONNX file's weights (the 3x3 kernels either way) and the weights the
+runtimes hold once they fold the transform ((m+2)^2/9 of the kernels replaced).
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="segnet,unet", help="comma-separated zoo variants (default: segnet,unet)")
     parser.add_argument("--min-channels", type=int, default=256, help="rewrite convolutions this wide, in and out")
+    parser.add_argument("--tiles", default="2,4", help="comma-separated output block sides m of F(m x m, 3x3) (default: 2,4)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
+    tiles = [int(t) for t in args.tiles.split(",")]
+    forms = ["build", *(f"F{m}" for m in tiles)]
 
     backends = [b for b in DEFAULT_BACKENDS if REGISTRY[b].runs_onnx]
     contenders, feeds_of, rows = {}, {}, {}
@@ -55,36 +59,43 @@ def main() -> None:
             (Path(work) / variant).mkdir()
             made = make_fp32_artifacts(model, feeds, Path(work) / variant, 20, ())
             graph = onnx.load(str(made.onnx))
-            rewritten, applied = apply_rewrites(graph, (Winograd(args.min_channels),))
+            files, rows[variant] = {"build": made.onnx}, {}
             constants = Graph.of(graph).constants
-            kernels = sum(constants[next(n for n in graph.graph.node if n.name == a.where).input[1]].nbytes
-                          for a in applied) / 1e6
-            files = {"build": made.onnx, "winograd": Path(work) / variant / "winograd.onnx"}
-            onnx.save(rewritten, str(files["winograd"]))
+            for m in tiles:
+                rewritten, applied = apply_rewrites(graph, (Winograd(args.min_channels, m),))
+                kernels = sum(constants[next(n for n in graph.graph.node if n.name == a.where).input[1]].nbytes
+                              for a in applied) / 1e6
+                files[f"F{m}"] = Path(work) / variant / f"winograd{m}.onnx"
+                onnx.save(rewritten, str(files[f"F{m}"]))
+                # the runtimes hold U, (m+2)^2 / 9 the size of the kernels it replaces
+                rows[variant][f"F{m}"] = [len(applied), weight_mb(rewritten), weight_mb(graph) + kernels * ((m + 2) ** 2 / 9 - 1)]
             outputs = {}
             for backend in backends:
-                for when, file in files.items():
-                    name = f"{variant} {backend} {when}"
+                for form, file in files.items():
+                    name = f"{variant} {backend} {form}"
                     contenders[name] = opened.enter_context(REGISTRY[backend].runtime.runner(
                         file, spec.inputs, [{"name": n} for n in spec.outputs], "fp32", args.threads))
                     feeds_of[name] = {k: v[:1] for k, v in feeds.items()}
-                    if when not in outputs:  # the graphs' outputs, from the first backend
-                        outputs[when] = contenders[name].infer(feeds_of[name])[spec.outputs[0]]
-            moved = np.abs(outputs["winograd"] - outputs["build"]).max() / np.abs(outputs["build"]).max()
-            rows[variant] = (len(applied), moved, weight_mb(graph), weight_mb(rewritten),
-                             weight_mb(graph) + kernels * 7 / 9)
+                    if form not in outputs:  # the graphs' outputs, from the first backend
+                        outputs[form] = contenders[name].infer(feeds_of[name])[spec.outputs[0]]
+            for m in tiles:
+                moved = np.abs(outputs[f"F{m}"] - outputs["build"]).max() / np.abs(outputs["build"]).max()
+                rows[variant][f"F{m}"].append(moved)
+            rows[variant]["file"] = weight_mb(graph)
         stats = bench_interleaved(contenders, None, warmup=5, runs=args.runs, rounds=10, feeds_of=feeds_of)
-    print(f"batch 1, {args.threads} threads, FP32, p50 ms of {args.runs} interleaved runs each; "
-          f"F(2x2, 3x3) on dense 3x3 convolutions of at least {args.min_channels} channels in and out")
+    print(f"batch 1, {args.threads} threads, FP32, p50 ms of {args.runs} interleaved runs each; F(m x m, 3x3) "
+          f"on dense 3x3 convolutions of at least {args.min_channels} channels in and out; ratio: build / rewritten")
     titles = {b: REGISTRY[b].runtime.title for b in backends}
-    print(f"{'variant':10} {'convs':>5} {'moved':>8} {'file MB':>15} {'held MB':>8} |"
-          + " |".join(f" {titles[b]:>12} {'winograd':>8} {'ratio':>6}" for b in backends) + " |")
-    for variant, (n, moved, before_mb, after_mb, held_mb) in rows.items():
-        row = f"{variant:10} {n:5d} {moved:8.1e} {before_mb:6.1f} -> {after_mb:5.1f} {held_mb:8.1f} |"
-        for backend in backends:
-            b, a = (stats[f"{variant} {backend} {w}"]["p50_ms"] for w in ("build", "winograd"))
-            row += f" {b:12.2f} {a:8.2f} {b / a:5.2f}x |"
-        print(row)
+    print(f"{'variant':10} {'form':5} {'convs':>5} {'moved':>8} {'file MB':>15} {'held MB':>8} |"
+          + " |".join(f" {titles[b]:>12} {'ratio':>6}" for b in backends) + " |")
+    for variant, row in rows.items():
+        for form in forms:
+            n, after_mb, held_mb, moved = row.get(form, (0, row["file"], row["file"], 0.0))
+            line = f"{variant:10} {form:5} {n:5d} {moved:8.1e} {row['file']:6.1f} -> {after_mb:5.1f} {held_mb:8.1f} |"
+            for backend in backends:
+                b, a = (stats[f"{variant} {backend} {w}"]["p50_ms"] for w in ("build", form))
+                line += f" {a:12.2f} {b / a:5.2f}x |"
+            print(line)
 
 
 if __name__ == "__main__":

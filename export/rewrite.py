@@ -558,7 +558,7 @@ class UnpoolAsMask:
         if len(y) != 4 or len(u) != 4 or not isinstance(y[1], int) or u[1] != y[1]:
             return None
         pool = self._pool(g, scatter.input[1], y[1])
-        if pool is None or not all(_even(d) for d in g.shapes.get(pool.input[0], [0, 0, 1, 1])[2:]):
+        if pool is None or not all(_multiple(d, 2) for d in g.shapes.get(pool.input[0], [0, 0, 1, 1])[2:]):
             return None  # an odd side: the pool drops its last row, which the windows cannot
         gone = (scatter.name, out.name) + ((flat.name,) if g.only_use(flat.output[0]) is scatter else ())
         return _Unpool(scatter, gone, pool.input[0], pool.output[0], flat.input[0], out.output[0], y[1],
@@ -634,13 +634,13 @@ def _two_by_two(pool: onnx.NodeProto) -> bool:
             and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
 
-def _even(dim: int | str) -> bool:
-    """Whether a dimension is even whatever its size: an even number, or an even multiple of a symbol
-    (the exporter's `16*height_over_16`)."""
+def _multiple(dim: int | str, m: int) -> bool:
+    """Whether a dimension is a multiple of `m` whatever its size: such a number, or a multiple of a
+    symbol by such a factor (the exporter's `16*height_over_16` is one of 2, 4, 8 and 16)."""
     if isinstance(dim, int):
-        return dim > 0 and dim % 2 == 0
+        return dim > 0 and dim % m == 0
     factor = re.match(r"^(\d+)\*", dim)
-    return factor is not None and int(factor.group(1)) % 2 == 0
+    return factor is not None and int(factor.group(1)) % m == 0
 
 
 def _fill(node: onnx.NodeProto) -> float | None:

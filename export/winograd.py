@@ -28,6 +28,14 @@ ONNX graph, by more than `runtime.tune.MARGIN` at p50 with the bootstrap interva
 (`choose`), as it chooses the backends' settings; the manifest's `rewrites.winograd` holds what it
 measured. An INT8 build is not offered it (its plans are made from this graph, and INT8 rounding in
 the transformed domain is larger), nor one under a memory budget (the runtimes hold U).
+
+Why 2x2 blocks. F(4x4, 3x3) (`Winograd(m=4)`: 6x6 tiles at stride 4, 2.25 mult-adds where F(2x2)
+does 4) is written the same way, and `benchmarks/winograd.py` times it beside F(2x2). Its U is 36/9
+the kernels' size, so the runtimes hold four times the weights of what it rewrites; its transforms
+round more (values up to 8); and it needs sides known to be multiples of 4, which leaves out 6 of
+SegNet's 10 wide convolutions (it then ran SegNet slower than F(2x2) on all 10). Padded to whole
+tiles so that all 10 matched, it ran 3% to 5% faster than F(2x2) while the runtimes held 231 MB of
+weights against 105: not a trade for a device.
 """
 
 from __future__ import annotations
@@ -45,24 +53,31 @@ from runtime.bench import bench_interleaved, difference
 from runtime.spec import ModelSpec
 from runtime.tune import MARGIN
 
-from .rewrite import Applied, Emitter, Graph, _dense_3x3, _even, apply_rewrites
+from .rewrite import Applied, Emitter, Graph, _dense_3x3, _multiple, apply_rewrites
 
 MIN_CHANNELS = 256  # narrower convolutions ran slower as F(2x2, 3x3) on OpenVINO (SegNet's 128-channel ones)
 
-# F(2x2, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A over 4x4 input tiles d
-BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
-G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=np.float64)
-AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+# Y = A^T [(G g G^T) * (B^T d B)] A over (m+2)x(m+2) input tiles d, for m x m output blocks (Lavin and Gray)
+TRANSFORMS = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]])),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])),
+}
 
 
 class Winograd:
-    """A dense 3x3 convolution (stride 1, padded by 1, even sides, at least `min_channels` in and out)
-    as F(2x2, 3x3)."""
+    """A dense 3x3 convolution (stride 1, padded by 1, at least `min_channels` in and out, at sides known
+    to be multiples of m) as F(m x m, 3x3): m = 2, the build's, or 4 (`benchmarks/winograd.py` compares them)."""
 
     name = "winograd"
 
-    def __init__(self, min_channels: int = MIN_CHANNELS):
-        self.min_channels = min_channels
+    def __init__(self, min_channels: int = MIN_CHANNELS, m: int = 2):
+        self.min_channels, self.m = min_channels, m
 
     def matches(self, g: Graph) -> list[onnx.NodeProto]:
         return [n for n in g.model.graph.node if n.op_type == "Conv" and self._wide(g, n)]
@@ -70,31 +85,34 @@ class Winograd:
     def _wide(self, g: Graph, conv: onnx.NodeProto) -> bool:
         shape = g.shapes.get(conv.input[0], [])
         return (_dense_3x3(g, conv) and min(g.constants[conv.input[1]].shape[:2]) >= self.min_channels
-                and len(shape) == 4 and all(_even(d) for d in shape[2:]))
+                and len(shape) == 4 and all(_multiple(d, self.m) for d in shape[2:]))
 
     def emit(self, g: Graph, conv: onnx.NodeProto) -> tuple[Emitter, Applied]:
         k, c = g.constants[conv.input[1]].shape[:2]
+        m = self.m
+        t, bt, gm, at = m + 2, *TRANSFORMS[m]  # input tiles of t x t
+        p = t * t  # products per tile and pair of channels
         e = Emitter(f"{conv.name}/{self.name}")
-        # B^T d B for every tile: output channel 16 c + (4 a + b) of a grouped convolution over channel c
-        taps = np.einsum("ai,bj->abij", BT, BT).reshape(16, 1, 4, 4).astype(np.float32)
+        # B^T d B for every tile: output channel p c + (t a + b) of a grouped convolution over channel c
+        taps = np.einsum("ai,bj->abij", bt, bt).reshape(p, 1, t, t).astype(np.float32)
         per_channel = e.op("Tile", [e.const("input_transform", taps), e.ints("channels", [c, 1, 1, 1])])  # folded at load
-        tiles = e.op("Conv", [conv.input[0], per_channel], group=c, kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1])
+        tiles = e.op("Conv", [conv.input[0], per_channel], group=c, kernel_shape=[t, t], strides=[m, m], pads=[1, 1, 1, 1])
         sides = e.op("Slice", [e.op("Shape", [tiles]), e.ints("sides_from", [2]), e.ints("sides_to", [4])])
-        v = e.op("Transpose", [e.op("Reshape", [tiles, e.ints("by_channel", [0, c, 16, -1])])], perm=[0, 2, 1, 3])
+        v = e.op("Transpose", [e.op("Reshape", [tiles, e.ints("by_channel", [0, c, p, -1])])], perm=[0, 2, 1, 3])
         # U = G g G^T of the 3x3 kernels, a constant expression the runtimes fold at load
-        gg = np.einsum("ai,bj->ijab", G, G).reshape(9, 16).astype(np.float32)
+        gg = np.einsum("ai,bj->ijab", gm, gm).reshape(9, p).astype(np.float32)
         kernels = e.op("Reshape", [conv.input[1], e.ints("kernels", [k * c, 9])])
         u = e.op("Reshape", [e.op("Transpose", [e.op("MatMul", [kernels, e.const("weight_transform", gg)])], perm=[1, 0]),
-                             e.ints("by_position", [16, k, c])])
-        m = e.op("Reshape", [e.op("MatMul", [u, v]), e.ints("products", [0, 16, -1])])  # [B, 16, K * tiles]
-        out = np.einsum("ia,jb->ijab", AT, AT).reshape(4, 16).astype(np.float32)  # A^T m A, by block position
-        y = e.op("Reshape", [e.op("MatMul", [e.const("output_transform", out), m]),
-                             e.op("Concat", [e.ints("blocks", [0, 4 * k]), sides], axis=0)])
+                             e.ints("by_position", [p, k, c])])
+        products = e.op("Reshape", [e.op("MatMul", [u, v]), e.ints("products", [0, p, -1])])  # [B, p, K * tiles]
+        out = np.einsum("ia,jb->ijab", at, at).reshape(m * m, p).astype(np.float32)  # A^T m A, by block position
+        y = e.op("Reshape", [e.op("MatMul", [e.const("output_transform", out), products]),
+                             e.op("Concat", [e.ints("blocks", [0, m * m * k]), sides], axis=0)])
         bias = g.constants[conv.input[2]] if len(conv.input) > 2 and conv.input[2] else np.zeros(k, np.float32)
-        e.op("Add", [e.op("DepthToSpace", [y], blocksize=2, mode="DCR"), e.const("bias", bias.reshape(1, k, 1, 1))],
+        e.op("Add", [e.op("DepthToSpace", [y], blocksize=m, mode="DCR"), e.const("bias", bias.reshape(1, k, 1, 1))],
              conv.output[0])
         return e, Applied(self.name, conv.name, (conv.name,), tuple(n.name for n in e.nodes), 0, 0,
-                          f"{c}->{k} channels: 9 -> 4 mult-adds per output pixel and weight (F(2x2, 3x3))")
+                          f"{c}->{k} channels: 9 -> {p / m**2:g} mult-adds per output pixel and weight (F({m}x{m}, 3x3))")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Winograd's F(2x2, 3x3) on wide 3x3 convolutions: the same function to float rounding, matched on
+"""Winograd's F(2x2, 3x3) (and F(4x4, 3x3), which the benchmark compares) on wide 3x3 convolutions: the same function to float rounding, matched on
 the computation (width, stride, padding, even sides), weights left as 3x3 kernels in the ONNX file,
 and kept by a build only where its own timing says so, a decision the record must explain either way."""
 
@@ -69,6 +69,20 @@ def test_only_wide_convolutions_at_even_sides_are_rewritten_and_compute_the_same
                for a in applied)
     ops = [n.op_type for n in rewritten.graph.node]
     assert ops.count("DepthToSpace") == 2 and ops.count("Conv") == len(convs)  # each 3x3 now a grouped 4x4
+    _same_on_random_inputs(original, rewritten, {"x": (3, 20, 24)})
+
+
+def test_four_by_four_blocks_need_sides_that_are_multiples_of_four(wide):
+    """F(4x4, 3x3), which `benchmarks/winograd.py` sets beside the build's F(2x2, 3x3): 2.25 mult-adds
+    where F(2x2) does 4, from 6x6 tiles at stride 4, so only the 20x24 convolution is matched (10x12 is
+    not whole 4x4 blocks); its larger transforms (up to 8 x 8) round more, still within the bound."""
+    _, original = wide
+    rewritten, applied = apply_rewrites(original, (Winograd(m=4),))
+    assert [(_convs(original)[a.where][:2], a.change) for a in applied] == [
+        ([256, 256], "256->256 channels: 9 -> 2.25 mult-adds per output pixel and weight (F(4x4, 3x3))")]
+    tile = next(n for n in rewritten.graph.node if n.op_type == "Conv" and n.name.startswith(f"{applied[0].where}/"))
+    assert {a.name: list(a.ints) for a in tile.attribute if a.ints} == {
+        "kernel_shape": [6, 6], "strides": [4, 4], "pads": [1, 1, 1, 1]}
     _same_on_random_inputs(original, rewritten, {"x": (3, 20, 24)})
 
 
