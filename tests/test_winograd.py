@@ -1,6 +1,7 @@
-"""Winograd's F(2x2, 3x3) (and F(4x4, 3x3), which the benchmark compares) on wide 3x3 convolutions: the same function to float rounding, matched on
-the computation (width, stride, padding, even sides), weights left as 3x3 kernels in the ONNX file,
-and kept by a build only where its own timing says so, a decision the record must explain either way."""
+"""Winograd's F(2x2, 3x3) (and F(4x4, 3x3), which the benchmark compares) on wide 3x3 convolutions:
+the same function to float rounding, matched on the computation (width, stride, padding, sides whole
+blocks), weights left as 3x3 kernels in the ONNX file, and kept by a build only where its own timing
+says so, a decision the record must explain either way."""
 
 from __future__ import annotations
 
